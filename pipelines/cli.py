@@ -1,0 +1,40 @@
+"""The `linnet` command: one subcommand per pipeline or tool, each a `module:function(argv)`.
+
+Subcommand modules are imported only when called, so `linnet taxonomy` does not pay for TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "taxonomy": ("pipelines.taxonomy_command:main", "Summarize the taxonomy or describe one node."),
+    "import-products": ("pipelines.import_products:run", "JSONL products → Parquet + dead letters."),
+}
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: linnet COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch `linnet COMMAND ARGS...` to the command's entry point; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"linnet: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name = COMMANDS[argv[0]][0].split(":")
+    entry = getattr(importlib.import_module(module_name), function_name)
+    result = entry(argv[1:])
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
