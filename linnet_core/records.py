@@ -11,7 +11,7 @@ import html
 import json
 import re
 from collections.abc import Iterable, Mapping
-from enum import Enum
+from enum import StrEnum
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ TEXT_FIELDS = ("title", "description", "vendor", "product_type")
 LIST_FIELDS = ("collections", "tags", "options")
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Dead-letter reason codes; the value is what the dead-letter table stores."""
 
     INVALID_JSON = "invalid_json"
+    CORRUPT_FILE = "corrupt_file"
     NOT_AN_OBJECT = "not_an_object"
     MISSING_PRODUCT_ID = "missing_product_id"
     NO_CONTENT = "no_text_or_image"
@@ -120,14 +121,14 @@ def parse_timestamp(value: Any) -> dt.datetime | None:
         if isinstance(value, dt.datetime):
             parsed = value
         elif isinstance(value, (int, float)):
-            parsed = dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+            parsed = dt.datetime.fromtimestamp(value, tz=dt.UTC)
         else:
             parsed = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError) as error:
         raise RecordError(Reason.BAD_TIMESTAMP, f"cannot parse updated_at {value!r}: {error}") from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
 
 
 def _image_uris(raw: Mapping[str, Any], image_root: str | None) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from pipelines import defaults
