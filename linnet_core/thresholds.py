@@ -1,19 +1,25 @@
 """The thresholds file (`thresholds.json`): per-level temperatures and thresholds, per-node floors.
 
 The inference SavedModel bakes one of these in at export; its format is the contract in
-docs/ARCHITECTURE.md. Standard library only, so evaluation and tuning code can read it without TF.
+docs/ARCHITECTURE.md. Also: the numpy statement of how thresholds cut a decoded path, Clopper–Pearson
+bounds, and precision-target tuning. Standard library and numpy only, so no TF is needed to tune.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 LEVELS = 7
 CONFIDENCES = ("path",)
 DEFAULT_LEVEL_THRESHOLD = 0.5
+DELTA = 0.05
+CLOSED = 1.0  # the threshold of a level or subtree that no threshold could certify
 
 
 class ThresholdsError(ValueError):
@@ -100,3 +106,301 @@ def load_thresholds(path: str | Path) -> Thresholds:
 def save_thresholds(thresholds: Thresholds, path: str | Path) -> None:
     """Write a thresholds file (pretty JSON)."""
     Path(path).write_text(json.dumps(thresholds.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+# -- versions ----------------------------------------------------------------------------------------
+def content_version(levels: tuple[float, ...], temperatures: tuple[float, ...], overrides: dict[int, float],
+                    target_precision: float | None) -> str:
+    """A version that names the content: equal thresholds give equal versions, run after run."""
+    payload = json.dumps([list(levels), list(temperatures), sorted(overrides.items()), target_precision])
+    prefix = "manual" if target_precision is None else f"p{target_precision:g}"
+    return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+
+# -- applying thresholds to decoded paths ------------------------------------------------------------
+def effective_thresholds(level_ids: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """float64[N, L]: each decoded node's threshold, max of its level's and every override on its path.
+
+    Args:
+        level_ids: int[N, L] decoded path node ids per level, -1 past the path's end.
+    """
+    level_ids = np.asarray(level_ids, dtype=np.int64)
+    width = level_ids.shape[1]
+    base = np.broadcast_to(np.asarray(thresholds.levels[:width], dtype=np.float64), level_ids.shape)
+    if not thresholds.overrides:
+        return base.copy()
+    keys = np.array(sorted(thresholds.overrides), dtype=np.int64)
+    floors = np.array([thresholds.overrides[int(k)] for k in keys], dtype=np.float64)
+    position = np.minimum(np.searchsorted(keys, level_ids), len(keys) - 1)
+    floor = np.where(keys[position] == level_ids, floors[position], 0.0)
+    # An override covers the node's whole subtree: carry the largest floor seen so far down the path.
+    return np.maximum(base, np.maximum.accumulate(floor, axis=1))
+
+
+def cut_depth(level_ids: np.ndarray, level_confidences: np.ndarray, thresholds: Thresholds) -> np.ndarray:
+    """int[N]: how many levels of each decoded path survive cutting before the first node below threshold.
+
+    This is the numpy statement of the rule the inference model applies as TF ops; tuning and the
+    evaluation's operating curves use it to try many thresholds without re-exporting the model.
+    """
+    level_ids = np.asarray(level_ids, dtype=np.int64)
+    clears = np.asarray(level_confidences) >= effective_thresholds(level_ids, thresholds)
+    passing = (level_ids != -1) & clears
+    return np.cumprod(passing, axis=1).sum(axis=1)
+
+
+def cut_paths(level_ids: np.ndarray, level_confidences: np.ndarray, thresholds: Thresholds,
+              back_off: bool = True) -> np.ndarray:
+    """int64[N]: the prediction for each decoded path after thresholds (-1 = abstained).
+
+    With `back_off` the prediction is the deepest node before the cut; without it (the published
+    design) a path that does not clear every threshold down to its end gets no prediction.
+    """
+    level_ids = np.asarray(level_ids, dtype=np.int64)
+    depth = cut_depth(level_ids, level_confidences, thresholds)
+    if not back_off:
+        depth = np.where(depth == (level_ids != -1).sum(axis=1), depth, 0)
+    rows = np.arange(len(level_ids))
+    return np.where(depth > 0, level_ids[rows, np.maximum(depth - 1, 0)], -1)
+
+
+# -- Clopper–Pearson ---------------------------------------------------------------------------------
+_LGAMMA = np.vectorize(math.lgamma, otypes=[np.float64])
+
+
+def _beta_continued_fraction(a: np.ndarray, b: np.ndarray, x: np.ndarray,
+                             iterations: int = 2000) -> np.ndarray:
+    """The continued fraction of the incomplete beta function (modified Lentz), elementwise."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c = np.ones_like(x)
+    d = 1.0 - qab * x / qap
+    d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+    h = d.copy()
+    for m in range(1, iterations + 1):
+        m2 = 2 * m
+        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)),
+                          -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + numerator * d
+            d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
+            c = 1.0 + numerator / c
+            c = np.where(np.abs(c) < tiny, tiny, c)
+            delta = d * c
+            h = h * delta
+        if np.all(np.abs(delta - 1.0) < 1e-14):
+            break
+    return h
+
+
+def betainc(a: np.ndarray | float, b: np.ndarray | float, x: np.ndarray | float) -> np.ndarray:
+    """The regularized incomplete beta function I_x(a, b) for a, b > 0 and x in [0, 1], elementwise."""
+    a, b, x = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a, b, x)))
+    result = np.where(x >= 1.0, 1.0, 0.0)
+    inside = (x > 0.0) & (x < 1.0)
+    if not inside.any():
+        return result
+    a, b, x = a[inside], b[inside], x[inside]
+    log_front = _LGAMMA(a + b) - _LGAMMA(a) - _LGAMMA(b) + a * np.log(x) + b * np.log1p(-x)
+    # The fraction converges fast for x < (a+1)/(a+b+2); use I_x(a,b) = 1 - I_{1-x}(b,a) otherwise.
+    direct = x < (a + 1.0) / (a + b + 2.0)
+    fraction = np.where(direct, _beta_continued_fraction(a, b, x), _beta_continued_fraction(b, a, 1.0 - x))
+    front = np.exp(log_front)
+    result[inside] = np.where(direct, front * fraction / a, 1.0 - front * fraction / b)
+    return np.clip(result, 0.0, 1.0)
+
+
+def beta_quantile(q: float, a: np.ndarray, b: np.ndarray, iterations: int = 60) -> np.ndarray:
+    """The q-quantile of Beta(a, b), elementwise, by bisection on `betainc` (absolute error < 1e-15)."""
+    a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
+    low, high = np.zeros(a.shape), np.ones(a.shape)
+    for _ in range(iterations):
+        middle = (low + high) / 2.0
+        below = betainc(a, b, middle) < q
+        low, high = np.where(below, middle, low), np.where(below, high, middle)
+    return (low + high) / 2.0
+
+
+def clopper_pearson_upper(errors: np.ndarray | int, n: np.ndarray | int, delta: float = DELTA) -> np.ndarray:
+    """One-sided Clopper–Pearson upper bound, at confidence 1 − δ, on an error rate seen as errors/n.
+
+    The bound u solves P(Binomial(n, u) ≤ errors) = δ, i.e. u = Beta⁻¹(1 − δ; errors + 1, n − errors);
+    u = 1 when errors = n (or n = 0: nothing seen bounds nothing).
+    """
+    errors, n = np.broadcast_arrays(np.asarray(errors, dtype=np.float64), np.asarray(n, dtype=np.float64))
+    if np.any(errors < 0) or np.any(errors > n):
+        raise ValueError("need 0 <= errors <= n")
+    bound = np.ones(errors.shape)
+    open_ = errors < n
+    if open_.any():
+        bound[open_] = beta_quantile(1.0 - delta, errors[open_] + 1.0, n[open_] - errors[open_])
+    return bound
+
+
+# -- precision-target selection ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Selection:
+    """The threshold chosen for one group (a level, or a subtree) and the evidence for it."""
+
+    threshold: float
+    covered: int
+    errors: int
+    upper_bound: float
+    n: int
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.n if self.n else 0.0
+
+
+def select_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float,
+                     delta: float = DELTA) -> Selection:
+    """The smallest θ whose Clopper–Pearson upper bound on the error among items with confidence ≥ θ
+    is ≤ 1 − target. Candidates are the observed confidences; when none qualifies θ = CLOSED.
+
+    Args:
+        confidence: float[N] the confidence that is thresholded.
+        correct: bool[N] whether each item's prediction is right.
+    """
+    if not 0.0 < target_precision < 1.0:
+        raise ThresholdsError(f"target precision must be in (0, 1), got {target_precision!r}")
+    confidence = np.asarray(confidence, dtype=np.float64)
+    wrong = ~np.asarray(correct, dtype=bool)
+    if confidence.shape != wrong.shape:
+        raise ValueError(f"confidence {confidence.shape} and correct {wrong.shape} differ in shape")
+    if not len(confidence):
+        return Selection(CLOSED, 0, 0, 1.0, 0)
+    order = np.argsort(-confidence, kind="stable")
+    ordered = confidence[order]
+    last = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))
+    covered = last + 1
+    errors = np.cumsum(wrong[order])[last]
+    bound = clopper_pearson_upper(errors, covered, delta)
+    ok = np.flatnonzero(bound <= 1.0 - target_precision)
+    if not len(ok):
+        return Selection(CLOSED, 0, 0, 1.0, len(confidence))
+    best = ok[-1]  # candidates run from high to low confidence: the last that qualifies is the smallest θ
+    return Selection(float(ordered[last[best]]), int(covered[best]), int(errors[best]), float(bound[best]),
+                     len(confidence))
+
+
+
+def node_correctness(level_ids: np.ndarray, true_level_ids: np.ndarray) -> np.ndarray:
+    """bool[N, L]: whether each decoded node is the label's ancestor at its level.
+
+    A decoded node below the label's depth is wrong: it adds to |α| and not to |α ∩ β| in hP.
+    """
+    return (np.asarray(level_ids) == np.asarray(true_level_ids)) & (np.asarray(level_ids) != -1)
+
+
+def _covered_nodes(level_ids: np.ndarray, confidences: np.ndarray, correct: np.ndarray,
+                   thresholds: Thresholds) -> tuple[int, int]:
+    """(nodes kept after the cut, wrong nodes among them), summed over products."""
+    depth = cut_depth(level_ids, confidences, thresholds)
+    kept = np.arange(level_ids.shape[1])[None, :] < depth[:, None]
+    return int(kept.sum()), int((kept & ~correct).sum())
+
+
+def _subtree_floor(level_ids: np.ndarray, confidences: np.ndarray, correct: np.ndarray, base: Thresholds,
+                   target_precision: float, delta: float) -> Selection:
+    """The smallest floor on one level-1 subtree whose covered nodes meet the target (with bound).
+
+    Counts are of decoded nodes (a product covered to depth 3 adds 3), as hP counts them.
+    """
+    candidates = np.unique(np.concatenate([[0.0], confidences[level_ids != -1]]))
+    covered_nodes, wrong_nodes = [], []
+    for floor in candidates:
+        trial = Thresholds(base.version, tuple(max(t, float(floor)) for t in base.levels), base.temperatures,
+                           base.overrides)
+        covered, wrong = _covered_nodes(level_ids, confidences, correct, trial)
+        covered_nodes.append(covered)
+        wrong_nodes.append(wrong)
+    bound = clopper_pearson_upper(np.array(wrong_nodes), np.array(covered_nodes), delta)
+    ok = np.flatnonzero(bound <= 1.0 - target_precision)
+    nodes = int((level_ids != -1).sum())
+    if not len(ok):
+        return Selection(CLOSED, 0, 0, 1.0, nodes)
+    best = ok[0]
+    return Selection(float(candidates[best]), covered_nodes[best], wrong_nodes[best], float(bound[best]),
+                     nodes)
+
+
+def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: np.ndarray,
+         target_precision: float, temperatures: tuple[float, ...] = (1.0,) * LEVELS,
+         floors: dict[int, float] | None = None, per_subtree: bool = False, delta: float = DELTA,
+         min_subtree_nodes: int = 50) -> tuple[Thresholds, dict]:
+    """Precision-target thresholds from decoded paths on a calibration split.
+
+    Per level k, over labelled products whose decoded path reaches level k, θ_k is the smallest
+    threshold whose Clopper–Pearson bound on the error of the covered level-k nodes is ≤ 1 − target.
+    `floors` (sensitive subtrees) become overrides. With `per_subtree`, a level-1 subtree with at
+    least `min_subtree_nodes` covered nodes whose nodes miss the target under the level thresholds
+    gets the smallest override (floor) that meets it: the file format can raise a subtree's
+    thresholds, never lower them.
+
+    Args:
+        level_ids, level_confidences: [N, L] decoded paths (calibrated confidences) before thresholds.
+        true_level_ids: int[N, L] the label's ancestor per level, -1 past its depth (all -1: unlabelled).
+
+    Returns:
+        (thresholds with a content version, a JSON-able report of the evidence per level and subtree).
+    """
+    level_ids = np.asarray(level_ids, dtype=np.int64)
+    confidences = np.asarray(level_confidences, dtype=np.float64)
+    true_level_ids = np.asarray(true_level_ids, dtype=np.int64)
+    if not level_ids.shape == confidences.shape == true_level_ids.shape or level_ids.shape[1] != LEVELS:
+        raise ValueError(f"need three [N, {LEVELS}] arrays, got {level_ids.shape}, {confidences.shape}, "
+                         f"{true_level_ids.shape}")
+    labelled = true_level_ids[:, 0] != -1
+    level_ids, confidences = level_ids[labelled], confidences[labelled]
+    correct = node_correctness(level_ids, true_level_ids[labelled])
+    selections = []
+    for k in range(LEVELS):
+        reached = level_ids[:, k] != -1
+        selections.append(select_threshold(confidences[reached, k], correct[reached, k], target_precision,
+                                           delta))
+    overrides = {int(node): float(floor) for node, floor in (floors or {}).items()}
+    base = Thresholds("tuning", tuple(s.threshold for s in selections), tuple(temperatures), overrides)
+    report: dict = {"target_precision": target_precision, "delta": delta, "n_labelled": int(labelled.sum()),
+                    "levels": [asdict(s) | {"coverage": s.coverage} for s in selections], "subtrees": {}}
+    if per_subtree:
+        for root in np.unique(level_ids[:, 0][level_ids[:, 0] != -1]):
+            rows = level_ids[:, 0] == root
+            covered, wrong = _covered_nodes(level_ids[rows], confidences[rows], correct[rows], base)
+            meets = clopper_pearson_upper(wrong, covered, delta) <= 1.0 - target_precision
+            if covered < min_subtree_nodes or meets:
+                continue
+            choice = _subtree_floor(level_ids[rows], confidences[rows], correct[rows], base,
+                                    target_precision, delta)
+            overrides[int(root)] = max(overrides.get(int(root), 0.0), choice.threshold)
+            report["subtrees"][str(int(root))] = asdict(choice) | {"coverage": choice.coverage}
+    levels = tuple(s.threshold for s in selections)
+    version = content_version(levels, tuple(temperatures), overrides, target_precision)
+    tuned = Thresholds(version, levels, tuple(temperatures), overrides, target_precision=target_precision)
+    return tuned, report
+
+
+# -- sensitive subtrees ------------------------------------------------------------------------------
+def load_floors(path: str | Path, taxonomy=None) -> dict[int, float]:
+    """Manual floors for sensitive subtrees from a JSON file `{"floors": [{"id", "path", "floor"}, ...]}`.
+
+    With a taxonomy, each id must exist and its `path` (when given) must name the same node.
+
+    Raises:
+        ThresholdsError: bad content, an unknown id or a path that does not match its id.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        entries = data["floors"]
+        floors = {int(entry["id"]): float(entry["floor"]) for entry in entries}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ThresholdsError(f"{path}: not a floors file: {error}") from error
+    for node_id, floor in floors.items():
+        if not 0.0 <= floor <= 1.0:
+            raise ThresholdsError(f"{path}: floor {floor!r} of {node_id} outside [0, 1]")
+    if taxonomy is not None:
+        for entry in entries:
+            try:
+                taxonomy.resolve(entry["id"], entry.get("path"))
+            except ValueError as error:
+                raise ThresholdsError(f"{path}: {error}") from error
+    return floors
