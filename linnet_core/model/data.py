@@ -1,0 +1,116 @@
+"""Input fn: training TFRecords (gzip tf.train.Example) → batches of (features, labels, sample weights).
+
+The feature spec comes from schemas/training_features.json, the one place it is written down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+import schemas
+from linnet_core.features import (
+    IMAGE_EMBEDDING,
+    IMAGE_PRESENT,
+    LEVELS,
+    TEXT_EMBEDDING,
+    label_feature,
+    weight_feature,
+)
+
+MODEL_INPUTS = (TEXT_EMBEDDING, IMAGE_EMBEDDING, IMAGE_PRESENT)
+SPLITS = ("train", "validation", "calibration")
+_DTYPES = {"string": tf.string, "float32": tf.float32, "int64": tf.int64}
+
+
+class DataError(ValueError):
+    """A training-data directory or file that cannot feed the model."""
+
+
+def feature_spec(include_weights: bool = True) -> dict[str, tf.io.FixedLenFeature]:
+    """`tf.io.parse_example` spec of the training TFRecords, expanded per level.
+
+    Args:
+        include_weights: add the `weight_level_k` features tf.Transform writes (training splits).
+    """
+    schema = schemas.load("training_features")
+    entries = schema["raw"] + (schema["transformed_extra"] if include_weights else [])
+    spec = {}
+    for entry in entries:
+        names = ([entry["name"].format(level=level) for level in range(1, schema["levels"] + 1)]
+                 if entry.get("per_level") else [entry["name"]])
+        for name in names:
+            spec[name] = tf.io.FixedLenFeature(entry["shape"], _DTYPES[entry["dtype"]])
+    return spec
+
+
+def level_name(level: int) -> str:
+    """Name of the level-`level` output of the model (`level_1` .. `level_7`)."""
+    return f"level_{level}"
+
+
+def split_files(data_dir: str | Path, split: str) -> list[str]:
+    """The `part-*.tfrecord.gz` files of one split. Raises DataError when there are none."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+    files = sorted(str(p) for p in Path(data_dir, split).glob("part-*.tfrecord.gz"))
+    if not files:
+        raise DataError(f"no {split} data: {Path(data_dir, split)}/part-*.tfrecord.gz matches nothing")
+    return files
+
+
+def count_examples(files: list[str]) -> int:
+    """Number of records in gzip TFRecord files (one pass, no parsing)."""
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+
+
+def to_model_example(parsed: dict[str, tf.Tensor]) -> tuple[dict, dict, dict]:
+    """(inputs, labels, sample weights) keyed by model input / output name.
+
+    Labels keep -1 where the label is shallower than the level; the weight there is 0, so the loss
+    (which clips the label to a valid index first) ignores it.
+    """
+    inputs = {name: parsed[name] for name in MODEL_INPUTS}
+    labels = {level_name(k): parsed[label_feature(k)] for k in range(1, LEVELS + 1)}
+    weights = {level_name(k): parsed[weight_feature(k)] for k in range(1, LEVELS + 1)}
+    return inputs, labels, weights
+
+
+def make_dataset(files: list[str], batch_size: int, *, shuffle_buffer: int = 0, seed: int = 0,
+                 repeat: bool = False, num_shards: int = 1, shard_index: int = 0) -> tf.data.Dataset:
+    """Batched model examples from TFRecord files.
+
+    Args:
+        batch_size: examples per batch (per replica when called from a distributed input fn).
+        shuffle_buffer: shuffle with this buffer (reshuffled every pass); 0 keeps file order.
+        repeat: repeat forever (multi-worker training runs a fixed number of steps per epoch).
+        num_shards, shard_index: keep every `num_shards`-th record starting at `shard_index`, so
+            each worker reads its own share whatever the number of files.
+    """
+    spec = feature_spec()
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    if num_shards > 1:
+        dataset = dataset.shard(num_shards, shard_index)
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size).map(
+        lambda serialized: to_model_example(tf.io.parse_example(serialized, spec)),
+        num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def read_arrays(files: list[str], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Whole features of small splits as numpy arrays (validation metrics, model card)."""
+    spec = feature_spec()
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
+    parts: dict[str, list] = {name: [] for name in names}
+    for serialized in dataset:
+        parsed = tf.io.parse_example(serialized, {name: spec[name] for name in names})
+        for name in names:
+            parts[name].append(parsed[name].numpy())
+    return {name: np.concatenate(chunks) if chunks else np.zeros((0,)) for name, chunks in parts.items()}

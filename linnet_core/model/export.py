@@ -1,0 +1,98 @@
+"""The model directory (docs/ARCHITECTURE.md) and (re-)export of its inference SavedModel.
+
+Export always starts from the files in the model directory (weights, config, taxonomy copy,
+thresholds), so `linnet train` and a later re-export with tuned thresholds build the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from linnet_core.model.config import ModelConfig
+from linnet_core.model.inference_model import InferenceModel
+from linnet_core.model.training_model import build_training_model
+from linnet_core.taxonomy import Taxonomy, TaxonomyError
+from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
+
+SAVED_MODEL = "saved_model"
+MODEL_JSON = "model.json"
+THRESHOLDS_JSON = "thresholds.json"
+CONFIG_JSON = "config.json"
+WEIGHTS = "training_model.weights.h5"
+TAXONOMY_COPY = "taxonomy-with-ids.en-US.txt"
+
+logger = logging.getLogger(__name__)
+
+
+class ModelDirError(ValueError):
+    """A model directory that lacks a file export needs, or whose files disagree."""
+
+
+def read_model_json(model_dir: str | Path) -> dict:
+    """MODEL/model.json. Raises ModelDirError when missing."""
+    path = Path(model_dir, MODEL_JSON)
+    if not path.exists():
+        raise ModelDirError(f"{model_dir} is not a model directory: {path} is missing")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_model_json(model_dir: str | Path, data: dict) -> None:
+    Path(model_dir, MODEL_JSON).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | None = None) -> Path:
+    """(Re)build MODEL/saved_model from the trained weights, with new thresholds if given.
+
+    Args:
+        model_dir: a directory `linnet train` wrote.
+        thresholds_path: a thresholds file to bake in; it replaces MODEL/thresholds.json and
+            model.json's thresholds_version. None re-exports with MODEL/thresholds.json.
+
+    Returns:
+        The SavedModel directory.
+
+    Raises:
+        ModelDirError: a file is missing or the taxonomy copy does not match model.json.
+        ThresholdsError, TaxonomyError: bad thresholds (e.g. an override on an unknown node).
+    """
+    model_dir = Path(model_dir)
+    info = read_model_json(model_dir)
+    for name in (WEIGHTS, CONFIG_JSON, TAXONOMY_COPY, THRESHOLDS_JSON):
+        if not (model_dir / name).exists():
+            raise ModelDirError(f"{model_dir}: {name} is missing; cannot export")
+    taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
+    if taxonomy.fingerprint != info["taxonomy_fingerprint"]:
+        raise ModelDirError(f"{model_dir}: taxonomy copy has fingerprint {taxonomy.fingerprint}, "
+                            f"model.json says {info['taxonomy_fingerprint']}")
+    thresholds = load_thresholds(thresholds_path or model_dir / THRESHOLDS_JSON)
+    _check_overrides(thresholds, taxonomy)
+    config = ModelConfig.from_json(json.loads((model_dir / CONFIG_JSON).read_text(encoding="utf-8")),
+                                   source=str(model_dir / CONFIG_JSON))
+    network = build_training_model(config, taxonomy.level_sizes())
+    network.load_weights(str(model_dir / WEIGHTS))
+    module = InferenceModel(network, taxonomy, thresholds, info["model_version"],
+                            info.get("default_decoding", "exact"))
+    target = model_dir / SAVED_MODEL
+    staging = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=model_dir))
+    try:
+        module.save(str(staging))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    save_thresholds(thresholds, model_dir / THRESHOLDS_JSON)
+    write_model_json(model_dir, {**info, "thresholds_version": thresholds.version})
+    logger.info("exported %s with thresholds %s", target, thresholds.version)
+    return target
+
+
+def _check_overrides(thresholds: Thresholds, taxonomy: Taxonomy) -> None:
+    unknown = sorted(node_id for node_id in thresholds.overrides if node_id not in taxonomy)
+    if unknown:
+        raise TaxonomyError(f"thresholds {thresholds.version}: overrides on ids not in taxonomy "
+                            f"{taxonomy.version}: {unknown}")

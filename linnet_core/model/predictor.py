@@ -1,0 +1,133 @@
+"""`Predictor(model_dir)`: the exported inference model for Python callers (scoring, evaluation,
+threshold tuning), batched over numpy arrays. Decoding and thresholds run inside the SavedModel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from linnet_core.features import IMAGE_DIM, IMAGE_EMBEDDING, IMAGE_PRESENT, LEVELS, TEXT_DIM, TEXT_EMBEDDING
+from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON, read_model_json
+from linnet_core.taxonomy import Taxonomy
+from linnet_core.thresholds import Thresholds, load_thresholds
+
+DEFAULT_BATCH = 1024
+
+
+class TaxonomyMismatchError(ValueError):
+    """The caller's taxonomy is not the one the model was trained on (fingerprints differ)."""
+
+
+class Predictor:
+    """The inference SavedModel of a model directory, loaded once.
+
+    Args:
+        model_dir: a directory `linnet train` wrote (saved_model/, model.json, thresholds.json).
+        taxonomy: when given, refuse it unless its fingerprint equals the model's.
+        batch_size: rows per SavedModel call.
+
+    Raises:
+        TaxonomyMismatchError: the taxonomy differs from the model's.
+        ModelDirError: model_dir lacks model.json.
+    """
+
+    def __init__(self, model_dir: str | Path, taxonomy: Taxonomy | None = None,
+                 batch_size: int = DEFAULT_BATCH) -> None:
+        self.model_dir = Path(model_dir)
+        self.info = read_model_json(self.model_dir)
+        self._model = tf.saved_model.load(str(self.model_dir / SAVED_MODEL))
+        self.metadata = {
+            name: value.decode() if isinstance(value, bytes) else value
+            for name, value in ((k, v.numpy()) for k, v in self._model.signatures["metadata"]().items())
+        }
+        self.batch_size = batch_size
+        self.thresholds: Thresholds = load_thresholds(self.model_dir / THRESHOLDS_JSON)
+        if taxonomy is not None:
+            self.check_taxonomy(taxonomy)
+
+    @property
+    def taxonomy_fingerprint(self) -> str:
+        return self.metadata["taxonomy_fingerprint"]
+
+    @property
+    def model_version(self) -> str:
+        return self.metadata["model_version"]
+
+    @property
+    def thresholds_version(self) -> str:
+        return self.metadata["thresholds_version"]
+
+    def check_taxonomy(self, taxonomy: Taxonomy) -> None:
+        """Raise TaxonomyMismatchError unless `taxonomy` is the tree the model's classes index."""
+        if taxonomy.fingerprint != self.taxonomy_fingerprint:
+            raise TaxonomyMismatchError(
+                f"model {self.model_version} in {self.model_dir} was trained on taxonomy "
+                f"{self.metadata['taxonomy_version']} (fingerprint {self.taxonomy_fingerprint}); "
+                f"got taxonomy {taxonomy.version} (fingerprint {taxonomy.fingerprint}) "
+                f"from {taxonomy.source}")
+
+    def predict(self, text_embedding: np.ndarray, image_embedding: np.ndarray, image_present: np.ndarray,
+                decoding: str | None = None, thresholds: np.ndarray | list[float] | None = None,
+                use_overrides: bool = True) -> dict[str, np.ndarray]:
+        """Decoded paths and thresholded predictions (the SavedModel's outputs) for N products.
+
+        Args:
+            text_embedding, image_embedding, image_present: float32 [N, 384], [N, 1280], [N].
+            decoding: "exact" or "greedy"; None takes the model's default.
+            thresholds: 7 per-level thresholds; None takes the baked ones.
+            use_overrides: apply the baked per-node floors.
+
+        Returns:
+            level_ids int64[N, 7], level_confidences float32[N, 7], gpt_id int64[N], depth int32[N],
+            decision int32[N], decoding bytes[N].
+        """
+        if decoding is None and thresholds is None and use_overrides:
+            signature = self._model.signatures["serving_default"]
+            extra = {}
+        else:
+            signature = self._model.signatures["decode"]
+            levels = self.metadata["thresholds"] if thresholds is None else thresholds
+            extra = {
+                "decoding": tf.constant(decoding or self.metadata["default_decoding"]),
+                "thresholds": tf.constant(np.asarray(levels, np.float32).reshape(LEVELS)),
+                "use_overrides": tf.constant(bool(use_overrides)),
+            }
+        return self._batched(signature, text_embedding, image_embedding, image_present, extra)
+
+    def level_probabilities(self, text_embedding: np.ndarray, image_embedding: np.ndarray,
+                            image_present: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-level calibrated softmax over all classes of each level: `level_k` → float32[N, n_k]."""
+        return self._batched(self._model.signatures["level_probabilities"], text_embedding,
+                             image_embedding, image_present, {})
+
+    def level_logits(self, text_embedding: np.ndarray, image_embedding: np.ndarray,
+                     image_present: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-level raw logits (before temperatures): `level_k` → float32[N, n_k]."""
+        return self._batched(self._model.signatures["level_logits"], text_embedding, image_embedding,
+                             image_present, {})
+
+    def _batched(self, signature, text_embedding, image_embedding, image_present, extra) -> dict:
+        text = np.asarray(text_embedding, np.float32).reshape(-1, TEXT_DIM)
+        image = np.asarray(image_embedding, np.float32).reshape(-1, IMAGE_DIM)
+        present = np.asarray(image_present, np.float32).reshape(-1)
+        if not len(text) == len(image) == len(present):
+            raise ValueError(f"inputs disagree on the number of products: {len(text)}, {len(image)}, "
+                             f"{len(present)}")
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, max(len(text), 1), self.batch_size):
+            stop = start + self.batch_size
+            outputs = signature(**{TEXT_EMBEDDING: tf.constant(text[start:stop]),
+                                   IMAGE_EMBEDDING: tf.constant(image[start:stop]),
+                                   IMAGE_PRESENT: tf.constant(present[start:stop])}, **extra)
+            for name, value in outputs.items():
+                parts.setdefault(name, []).append(value.numpy())
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+    def describe(self) -> str:
+        """One line for logs: versions and the default decoding."""
+        return json.dumps({k: self.metadata[k] for k in (
+            "model_version", "taxonomy_version", "taxonomy_fingerprint", "thresholds_version",
+            "default_decoding")})

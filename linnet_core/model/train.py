@@ -1,0 +1,163 @@
+"""Training: single process by default, data-parallel MultiWorkerMirroredStrategy when TF_CONFIG
+names a cluster. The chief writes the model directory (docs/ARCHITECTURE.md) and exports it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+import tf_keras
+
+from linnet_core.model import report
+from linnet_core.model.config import ModelConfig
+from linnet_core.model.data import DataError, count_examples, make_dataset, split_files
+from linnet_core.model.export import (
+    CONFIG_JSON,
+    TAXONOMY_COPY,
+    THRESHOLDS_JSON,
+    WEIGHTS,
+    export_inference_model,
+    read_model_json,
+    write_model_json,
+)
+from linnet_core.model.training_model import build_training_model, compile_training_model
+from linnet_core.taxonomy import Taxonomy
+from linnet_core.thresholds import Thresholds, default_thresholds, save_thresholds
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where this process stands in training: the strategy and its worker's place."""
+
+    strategy: tf.distribute.Strategy
+    num_workers: int
+    worker_index: int
+    is_chief: bool
+
+
+def cluster_from_env(environ: dict | None = None) -> Cluster:
+    """MultiWorkerMirroredStrategy when TF_CONFIG lists more than one worker, else the default strategy.
+
+    Must run before any other TF op: a multi-worker strategy cannot start once the runtime is up.
+    The chief is the "chief" task, or worker 0 when the cluster has none.
+    """
+    raw = (environ if environ is not None else os.environ).get("TF_CONFIG")
+    if not raw:
+        return Cluster(tf.distribute.get_strategy(), 1, 0, True)
+    tf_config = json.loads(raw)
+    cluster = tf_config.get("cluster", {})
+    task = tf_config.get("task", {})
+    num_workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    if num_workers <= 1:
+        return Cluster(tf.distribute.get_strategy(), 1, 0, True)
+    task_type, task_index = task.get("type"), int(task.get("index", 0))
+    is_chief = task_type == "chief" or (task_type == "worker" and task_index == 0 and "chief" not in cluster)
+    worker_index = task_index + (len(cluster.get("chief", [])) if task_type == "worker" else 0)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    return Cluster(strategy, num_workers, worker_index, is_chief)
+
+
+def _distributed_input(cluster: Cluster, files: list[str], batch_size: int, config: ModelConfig,
+                       shuffle: bool, repeat: bool):
+    """Each worker reads its own shard of the records, batched per replica."""
+
+    def input_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_dataset(files, context.get_per_replica_batch_size(batch_size),
+                            shuffle_buffer=config.shuffle_buffer if shuffle else 0, seed=config.seed,
+                            repeat=repeat, num_shards=context.num_input_pipelines,
+                            shard_index=context.input_pipeline_id)
+
+    return cluster.strategy.distribute_datasets_from_function(input_fn)
+
+
+def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, taxonomy: Taxonomy,
+          thresholds: Thresholds | None = None, cluster: Cluster | None = None) -> dict:
+    """Train on DATA/train, validate on DATA/validation each epoch; the chief writes `output_dir`.
+
+    Args:
+        data_dir: a `linnet build-training-data` output (docs/ARCHITECTURE.md).
+        output_dir: the model directory to write (chief only).
+        config: hyperparameters.
+        taxonomy: the taxonomy whose level indexes the data's labels use.
+        thresholds: thresholds to bake in (default: default_thresholds()).
+        cluster: from cluster_from_env() (called here when None).
+
+    Returns:
+        The per-epoch curves (curves.json's content).
+
+    Raises:
+        DataError: a split is missing or empty.
+    """
+    cluster = cluster or cluster_from_env()
+    tf_keras.utils.set_random_seed(config.seed)
+    train_files, validation_files = split_files(data_dir, "train"), split_files(data_dir, "validation")
+    n_train, n_validation = count_examples(train_files), count_examples(validation_files)
+    if n_train == 0 or n_validation == 0:
+        raise DataError(f"{data_dir}: empty split (train {n_train}, validation {n_validation} examples)")
+    multi = cluster.num_workers > 1
+    with cluster.strategy.scope():
+        network = build_training_model(config, taxonomy.level_sizes())
+        compile_training_model(network, config)
+    started = time.monotonic()
+    history = network.fit(
+        _distributed_input(cluster, train_files, config.batch_size, config, shuffle=True, repeat=True),
+        epochs=config.epochs,
+        steps_per_epoch=math.ceil(n_train / config.batch_size),
+        validation_data=_distributed_input(cluster, validation_files, config.batch_size, config,
+                                           shuffle=False, repeat=multi),
+        validation_steps=math.ceil(n_validation / config.batch_size) if multi else None,
+        verbose=2,
+    )
+    seconds = time.monotonic() - started
+    curves = report.curves(history.history, taxonomy.max_depth)
+    if cluster.is_chief:
+        weights = network.get_weights()
+        _write_model_dir(Path(output_dir), weights, config, taxonomy, thresholds or default_thresholds(),
+                         curves, {"train_examples": n_train, "validation_examples": n_validation,
+                                  "workers": cluster.num_workers, "train_seconds": round(seconds, 1),
+                                  "data_dir": str(data_dir)})
+    return curves
+
+
+def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxonomy: Taxonomy,
+                     thresholds: Thresholds, curves: dict, training: dict) -> None:
+    """Weights, config, taxonomy copy, thresholds, model.json, curves; then export and the model card.
+
+    The weights go through a fresh model built outside the strategy, so saving needs no collective
+    op the other workers would have to join.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    network = build_training_model(config, taxonomy.level_sizes())
+    network.set_weights(weights)
+    network.save_weights(str(output_dir / WEIGHTS))
+    (output_dir / CONFIG_JSON).write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
+    shutil.copyfile(taxonomy.source, output_dir / TAXONOMY_COPY)
+    save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
+    digest = hashlib.sha256((output_dir / WEIGHTS).read_bytes()).hexdigest()[:8]
+    write_model_json(output_dir, {
+        "model_version": f"linnet-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{digest}",
+        "taxonomy_version": taxonomy.version,
+        "taxonomy_fingerprint": taxonomy.fingerprint,
+        "thresholds_version": thresholds.version,
+        "default_decoding": "exact",
+        "level_sizes": taxonomy.level_sizes(),
+        "config": config.to_json(),
+        "training": training,
+    })
+    report.write_curves(curves, output_dir)
+    export_inference_model(output_dir)
+    validation = report.evaluate_split(output_dir, Path(training["data_dir"]), "validation", taxonomy)
+    info = read_model_json(output_dir)
+    write_model_json(output_dir, {**info, "validation": validation})
+    report.write_model_card(output_dir, info, validation)
+    logger.info("wrote model directory %s", output_dir)

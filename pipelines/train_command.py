@@ -1,0 +1,43 @@
+"""`linnet train --data DIR --config FILE --output DIR`: train the hierarchical model, write MODEL dir.
+
+Under a TF_CONFIG cluster every worker runs this same command; the chief writes --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from linnet_core.model.config import ConfigError, load_config
+from linnet_core.model.data import DataError
+from linnet_core.taxonomy import Taxonomy, TaxonomyError
+from linnet_core.thresholds import ThresholdsError, load_thresholds
+from pipelines import defaults
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="linnet train", description=__doc__)
+    parser.add_argument("--data", required=True, help="training-data directory (build-training-data)")
+    parser.add_argument("--config", help="model config JSON (default: linnet_core/config/model.json)")
+    parser.add_argument("--output", required=True, help="model directory to write")
+    parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
+    parser.add_argument("--thresholds", help="thresholds.json to bake in (default: 0.5 per level)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from linnet_core.model.train import cluster_from_env, train
+
+        cluster = cluster_from_env()
+        config = load_config(args.config)
+        taxonomy = Taxonomy.load(args.taxonomy)
+        thresholds = load_thresholds(args.thresholds) if args.thresholds else None
+        train(args.data, args.output, config, taxonomy, thresholds, cluster)
+    except (ConfigError, DataError, TaxonomyError, ThresholdsError, OSError) as error:
+        print(f"linnet train: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
