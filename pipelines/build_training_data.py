@@ -1,0 +1,471 @@
+"""`linnet build-training-data`: labelled products → embeddings → tf.Transform → sharded TFRecords.
+
+Writes the training data directory of docs/ARCHITECTURE.md: gzip TFRecords per split, the
+transform_fn (class weights learned on the train split), class_weights.json, stats.json and dead
+letters. A local output appears whole or not at all (written beside it, then renamed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import tensorflow_transform.beam as tft_beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import TaggedOutput
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tensorflow_transform.tf_metadata import metadata_io
+from tfx_bsl.public import tfxio
+
+from linnet_core import transform
+from linnet_core.features import IMAGE_EMBEDDING, TEXT_EMBEDDING
+from linnet_core.records import Reason, RecordError, dead_letter
+from linnet_core.taxonomy import Taxonomy
+from linnet_core.training_data import (
+    SPLITS,
+    TRAIN,
+    SplitConfig,
+    SplitStats,
+    WeightConfig,
+    assign_split,
+    choose_duplicate,
+    class_weights_report,
+    hash_unit,
+    level_sizes,
+    resolve_label,
+    stats_report,
+    to_example,
+)
+from pipelines.io import DEAD_LETTER, PRODUCTS, VALIDATE_STAGE, ReadProducts, WriteTable
+from pipelines.options import OutputOptions, ProductInputOptions
+
+LOGGER = logging.getLogger(__name__)
+EMBEDDED = "embedded"
+EXAMPLES = "examples"
+LABEL_STAGE = "label"
+EMBED_STAGE = "embed"
+BATCH_SIZE = 500
+_NOT_RAW = (TEXT_EMBEDDING, IMAGE_EMBEDDING)
+
+
+class TrainingDataOptions(PipelineOptions):
+    """Flags of `linnet build-training-data` beyond input, taxonomy and output."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--sample", type=int, default=None,
+                            help="use only N products (the same N on every run, chosen by id hash)")
+        parser.add_argument("--split_by", "--split-by", dest="split_by", default="store",
+                            help="comma-separated fields hashed for the split; the first non-empty "
+                                 "one counts, product_id last (default: store)")
+        parser.add_argument("--split_fractions", "--split-fractions", dest="split_fractions",
+                            default="0.7,0.15,0.15", help="train,validation,calibration fractions")
+        parser.add_argument("--weight_power", "--weight-power", dest="weight_power", type=float,
+                            default=WeightConfig.power, help="class-weight exponent (1 = balanced)")
+        parser.add_argument("--weight_smoothing", "--weight-smoothing", dest="weight_smoothing",
+                            type=float, default=WeightConfig.smoothing, help="added to class counts")
+        parser.add_argument("--weight_cap", "--weight-cap", dest="weight_cap", type=float,
+                            default=WeightConfig.cap, help="largest class weight")
+        parser.add_argument("--shards", type=int, default=8, help="TFRecord files per split")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Validated settings of one run; `output` is the folder being written (the staging folder)."""
+
+    input: str
+    taxonomy: str
+    output: str
+    image_root: str | None
+    split: SplitConfig
+    weights: WeightConfig
+    sample: int | None
+    shards: int
+    run_id: str
+
+    def __post_init__(self) -> None:
+        if self.sample is not None and self.sample < 1:
+            raise ValueError(f"--sample must be >= 1, got {self.sample}")
+        if self.shards < 1:
+            raise ValueError(f"--shards must be >= 1, got {self.shards}")
+
+
+def _config(options: PipelineOptions, output: str) -> BuildConfig:
+    inputs = options.view_as(ProductInputOptions)
+    flags = options.view_as(TrainingDataOptions)
+    fractions = tuple(float(part) for part in flags.split_fractions.split(","))
+    return BuildConfig(
+        input=inputs.input,
+        taxonomy=inputs.taxonomy,
+        output=output,
+        image_root=inputs.image_root or str(Path(inputs.input.split(",")[0]).parent),
+        split=SplitConfig(fractions, tuple(f.strip() for f in flags.split_by.split(",") if f.strip())),
+        weights=WeightConfig(flags.weight_power, flags.weight_smoothing, flags.weight_cap),
+        sample=flags.sample,
+        shards=flags.shards,
+        run_id=options.view_as(OutputOptions).run_id or dt.datetime.now(dt.UTC).strftime(
+            "%Y%m%dT%H%M%SZ"),
+    )
+
+
+class _CoreFn(beam.DoFn):
+    """Loads the taxonomy once per worker and calls one core function per record; a `RecordError`
+    becomes a dead letter of `stage` (embeddings left out of its raw JSON)."""
+
+    stage = ""
+
+    def __init__(self, taxonomy_path: str, run_id: str | None = None) -> None:
+        self.taxonomy_path = taxonomy_path
+        self.run_id = run_id
+        self.taxonomy: Taxonomy | None = None
+        self.rejected = Metrics.counter("linnet", f"training_{self.stage}_rejected")
+
+    def setup(self) -> None:
+        self.taxonomy = Taxonomy.load(self.taxonomy_path)
+
+    def process(self, record: dict[str, Any]) -> Iterator[Any]:
+        try:
+            yield self.convert(record)
+        except RecordError as error:
+            self.rejected.inc()
+            raw = {key: value for key, value in record.items() if key not in _NOT_RAW}
+            yield TaggedOutput(DEAD_LETTER, dead_letter(self.stage, error.reason, str(error), raw,
+                                                        run_id=self.run_id))
+
+    def convert(self, record: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+class ValidateLabelFn(_CoreFn):
+    """Passes a record whose label names one taxonomy node (`training_data.resolve_label`)."""
+
+    stage = LABEL_STAGE
+
+    def convert(self, record: dict[str, Any]) -> dict[str, Any]:
+        resolve_label(record, self.taxonomy)
+        return record
+
+
+class ToExampleFn(_CoreFn):
+    """Embedded record → (split, raw training example) (`training_data.to_example`)."""
+
+    stage = EMBED_STAGE
+
+    def __init__(self, taxonomy_path: str, split: SplitConfig, run_id: str | None = None) -> None:
+        super().__init__(taxonomy_path, run_id)
+        self.split = split
+
+    def convert(self, record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return assign_split(record, self.split), to_example(record, self.taxonomy)
+
+
+class DropDuplicatesFn(beam.DoFn):
+    """Of the records grouped under one product_id keeps one (`training_data.choose_duplicate`);
+    the others become dead letters, so a product never lands in two splits or twice in one."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        self.duplicates = Metrics.counter("linnet", "training_duplicates")
+
+    def process(self, keyed: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
+        product_id, records = keyed
+        kept, duplicates = choose_duplicate(records)
+        yield kept
+        for record in duplicates:
+            self.duplicates.inc()
+            yield TaggedOutput(DEAD_LETTER, dead_letter(
+                VALIDATE_STAGE, Reason.DUPLICATE_PRODUCT_ID,
+                f"product_id {product_id} occurs {len(records)} times; kept one", record,
+                run_id=self.run_id))
+
+
+def _product_id(record: dict[str, Any]) -> str:
+    return record["product_id"]
+
+
+def _sample_rank(record: dict[str, Any]) -> float:
+    return hash_unit(record["product_id"])
+
+
+class SampleProducts(beam.PTransform):
+    """The `n` products of smallest id hash: a uniform sample, the same on every run."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def expand(self, products: beam.PCollection) -> beam.PCollection:
+        return (products
+                | "Smallest" >> beam.combiners.Top.Smallest(self.n, key=_sample_rank)
+                | "Flatten" >> beam.FlatMap(iter))
+
+
+class BuildExamples(beam.PTransform):
+    """Product records → tagged `examples` ((split, raw example)) and `dead_letter`.
+
+    Labels are checked before embedding so no encoder time goes to records that will be dropped.
+
+    Args:
+        taxonomy_path: the taxonomy file (loaded once per worker).
+        split: how records are assigned to splits.
+        embed: a transform with the `EmbedProducts` contract (tagged `embedded`, `dead_letter`).
+        run_id: recorded in dead letters.
+    """
+
+    def __init__(self, taxonomy_path: str, split: SplitConfig, embed: beam.PTransform,
+                 run_id: str | None = None) -> None:
+        super().__init__()
+        self.taxonomy_path = taxonomy_path
+        self.split = split
+        self.embed = embed
+        self.run_id = run_id
+
+    def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
+        labelled = products | "ValidateLabels" >> beam.ParDo(
+            ValidateLabelFn(self.taxonomy_path, self.run_id)).with_outputs(DEAD_LETTER, main=PRODUCTS)
+        unique = (
+            labelled[PRODUCTS]
+            | "KeyByProductId" >> beam.WithKeys(_product_id)
+            | "GroupByProductId" >> beam.GroupByKey()
+            | "DropDuplicates" >> beam.ParDo(DropDuplicatesFn(self.run_id)).with_outputs(
+                DEAD_LETTER, main=PRODUCTS)
+        )
+        embedded = unique[PRODUCTS] | "EmbedProducts" >> self.embed
+        examples = embedded[EMBEDDED] | "ToExamples" >> beam.ParDo(
+            ToExampleFn(self.taxonomy_path, self.split, self.run_id)).with_outputs(DEAD_LETTER, main=EXAMPLES)
+        dead = ((labelled[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], examples[DEAD_LETTER])
+                | "MergeDeadLetters" >> beam.Flatten())
+        return {EXAMPLES: examples[EXAMPLES], DEAD_LETTER: dead}
+
+
+class EncodeExamplesFn(beam.DoFn):
+    """Transformed RecordBatches → serialized tf.train.Examples (tfx_bsl's encoder, no Python protos)."""
+
+    def __init__(self, schema: schema_pb2.Schema) -> None:
+        self.schema = schema.SerializeToString()
+        self.encoder: tfxio.RecordBatchToExamplesEncoder | None = None
+
+    def setup(self) -> None:
+        self.encoder = tfxio.RecordBatchToExamplesEncoder(schema_pb2.Schema.FromString(self.schema))
+
+    def process(self, transformed: tuple[Any, Any]) -> Iterator[bytes]:
+        record_batch, _ = transformed
+        yield from self.encoder.encode(record_batch)
+
+
+def _split_index(keyed: tuple[str, dict], _: int) -> int:
+    return SPLITS.index(keyed[0])
+
+
+def _examples_of(keyed_examples: list[tuple[str, dict]]) -> Any:
+    return transform.to_record_batch([example for _, example in keyed_examples])
+
+
+class TransformAndWriteExamples(beam.PTransform):
+    """(split, raw example) → gzip TFRecords per split, weights from a transform_fn analysed on train.
+
+    Returns (split, examples written) pairs; writes `transform_fn/` and `transformed_metadata/`.
+    """
+
+    def __init__(self, output: str, sizes: list[int], weights: WeightConfig, shards: int) -> None:
+        super().__init__()
+        self.output = output
+        self.sizes = sizes
+        self.weights = weights
+        self.shards = shards
+
+    def expand(self, keyed_examples: beam.PCollection) -> beam.PCollection:
+        parts = keyed_examples | "PartitionBySplit" >> beam.Partition(_split_index, len(SPLITS))
+        adapter = transform.tensor_adapter_config()
+        batches = {
+            split: (parts[i]
+                    | f"Batch{split.title()}" >> beam.BatchElements(max_batch_size=BATCH_SIZE)
+                    | f"ToRecordBatch{split.title()}" >> beam.Map(_examples_of))
+            for i, split in enumerate(SPLITS)
+        }
+        counts = []
+        with tft_beam.Context(temp_dir=f"{self.output}/tmp"):
+            transform_fn = (batches[TRAIN], adapter) | "AnalyzeTrain" >> tft_beam.AnalyzeDataset(
+                transform.make_preprocessing_fn(self.sizes, self.weights))
+            for split in SPLITS:
+                label = split.title()
+                transformed, metadata = ((batches[split], adapter), transform_fn) | f"Transform{label}" >> (
+                    tft_beam.TransformDataset(output_record_batches=True))
+                encoded = transformed | f"Encode{label}" >> beam.ParDo(
+                    EncodeExamplesFn(metadata.dataset_metadata.schema))
+                _ = encoded | f"Write{label}" >> beam.io.WriteToTFRecord(
+                    f"{self.output}/{split}/part", file_name_suffix=".tfrecord.gz", num_shards=self.shards,
+                    compression_type=CompressionTypes.GZIP)
+                counts.append(encoded | f"Count{label}" >> beam.combiners.Count.Globally()
+                              | f"Key{label}" >> beam.WithKeys(split))
+            _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(self.output)
+        return counts | "MergeCounts" >> beam.Flatten()
+
+
+class SplitStatsFn(beam.CombineFn):
+    """Accumulates `training_data.SplitStats` of one split."""
+
+    def create_accumulator(self) -> SplitStats:
+        return SplitStats()
+
+    def add_input(self, accumulator: SplitStats, example: dict[str, Any]) -> SplitStats:
+        return accumulator.add(example)
+
+    def merge_accumulators(self, accumulators) -> SplitStats:
+        merged = SplitStats()
+        for accumulator in accumulators:
+            merged.merge(accumulator)
+        return merged
+
+    def extract_output(self, accumulator: SplitStats) -> SplitStats:
+        return accumulator
+
+
+def _reason(row: dict[str, Any]) -> str:
+    return row["reason"]
+
+
+def _reports(split_stats: list[tuple[str, SplitStats]], dead: dict[str, int], inputs: int,
+             written: dict[str, int], split: SplitConfig, weights: WeightConfig,
+             taxonomy_path: str) -> Iterator[tuple[str, str]]:
+    taxonomy = Taxonomy.load(taxonomy_path)
+    stats = dict(split_stats)
+    yield "stats.json", json.dumps(stats_report(stats, dead, inputs, written, split, taxonomy),
+                                   indent=2, ensure_ascii=False)
+    train = stats.get(TRAIN) or SplitStats()
+    yield "class_weights.json", json.dumps(class_weights_report(train, taxonomy, weights),
+                                           indent=2, ensure_ascii=False)
+
+
+def _write_report(named: tuple[str, str], output: str) -> None:
+    name, text = named
+    with FileSystems.create(f"{output}/{name}") as handle:
+        handle.write(text.encode("utf-8") + b"\n")
+
+
+class WriteStats(beam.PTransform):
+    """Writes `stats.json` and `class_weights.json` from the examples, dead letters, input count
+    and TFRecord counts."""
+
+    def __init__(self, output: str, taxonomy_path: str, split: SplitConfig, weights: WeightConfig) -> None:
+        super().__init__()
+        self.output = output
+        self.taxonomy_path = taxonomy_path
+        self.split = split
+        self.weights = weights
+
+    def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        split_stats = inputs[EXAMPLES] | "SplitStats" >> beam.CombinePerKey(SplitStatsFn())
+        dead = inputs[DEAD_LETTER] | "Reasons" >> beam.Map(_reason) | "CountReasons" >> (
+            beam.combiners.Count.PerElement())
+        return (
+            split_stats
+            | "CollectSplits" >> beam.combiners.ToList()
+            | "Reports" >> beam.FlatMap(
+                _reports, dead=beam.pvalue.AsDict(dead), inputs=beam.pvalue.AsSingleton(inputs["inputs"]),
+                written=beam.pvalue.AsDict(inputs["written"]), split=self.split, weights=self.weights,
+                taxonomy_path=self.taxonomy_path)
+            | "WriteReports" >> beam.Map(_write_report, self.output)
+        )
+
+
+def build(pipeline: beam.Pipeline, cfg: BuildConfig, embed: beam.PTransform) -> None:
+    """Adds the training-data graph to `pipeline` (writing under `cfg.output`)."""
+    taxonomy = Taxonomy.load(cfg.taxonomy)
+    read = pipeline | "ReadProducts" >> ReadProducts(cfg.input, cfg.image_root)
+    products = read[PRODUCTS]
+    if cfg.sample:
+        products = products | "SampleProducts" >> SampleProducts(cfg.sample)
+    examples = products | "BuildExamples" >> BuildExamples(cfg.taxonomy, cfg.split, embed, cfg.run_id)
+    dead = (read[DEAD_LETTER], examples[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
+    inputs = ((products | "CountProducts" >> beam.combiners.Count.Globally(),
+               read[DEAD_LETTER] | "CountReadDeadLetters" >> beam.combiners.Count.Globally())
+              | "MergeInputCounts" >> beam.Flatten()
+              | "CountInputs" >> beam.CombineGlobally(sum))
+    written = examples[EXAMPLES] | "TransformAndWriteExamples" >> TransformAndWriteExamples(
+        cfg.output, level_sizes(taxonomy), cfg.weights, cfg.shards)
+    _ = dead | "WriteDeadLetters" >> WriteTable(
+        f"{cfg.output}/dead_letters/part", "dead_letters", num_shards=1)
+    _ = ({EXAMPLES: examples[EXAMPLES], DEAD_LETTER: dead, "inputs": inputs, "written": written}
+         | "WriteStats" >> WriteStats(cfg.output, cfg.taxonomy, cfg.split, cfg.weights))
+
+
+def default_embed(options: PipelineOptions) -> beam.PTransform:
+    """The project's `EmbedProducts` configured from the command line (embedding cache included)."""
+    from pipelines.embed import EmbedProducts
+
+    return EmbedProducts.from_options(options)
+
+
+def check(stats: dict[str, Any]) -> None:
+    """Raises RuntimeError when records were lost: inputs ≠ examples + dead letters, or a split whose
+    TFRecord count differs from its examples."""
+    if stats["inputs"] != stats["examples"] + stats["dead_letters"]:
+        raise RuntimeError(f"records lost: {stats['inputs']} in, {stats['examples']} examples, "
+                           f"{stats['dead_letters']} dead letters")
+    for name, split in stats["splits"].items():
+        if split["examples"] != split["written"]:
+            raise RuntimeError(f"split {name}: {split['examples']} examples but {split['written']} written")
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Replaces `output` with the finished `staging` folder by renames, so no reader sees half."""
+    previous = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+    if output.exists():
+        output.rename(previous)
+    staging.rename(output)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
+        embed: beam.PTransform | None = None) -> dict[str, Any]:
+    """Builds the training data and returns (and prints) its stats.
+
+    Args:
+        argv: command-line flags (Beam flags included).
+        test_pipeline: a pipeline to build into instead of one made from `argv`.
+        embed: replaces the default `EmbedProducts` (same tagged-output contract).
+
+    Raises:
+        RuntimeError: records were lost between input and output.
+    """
+    options = PipelineOptions(argv)
+    final = options.view_as(OutputOptions).output
+    local = "://" not in final
+    if local:
+        Path(final).parent.mkdir(parents=True, exist_ok=True)
+        staging = str(Path(final).with_name(f".{Path(final).name}.partial-{uuid.uuid4().hex[:8]}"))
+    else:
+        staging = final
+    cfg = _config(options, staging)
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    build(pipeline, cfg, embed or default_embed(options))
+    try:
+        pipeline.run().wait_until_finish()
+        metadata_io.write_metadata(transform.raw_metadata(), f"{staging}/metadata")
+        with FileSystems.open(f"{staging}/stats.json") as handle:
+            stats = json.loads(handle.read())
+        check(stats)
+    except BaseException:
+        if local:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if FileSystems.exists(f"{staging}/tmp"):
+        FileSystems.delete([f"{staging}/tmp"])
+    if local:
+        _publish(Path(staging), Path(final))
+    json.dump(stats, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return stats
