@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MODELS_DIR ?= $(or $(LINNET_CACHE),$(HOME)/.cache/linnet)/models
+MODELS_STAMP := $(MODELS_DIR)/prepared.json
 LINNET := $(BIN)/linnet
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
@@ -24,7 +26,10 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)  ## Create .venv with the pinned stack (a no-op when up to date).
+$(MODELS_STAMP): | $(STAMP)
+	$(LINNET) prepare-models --models_dir $(MODELS_DIR)
+
+install: $(STAMP) $(MODELS_STAMP)  ## Create .venv with the pinned stack and prepare the encoders (no-op when present).
 
 lint: install  ## Ruff over the code.
 	$(BIN)/ruff check linnet_core pipelines schemas tests bench

@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "taxonomy": ("pipelines.taxonomy_command:main", "Summarize the taxonomy or describe one node."),
     "import-products": ("pipelines.import_products:run", "JSONL products → Parquet + dead letters."),
+    "prepare-models": ("pipelines.prepare_models:main", "Materialize the default encoders offline."),
     "build-training-data": ("pipelines.build_training_data:run", "Products → embeddings → TFT → TFRecords."),
     "train": ("pipelines.train_command:main", "Train the hierarchical model; write a model directory."),
 }

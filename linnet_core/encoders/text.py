@@ -1,0 +1,169 @@
+"""Text encoder: multilingual-e5-small through `transformers` (torch fp32 reference) or ONNX Runtime int8.
+
+Both engines share the tokenizer (AutoTokenizer, `query: ` prefix, truncation at `max_tokens`) and the
+pooling (mean over the attention mask, then L2 norm), so they differ only in how the network runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+QUERY_PREFIX = "query: "
+DEFAULT_MAX_TOKENS = 128
+TEXT_MODEL_NAME = "multilingual-e5-small"
+ONNX_INT8 = "onnx/model_int8.onnx"
+ENGINES = ("onnx", "torch")
+
+
+class TextEncoder(Protocol):
+    """What the pipeline needs of a text encoder."""
+
+    encoder_id: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32, L2-normalised rows."""
+
+
+def mean_pool_normalize(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of token vectors under the attention mask, then L2 norm (the e5 recipe)."""
+    weights = mask[..., None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def fingerprint(paths: Sequence[Path]) -> str:
+    """A short content fingerprint of model files: size plus the first and last MiB of each.
+
+    Cheap enough to compute at every load and it changes whenever weights are re-exported, so embedding
+    cache keys never mix two versions of a model.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            handle.seek(max(size - (1 << 20), 0))
+            digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+class _TokenizingEncoder:
+    """Tokenization shared by both engines."""
+
+    dim = 384
+
+    def __init__(self, model: str, max_tokens: int) -> None:
+        from transformers import AutoTokenizer
+
+        if max_tokens < 3:
+            raise ValueError(f"max_tokens must be at least 3, got {max_tokens}")
+        self.model = model
+        self.max_tokens = max_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask, int64, padded to the longest text of the batch."""
+        batch = self.tokenizer([QUERY_PREFIX + text for text in texts], padding=True, truncation=True,
+                               max_length=self.max_tokens, return_tensors="np")
+        return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+
+    def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Unpadded token ids of each text, as (1, length) int64 arrays."""
+        batch = self.tokenizer([QUERY_PREFIX + text for text in texts], truncation=True,
+                               max_length=self.max_tokens)
+        return [np.asarray([ids], dtype=np.int64) for ids in batch["input_ids"]]
+
+
+class TorchTextEncoder(_TokenizingEncoder):
+    """The reference path: `AutoModel` in fp32 torch, from a local directory or a hub id."""
+
+    def __init__(self, model: str, max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModel
+
+        super().__init__(model, max_tokens)
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.network = AutoModel.from_pretrained(model).eval()
+        self.dim = int(self.network.config.hidden_size)
+        local = Path(model)
+        files = sorted(local.glob("*.safetensors")) if local.is_dir() else []
+        version = fingerprint(files) if files else model.replace("/", "_")
+        self.encoder_id = f"text/{local.name}/torch-fp32/{max_tokens}/{version}"
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        ids, mask = self.tokenize(texts)
+        with self._torch.inference_mode():
+            hidden = self.network(input_ids=self._torch.from_numpy(ids),
+                                  attention_mask=self._torch.from_numpy(mask)).last_hidden_state
+        return mean_pool_normalize(hidden.numpy(), mask)
+
+
+class OnnxTextEncoder(_TokenizingEncoder):
+    """The fast path: the int8 ONNX export that `linnet prepare-models` writes beside the HF weights.
+
+    Each text runs alone, on `threads` concurrent single-threaded runs of one session. Dynamic int8
+    quantization scales activations per tensor, so batching texts would make an embedding depend on its
+    batch-mates (cosine ~0.99 between batchings), which a content-keyed cache cannot allow; and on this
+    2-core machine two single-threaded runs were ~2× faster than one two-threaded batched run.
+    """
+
+    def __init__(self, model: str, max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,
+                 onnx_file: str = ONNX_INT8) -> None:
+        path = Path(model) / onnx_file
+        if not path.exists():
+            raise FileNotFoundError(f"no ONNX export at {path}: run `linnet prepare-models` or use the torch "
+                                    f"engine")
+        super().__init__(model, max_tokens)
+        self.session = single_threaded_session(path)
+        self._pool = ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="onnx-text")
+        self.encoder_id = f"text/{Path(model).name}/onnx-int8/{max_tokens}/{fingerprint([path])}"
+
+    def _encode_one(self, ids: np.ndarray) -> np.ndarray:
+        mask = np.ones_like(ids)
+        (hidden,) = self.session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})
+        return mean_pool_normalize(hidden, mask)[0]
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack(list(self._pool.map(self._encode_one, self.token_ids(texts))))
+
+
+def single_threaded_session(path: Path):
+    """An ONNX Runtime CPU session whose runs each use one thread (callers run several concurrently)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_text_encoder(model: str, engine: str = "onnx", max_tokens: int = DEFAULT_MAX_TOKENS,
+                      threads: int | None = None) -> TextEncoder:
+    """The text encoder for `model` (directory or hub id) on `engine` (`onnx` fast, `torch` reference).
+
+    Raises:
+        ValueError: unknown engine.
+        FileNotFoundError: the ONNX engine was asked for a model without an ONNX export.
+    """
+    if engine == "onnx":
+        return OnnxTextEncoder(model, max_tokens, threads)
+    if engine == "torch":
+        return TorchTextEncoder(model, max_tokens, threads)
+    raise ValueError(f"unknown text engine {engine!r}; expected one of {ENGINES}")
