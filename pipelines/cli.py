@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-models": ("pipelines.prepare_models:main", "Materialize the default encoders offline."),
     "build-training-data": ("pipelines.build_training_data:run", "Products → embeddings → TFT → TFRecords."),
     "train": ("pipelines.train_command:main", "Train the hierarchical model; write a model directory."),
+    "evaluate": ("pipelines.evaluate_command:main", "Metrics, report, plots and baselines vs labels."),
+    "tune-thresholds": ("pipelines.tune_thresholds_command:main", "Temperatures + precision thresholds."),
 }
 
 

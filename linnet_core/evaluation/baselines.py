@@ -1,0 +1,137 @@
+"""The systems compared with ours, each scored on the same products.
+
+(a) `TfidfBaseline`: a flat TF-IDF + logistic-regression classifier over the label nodes seen in
+    training (the 2018-era approach), on `features.product_text`. Its path is the predicted node's
+    ancestors; a node's confidence is the probability mass of the classes under it.
+(b) `published_design`: the model with greedy decoding and per-level thresholds, no back-off (a path
+    that does not clear every threshold gets no answer). Decoding runs in the exported model.
+(c) ours: exact decoding, calibrated precision-target thresholds and back-off: the model's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from linnet_core import records
+from linnet_core.evaluation.systems import SystemOutput, parquet_files
+from linnet_core.features import LEVELS, NO_LABEL, product_text
+from linnet_core.metrics import AncestorTable
+
+TFIDF, PUBLISHED, OURS = "tfidf", "published", "ours"
+TITLES = {TFIDF: "(a) TF-IDF + LR, flat", PUBLISHED: "(b) greedy + per-level thresholds",
+          OURS: "(c) exact + calibrated + back-off"}
+SEED = 0
+LEAF = 2  # the model's `decision` code for a prediction down to the decoded path's end
+
+
+def product_texts(source: str, product_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """product_id → `product_text` from a products Parquet glob/directory or a raw JSONL file.
+
+    JSONL lines are normalised with `records.normalize` (as the import pipeline does); lines it
+    rejects are skipped here because they never reach training or scoring either.
+    """
+    wanted = None if product_ids is None else set(product_ids)
+    texts: dict[str, str] = {}
+    if source.endswith((".jsonl", ".json")):
+        with open(source, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = records.normalize(json.loads(line))
+                except (records.RecordError, json.JSONDecodeError):
+                    continue
+                if wanted is None or record["product_id"] in wanted:
+                    texts[record["product_id"]] = product_text(record)
+        return texts
+    import pyarrow.parquet as pq
+
+    for path in parquet_files(source):
+        for record in pq.read_table(path).to_pylist():
+            if wanted is None or record["product_id"] in wanted:
+                texts[record["product_id"]] = product_text(record)
+    return texts
+
+
+class TfidfBaseline:
+    """Flat TF-IDF (word 1–2 grams) + multinomial logistic regression over training label nodes."""
+
+    def __init__(self, table: AncestorTable, max_features: int = 200_000, c: float = 10.0) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        self.table = table
+        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True,
+                                          max_features=max_features, dtype=np.float32)
+        self.classifier = LogisticRegression(C=c, max_iter=300, random_state=SEED)
+
+    def fit(self, texts: list[str], gpt_ids: np.ndarray) -> TfidfBaseline:
+        """Train on labelled texts (gpt_id ≥ 0)."""
+        gpt_ids = np.asarray(gpt_ids, dtype=np.int64)
+        keep = gpt_ids != NO_LABEL
+        features = self.vectorizer.fit_transform([t for t, k in zip(texts, keep, strict=True) if k])
+        self.classifier.fit(features, gpt_ids[keep])
+        self.class_paths = self.table.path_of(self.classifier.classes_)
+        return self
+
+    def predict(self, product_ids: np.ndarray, texts: list[str]) -> SystemOutput:
+        """Argmax node for every product (coverage 1), its ancestors and their subtree probabilities."""
+        probabilities = self.classifier.predict_proba(self.vectorizer.transform(texts))
+        best = probabilities.argmax(axis=1)
+        path = self.class_paths[best]
+        confidences = np.zeros(path.shape)
+        for k in range(self.class_paths.shape[1]):
+            under = self.class_paths[None, :, k] == path[:, k, None]
+            confidences[:, k] = np.where(path[:, k] != NO_LABEL, (probabilities * under).sum(axis=1), 0.0)
+        level_ids = np.full((len(best), LEVELS), NO_LABEL, np.int64)
+        level_confidences = np.zeros((len(best), LEVELS))
+        level_ids[:, : path.shape[1]], level_confidences[:, : path.shape[1]] = path, confidences
+        return SystemOutput(TFIDF, np.asarray(product_ids, dtype=object), self.classifier.classes_[best],
+                            level_ids, level_confidences, {"model_version": "tfidf-logreg"})
+
+
+def model_inputs(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from linnet_core.features import IMAGE_EMBEDDING, IMAGE_PRESENT, TEXT_EMBEDDING
+
+    return arrays[TEXT_EMBEDDING], arrays[IMAGE_EMBEDDING], arrays[IMAGE_PRESENT]
+
+
+def model_system(predictor, arrays: Mapping[str, np.ndarray], name: str = OURS, **options) -> SystemOutput:
+    """A system from the exported model's outputs on embeddings (`options`: Predictor.predict's)."""
+    outputs = predictor.predict(*model_inputs(arrays), **options)
+    return SystemOutput(name, np.asarray(arrays["product_id"], dtype=object),
+                        outputs["gpt_id"].astype(np.int64), outputs["level_ids"].astype(np.int64),
+                        outputs["level_confidences"].astype(np.float64),
+                        {"model_version": predictor.model_version,
+                         "taxonomy_version": predictor.metadata["taxonomy_version"],
+                         "thresholds_version": predictor.thresholds_version})
+
+
+def published_design(predictor, arrays: Mapping[str, np.ndarray], thresholds: list[float]) -> SystemOutput:
+    """(b): greedy decoding, these per-level thresholds plus the sensitive floors, no back-off."""
+    outputs = predictor.predict(*model_inputs(arrays), decoding="greedy", thresholds=thresholds)
+    gpt_id = np.where(outputs["decision"] == LEAF, outputs["gpt_id"], NO_LABEL).astype(np.int64)
+    confidences = outputs["level_confidences"].astype(np.float64)
+    return SystemOutput(PUBLISHED, np.asarray(arrays["product_id"], dtype=object), gpt_id,
+                        outputs["level_ids"].astype(np.int64), confidences,
+                        {"model_version": predictor.model_version})
+
+
+def decode_strings(values: np.ndarray) -> np.ndarray:
+    """TFRecord string features (bytes) as Python strings."""
+    return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def read_split(data_dir: str | Path, split: str) -> dict[str, np.ndarray]:
+    """Embeddings, ids and labels of one training-data split (TFRecords, via the model's input fn)."""
+    from linnet_core.features import IMAGE_EMBEDDING, IMAGE_PRESENT, TEXT_EMBEDDING
+    from linnet_core.model.data import read_arrays, split_files
+
+    names = (TEXT_EMBEDDING, IMAGE_EMBEDDING, IMAGE_PRESENT, "product_id", "gpt_id", "store", "lang")
+    arrays = read_arrays(split_files(data_dir, split), names)
+    for name in ("product_id", "store", "lang"):
+        arrays[name] = decode_strings(arrays[name])
+    arrays["gpt_id"] = arrays["gpt_id"].astype(np.int64)
+    return arrays

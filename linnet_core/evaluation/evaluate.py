@@ -1,0 +1,246 @@
+"""The evaluate command's logic: gather each system's outputs on the same products, measure, report.
+
+Ours is either a categorized table (`predictions`) or the model run on a training-data split.
+Baselines need the model and the training data: (a) trains on the `train` split's products, (b)
+decodes the evaluated split; both are then aligned with ours by product id. Everything is
+deterministic (fixed seeds, no sampling), so the report is the same run to run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from linnet_core import metrics
+from linnet_core.evaluation import baselines, report
+from linnet_core.evaluation.systems import (
+    EvaluationError,
+    Labels,
+    SystemOutput,
+    align,
+    join,
+    read_labels,
+    read_predictions,
+)
+from linnet_core.features import NO_LABEL
+from linnet_core.taxonomy import Taxonomy
+from linnet_core.thresholds import Thresholds, cut_paths, tune
+
+logger = logging.getLogger(__name__)
+BASELINES = (baselines.TFIDF, baselines.PUBLISHED)
+TARGET_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What to evaluate and where to write it.
+
+    Attributes:
+        taxonomy_file: the GPT file the labels and model use.
+        output: directory for metrics.json, report.md and the plots.
+        predictions: categorized-table Parquet (glob or directory); None runs `model` on `split`.
+        labels: products-table Parquet with labels; None takes labels from the training data split.
+        model, training_data: model directory and training-data directory (TFRecords).
+        split: the training-data split evaluated when there are no predictions (and decoded for (b)).
+        baselines: which of BASELINES to add; None adds those whose inputs are given.
+        products: raw products (JSONL) or products Parquet with the texts for (a).
+        hp_floor: the hierarchical precision at which coverages are compared.
+    """
+
+    taxonomy_file: str
+    output: str
+    predictions: str | None = None
+    labels: str | None = None
+    model: str | None = None
+    training_data: str | None = None
+    split: str = "validation"
+    baselines: tuple[str, ...] | None = None
+    products: str | None = None
+    hp_floor: float = report.HP_FLOOR
+    target_grid: tuple[float, ...] = field(default=TARGET_GRID)
+
+    def __post_init__(self) -> None:
+        if self.predictions is None and not (self.model and self.training_data):
+            raise EvaluationError("give --predictions, or --model and --training-data to run the model")
+        if self.predictions is not None and self.labels is None:
+            raise EvaluationError("--predictions needs --labels (the products table with gpt_id)")
+        unknown = set(self.baselines or ()) - set(BASELINES)
+        if unknown:
+            raise EvaluationError(f"unknown baselines {sorted(unknown)}; choose from {BASELINES}")
+        needs_model = set(self.baselines or ()) and not (self.model and self.training_data)
+        if needs_model:
+            raise EvaluationError(f"baselines {sorted(self.baselines)} need --model and --training-data")
+
+
+def _labels_from_split(arrays: dict[str, np.ndarray]) -> Labels:
+    return Labels(arrays["product_id"], arrays["gpt_id"], arrays["lang"], arrays["store"])
+
+
+def _known_labels(labels: Labels, table: metrics.AncestorTable) -> tuple[Labels, int]:
+    """Labels whose id the taxonomy lacks become unlabelled (counted, never silently dropped)."""
+    known = np.isin(labels.gpt_id, table.ids) | (labels.gpt_id == NO_LABEL)
+    fixed = Labels(labels.product_ids, np.where(known, labels.gpt_id, NO_LABEL), labels.lang, labels.store)
+    return fixed, int((~known).sum())
+
+
+def _published_default(system_on_calibration: SystemOutput, calibration: Labels,
+                       table: metrics.AncestorTable) -> Thresholds:
+    """The published design's thresholds were hand-set per level; as its fairest stand-in, take the
+    uniform threshold with the best hF1 on the calibration split."""
+    points = report.operating_curve(system_on_calibration, calibration, table, report.uniform_settings(),
+                                    back_off=False)
+    best = max(range(len(points)), key=lambda i: (np.nan_to_num(points[i].hF1), -i))
+    return report.uniform_settings()[best][1]
+
+
+def run(config: EvaluationConfig) -> dict:
+    """Evaluate; write metrics.json, report.md and the plots into `config.output`; return the result."""
+    from linnet_core.evaluation import plots
+
+    taxonomy = Taxonomy.load(config.taxonomy_file)
+    table = metrics.AncestorTable(taxonomy)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    wanted = config.baselines if config.baselines is not None else (
+        BASELINES if config.model and config.training_data else ())
+    predictor = split = calibration = None
+    if config.model and config.training_data:
+        from linnet_core.model.predictor import Predictor
+
+        predictor = Predictor(config.model, taxonomy)
+        split = baselines.read_split(config.training_data, config.split)
+    ours = (read_predictions(config.predictions) if config.predictions
+            else baselines.model_system(predictor, split))
+    labels_source = read_labels(config.labels) if config.labels else _labels_from_split(split)
+    ours, labels = join(ours, labels_source)
+    labels, invalid = _known_labels(labels, table)
+    versions = {"model_version": "unknown", "taxonomy_version": taxonomy.version,
+                "thresholds_version": "unknown", **ours.versions}
+    if versions["taxonomy_version"] != taxonomy.version:
+        raise EvaluationError(f"predictions were made with taxonomy {versions['taxonomy_version']}, "
+                              f"evaluating with {taxonomy.version}")
+
+    systems: list[SystemOutput] = []
+    curves: dict[str, list[report.OperatingPoint]] = {}
+    compared = ours
+    if wanted:
+        common = np.isin(ours.product_ids, split["product_id"])
+        if not common.all():
+            logger.warning("%d evaluated products are not in the %s split; baselines compare on the other %d",
+                           int((~common).sum()), config.split, int(common.sum()))
+        compared, compared_labels = ours.take(np.flatnonzero(common)), labels.take(np.flatnonzero(common))
+        calibration = baselines.read_split(config.training_data, "calibration")
+        calibration_labels, _ = _known_labels(_labels_from_split(calibration), table)
+        ours_calibration = baselines.model_system(predictor, calibration)
+        if baselines.TFIDF in wanted:
+            systems.append(_tfidf(config, table, compared))
+            curves[baselines.TFIDF] = report.operating_curve(systems[-1], compared_labels, table,
+                                                             report.uniform_settings(), back_off=False)
+        if baselines.PUBLISHED in wanted:
+            greedy_calibration = baselines.published_design(predictor, calibration, [0.0] * 7)
+            chosen = _published_default(greedy_calibration, calibration_labels, table)
+            published = align(baselines.published_design(predictor, split, list(chosen.levels)),
+                              compared.product_ids)
+            systems.append(published)
+            curves[baselines.PUBLISHED] = report.operating_curve(published, compared_labels, table,
+                                                                 report.uniform_settings(), back_off=False)
+        curves[baselines.OURS] = report.operating_curve(
+            compared, compared_labels, table,
+            _target_settings(ours_calibration, calibration_labels, table, predictor.thresholds,
+                             config.target_grid), back_off=True)
+    else:
+        compared_labels = labels
+        curves[baselines.OURS] = report.operating_curve(ours, labels, table, report.uniform_settings(),
+                                                        back_off=True)
+    systems.append(compared)
+
+    result = report.system_metrics(ours, labels, table)
+    result.update(versions)
+    result["n_invalid_labels"] = invalid
+    baked = predictor.thresholds if predictor else None
+    if baked is not None:
+        result["cut_rule_mismatches"] = int((cut_paths(ours.level_ids, ours.level_confidences, baked)
+                                             != ours.gpt_id).sum())
+    result["systems"] = {s.name: report.system_metrics(s, compared_labels, table) for s in systems}
+    result["n_compared"] = int(len(compared.product_ids))
+    defaults = {name: report.OperatingPoint("default", *(m[k] for k in ("coverage", "hP", "hR", "hF1")))
+                for name, m in result["systems"].items()}
+    result["operating_curves"] = {name: report.points_as_dicts(points) for name, points in curves.items()}
+    result["comparison"] = _comparison(result, curves, defaults, config.hp_floor)
+    branch_groups = report.branch_names(compared_labels, table)
+    result["by_branch"] = report.breakdown(systems, compared_labels, table, branch_groups)
+    result["by_language"] = report.breakdown(systems, compared_labels, table, compared_labels.lang)
+
+    titles = baselines.TITLES
+    names, matrix = report.level1_confusion(compared, compared_labels, table)
+    plot_files = [
+        plots.risk_coverage_plot(systems, compared_labels, titles, output / "risk_coverage.png"),
+        plots.level_precision_plot(compared, compared_labels, table,
+                                   output / "precision_coverage_levels.png"),
+        plots.operating_curves_plot(curves, defaults, titles, output / "operating_curves.png"),
+        plots.confusion_plot(names, matrix, output / "confusion_level1.png"),
+    ]
+    report.write_metrics_json(output / "metrics.json", result)
+    (output / "report.md").write_text(report.render_report(report.to_json_safe(result), titles, plot_files),
+                                      encoding="utf-8")
+    return result
+
+
+def _tfidf(config: EvaluationConfig, table: metrics.AncestorTable, compared: SystemOutput) -> SystemOutput:
+    """(a) trained on the train split's products, scored on the compared products."""
+    from pipelines import defaults  # the shared products file is the default text source
+
+    train_ids = baselines.read_split(config.training_data, "train")
+    source = config.products or defaults.PRODUCTS_JSONL
+    texts = baselines.product_texts(source, set(train_ids["product_id"]) | set(compared.product_ids))
+    missing = [pid for pid in compared.product_ids if pid not in texts]
+    if missing:
+        raise EvaluationError(f"{len(missing)} evaluated products have no text in {source}, "
+                              f"e.g. {missing[0]!r}")
+    train = [(texts[pid], gid) for pid, gid in zip(train_ids["product_id"], train_ids["gpt_id"], strict=True)
+             if pid in texts]
+    train_labels = np.array([gid for _, gid in train], dtype=np.int64)
+    train_labels = np.where(np.isin(train_labels, table.ids), train_labels, NO_LABEL)
+    model = baselines.TfidfBaseline(table).fit([text for text, _ in train], train_labels)
+    return model.predict(compared.product_ids, [texts[pid] for pid in compared.product_ids])
+
+
+def _target_settings(calibration_system: SystemOutput, calibration: Labels, table: metrics.AncestorTable,
+                     baked: Thresholds, grid: tuple[float, ...]) -> list[tuple[str, Thresholds]]:
+    """Ours at each precision target of `grid`: thresholds tuned on the calibration split (with the
+    model's own sensitive floors), as `linnet tune-thresholds` would choose them."""
+    true = table.path_of(calibration.gpt_id)
+    settings = []
+    for target in grid:
+        tuned, _ = tune(calibration_system.level_ids, calibration_system.level_confidences, true, target,
+                        temperatures=baked.temperatures, floors=baked.overrides)
+        settings.append((f"p*={target:.2f}", tuned))
+    return settings
+
+
+def _comparison(result: dict, curves: dict[str, list[report.OperatingPoint]],
+                defaults: dict[str, report.OperatingPoint], hp_floor: float) -> dict:
+    best = {}
+    for name, points in curves.items():
+        candidates = list(points) + ([defaults[name]] if name in defaults else [])
+        point = report.coverage_at_precision(candidates, hp_floor)
+        best[name] = None if point is None else asdict(point)
+    ours_f1 = result["systems"][baselines.OURS]["hF1"]
+    others = [s for s in result["systems"] if s != baselines.OURS]
+    ours_best, published_best = best.get(baselines.OURS), best.get(baselines.PUBLISHED)
+    # NaN when either never reaches the floor (published_reaches_floor tells which).
+    ratio = float("nan")
+    if ours_best and published_best:
+        ratio = ours_best["coverage"] / published_best["coverage"]
+    return {
+        "hp_floor": hp_floor,
+        "best_at_floor": best,
+        "published_reaches_floor": published_best is not None,
+        "ours_beats_baselines_on_hF1": all(ours_f1 > np.nan_to_num(result["systems"][s]["hF1"])
+                                           for s in others) if others else None,
+        "coverage_ratio_vs_published": ratio,
+    }
+

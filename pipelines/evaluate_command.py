@@ -1,0 +1,66 @@
+"""`linnet evaluate`: metrics.json, report.md and plots for predictions against labels, with baselines.
+
+Examples:
+  linnet evaluate --predictions out/scored --labels 'out/held_out/*.parquet' --output out/evaluation \
+      --model out/model --training-data out/training_data
+  linnet evaluate --model out/model --training-data out/training_data --split validation --output DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from linnet_core.evaluation.evaluate import BASELINES, EvaluationConfig, run
+from linnet_core.evaluation.report import HP_FLOOR, to_json_safe
+from linnet_core.evaluation.systems import EvaluationError
+from linnet_core.taxonomy import TaxonomyError
+from pipelines import defaults
+
+HEADLINE = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_precision", "aurc", "n", "n_labelled")
+
+
+def _baselines(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    return () if names == ("none",) else names
+
+
+def parse_config(argv: list[str] | None) -> EvaluationConfig:
+    """Flags → a validated EvaluationConfig (argparse exits with a message on bad flags)."""
+    parser = argparse.ArgumentParser(prog="linnet evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--predictions", help="categorized table: Parquet glob or directory")
+    parser.add_argument("--labels", help="products table with gpt_id (Parquet glob or directory)")
+    parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
+    parser.add_argument("--output", required=True, help="directory for metrics.json, report.md, plots")
+    parser.add_argument("--model", help="model directory (runs the model; needed by the baselines)")
+    parser.add_argument("--training-data", "--data", dest="training_data",
+                        help="training-data directory (TFRecord splits)")
+    parser.add_argument("--split", default="validation", help="split evaluated without --predictions")
+    parser.add_argument("--baselines", type=_baselines, default=None,
+                        help=f"comma list of {','.join(BASELINES)} or 'none' "
+                             "(default: every baseline whose inputs are given)")
+    parser.add_argument("--products", default=None,
+                        help="product texts for the TF-IDF baseline: JSONL or products Parquet "
+                             f"(default {defaults.PRODUCTS_JSONL})")
+    parser.add_argument("--hp-floor", type=float, default=HP_FLOOR,
+                        help="hierarchical precision at which coverages are compared")
+    args = parser.parse_args(argv)
+    return EvaluationConfig(taxonomy_file=args.taxonomy, output=args.output, predictions=args.predictions,
+                            labels=args.labels, model=args.model, training_data=args.training_data,
+                            split=args.split, baselines=args.baselines, products=args.products,
+                            hp_floor=args.hp_floor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = run(parse_config(argv))
+    except (EvaluationError, TaxonomyError, OSError) as error:
+        print(f"linnet evaluate: {error}", file=sys.stderr)
+        return 1
+    summary = {key: result[key] for key in HEADLINE} | {"comparison": result["comparison"]}
+    print(json.dumps(to_json_safe(summary), indent=2))
+    return 0

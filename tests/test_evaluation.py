@@ -1,0 +1,209 @@
+"""`linnet evaluate` on crafted predictions and labels over the tiny taxonomy, and the TF-IDF baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from linnet_core import metrics
+from linnet_core.evaluation import baselines, report
+from linnet_core.evaluation.systems import EvaluationError, read_labels, read_predictions
+from pipelines import cli, evaluate_command
+
+# Same cases as test_metrics: exact, back-off, wrong sibling, abstained, wrong level 2, unlabelled
+# (no label row), unlabelled (null label), deeper than the label.
+PATHS = [[1, 2, 3], [1, 2, 3], [1, 2, 4], [10, 12, 13], [10, 11, -1], [1, 5, -1], [10, 11, -1], [10, 12, 13]]
+CONFIDENCES = [[0.99, 0.9, 0.8], [0.9, 0.8, 0.3], [0.9, 0.8, 0.7], [0.4, 0.3, 0.2], [0.9, 0.6, 0.0],
+               [0.8, 0.7, 0.0], [0.3, 0.2, 0.0], [0.95, 0.9, 0.85]]
+PREDICTED = [3, 2, 4, None, 11, 5, None, 13]
+TRUE = [3, 3, 3, 13, 13, "no row", None, 12]
+LANGS = ["en", "en", "fr", "fr", "en", "en", "de", "en"]
+
+
+def _write_inputs(tmp_path, predicted=PREDICTED):
+    ids = [f"s1-{i}" for i in range(len(PATHS))]
+    predictions = pa.table({
+        "product_id": ids,
+        "gpt_id": pa.array(predicted, pa.int64()),
+        "level_ids": [p + [-1] * 4 for p in PATHS],
+        "level_confidences": [c + [0.0] * 4 for c in CONFIDENCES],
+        "decision": ["leaf" if p is not None else "abstained" for p in predicted],
+        "model_version": ["m1"] * len(ids),
+        "taxonomy_version": ["tiny-1"] * len(ids),
+        "thresholds_version": ["p0.9-abc"] * len(ids),
+    })
+    (tmp_path / "scored" / "partition=x").mkdir(parents=True)
+    pq.write_table(predictions, tmp_path / "scored" / "partition=x" / "part-0.parquet")
+    rows = [i for i, t in enumerate(TRUE) if t != "no row"]
+    labels = pa.table({
+        "product_id": [ids[i] for i in rows],
+        "gpt_id": pa.array([TRUE[i] for i in rows], pa.int64()),
+        "lang": [LANGS[i] for i in rows],
+        "store": ["s1"] * len(rows),
+        "title": [f"product {i}" for i in rows],
+    })
+    pq.write_table(labels, tmp_path / "labels.parquet")
+    return tmp_path / "scored", tmp_path / "labels.parquet"
+
+
+def test_evaluate_command_writes_every_key_and_the_report(tmp_path, tiny_taxonomy_file, capsys):
+    predictions, labels = _write_inputs(tmp_path)
+    output = tmp_path / "evaluation"
+    code = cli.main(["evaluate", "--predictions", str(predictions), "--labels", str(labels),
+                     "--taxonomy", str(tiny_taxonomy_file), "--output", str(output)])
+    assert code == 0
+    result = json.loads((output / "metrics.json").read_text())
+    for key in ("hP", "hR", "hF1", "exact_accuracy", "coverage", "level_accuracy", "depth_coverage",
+                "leaf_precision", "aurc", "ece", "n", "n_labelled", "model_version", "taxonomy_version",
+                "thresholds_version"):
+        assert key in result, key
+    assert result["hP"] == pytest.approx(10 / 13) and result["hF1"] == pytest.approx(2 / 3)
+    assert result["coverage"] == pytest.approx(6 / 8) and (result["n"], result["n_labelled"]) == (8, 6)
+    assert result["level_accuracy"] == pytest.approx([5 / 6, 4 / 6, 1 / 5])  # the tiny tree has 3 levels
+    assert len(result["ece"]) == 3 and result["aurc"] is not None
+    assert (result["model_version"], result["taxonomy_version"], result["thresholds_version"]) == (
+        "m1", "tiny-1", "p0.9-abc")
+    # Operating curve of ours without calibration data: a uniform sweep with back-off.
+    assert result["operating_curves"]["ours"][0]["coverage"] == pytest.approx(1.0)
+    text = (output / "report.md").read_text()
+    assert "By level-1 branch of the label" in text and "| Animals | 3 | 3 | 1.000 | 0.875 |" in text
+    assert "| Toys | 3 | 3 | 0.667 | 0.600 |" in text and "| (unlabelled) | 2 | 0 | 0.500 |" in text
+    assert "By language" in text and "| en | 4 | 4 |" in text and "| de | 1 | 0 | 0.000 |" in text
+    for plot in ("risk_coverage.png", "precision_coverage_levels.png", "operating_curves.png",
+                 "confusion_level1.png"):
+        assert (output / plot).read_bytes()[:4] == b"\x89PNG", plot
+        assert f"({plot})" in text
+    assert json.loads(capsys.readouterr().out)["n_labelled"] == 6
+
+
+def test_evaluate_is_reproducible(tmp_path, tiny_taxonomy_file):
+    predictions, labels = _write_inputs(tmp_path)
+    outputs = []
+    for name in ("a", "b"):
+        evaluate_command.main(["--predictions", str(predictions), "--labels", str(labels),
+                               "--taxonomy", str(tiny_taxonomy_file), "--output", str(tmp_path / name)])
+        outputs.append([(tmp_path / name / file).read_text() for file in ("metrics.json", "report.md")])
+    assert outputs[0] == outputs[1]
+
+
+def test_bad_inputs_fail_with_a_clear_message(tmp_path, tiny_taxonomy_file, capsys):
+    predictions, labels = _write_inputs(tmp_path)
+    pq.write_table(pq.read_table(predictions / "partition=x" / "part-0.parquet").slice(0, 1),
+                   predictions / "partition=x" / "part-1.parquet")
+    code = evaluate_command.main(["--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
+                                  str(tiny_taxonomy_file), "--output", str(tmp_path / "out")])
+    assert code == 1 and "duplicate product ids" in capsys.readouterr().err
+    assert evaluate_command.main(["--predictions", str(predictions), "--output", str(tmp_path / "o")]) == 1
+    assert "--labels" in capsys.readouterr().err
+    with pytest.raises(EvaluationError, match="missing columns"):
+        pq.write_table(pa.table({"product_id": ["x"]}), tmp_path / "bad.parquet")
+        read_predictions(str(tmp_path / "bad.parquet"))
+
+
+def test_unknown_predicted_id_is_an_error(tmp_path, tiny_taxonomy_file, capsys):
+    predictions, labels = _write_inputs(tmp_path, predicted=[3, 2, 4, None, 11, 5, None, 999])
+    code = evaluate_command.main(["--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
+                                  str(tiny_taxonomy_file), "--output", str(tmp_path / "out")])
+    assert code == 1 and "999" in capsys.readouterr().err
+
+
+def test_read_labels_nulls_are_unlabelled(tmp_path):
+    _, labels = _write_inputs(tmp_path)
+    read = read_labels(str(labels))
+    assert read.gpt_id.tolist() == [3, 3, 3, 13, 13, -1, 12] and read.lang[0] == "en"
+
+
+def test_tfidf_baseline_paths_and_subtree_confidences(tiny):
+    table = metrics.AncestorTable(tiny)
+    texts = ["dog leash collar", "dog bowl", "cat toy mouse", "cat litter", "jigsaw puzzle 1000",
+             "jigsaw puzzle wood", "doll house", "barbie doll"] * 3
+    labels = np.array([3, 3, 4, 4, 13, 13, 11, 11] * 3)
+    model = baselines.TfidfBaseline(table).fit(texts, labels)
+    out = model.predict(np.array(["a", "b"]), ["dog collar", "wooden jigsaw puzzle"])
+    assert out.gpt_id.tolist() == [3, 13]
+    assert out.level_ids[:, :3].tolist() == [[1, 2, 3], [10, 12, 13]]
+    # A node's confidence is the mass of the classes under it: never rising down the path.
+    assert np.all(np.diff(out.level_confidences[:, :3], axis=1) <= 1e-12)
+    assert out.level_confidences[0, 1] == pytest.approx(out.level_confidences[0, 0])  # Animals = Pets here
+    again = baselines.TfidfBaseline(table).fit(texts, labels).predict(np.array(["a"]), ["dog collar"])
+    assert again.level_confidences[0].tolist() == out.level_confidences[0].tolist()
+
+
+def test_operating_curve_and_coverage_at_precision(tiny):
+    table = metrics.AncestorTable(tiny)
+    system = baselines.SystemOutput("ours", np.array(["a", "b", "c"], dtype=object), np.array([3, -1, 12]),
+                                    np.array([[1, 2, 3, -1, -1, -1, -1], [10, 11, -1, -1, -1, -1, -1],
+                                              [10, 12, 13, -1, -1, -1, -1]]),
+                                    np.array([[0.9, 0.8, 0.7, 0, 0, 0, 0], [0.5, 0.4, 0, 0, 0, 0, 0],
+                                              [0.9, 0.6, 0.3, 0, 0, 0, 0]]))
+    labels = report.Labels(system.product_ids, np.array([3, 12, 12]), np.array(["en"] * 3, dtype=object),
+                           np.array(["s"] * 3, dtype=object))
+    settings = report.uniform_settings(steps=3)  # t = 0, 0.5, 1
+    back_off = report.operating_curve(system, labels, table, settings, back_off=True)
+    # t=0.5: a → 3 (right, 3 nodes), b → 10 (1 right node), c → 12 (2 right): hP = 6/6.
+    assert back_off[1].coverage == pytest.approx(1.0) and back_off[1].hP == pytest.approx(1.0)
+    strict = report.operating_curve(system, labels, table, settings, back_off=False)
+    assert strict[1].coverage == pytest.approx(1 / 3) and strict[0].hP == pytest.approx(6 / 8)
+    assert report.coverage_at_precision(back_off + strict, 0.8).coverage == pytest.approx(1.0)
+    assert report.coverage_at_precision(strict[:1], 0.8) is None
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory, gpt):
+    """A small model trained on synthetic TFRecords (with a calibration split) and a products JSONL
+    whose titles name each product's category (noisily), for the TF-IDF baseline."""
+    from synthetic_training_data import write_training_data
+
+    root = tmp_path_factory.mktemp("tuning")
+    write_training_data(root / "data", gpt, sizes={"train": 800, "validation": 300, "calibration": 400},
+                        num_labels=25)
+    (root / "config.json").write_text(json.dumps({"shared_units": [64], "level_units": [32], "epochs": 4,
+                                                  "batch_size": 64, "dropout": 0.1}))
+    assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
+                     "--output", str(root / "model")]) == 0
+    rng = np.random.default_rng(0)
+    with open(root / "products.jsonl", "w", encoding="utf-8") as handle:
+        for split in ("train", "validation", "calibration"):
+            arrays = baselines.read_split(root / "data", split)
+            for pid, gpt_id in zip(arrays["product_id"], arrays["gpt_id"], strict=True):
+                words = gpt.node(int(gpt_id)).name if rng.random() < 0.7 else "misc item"
+                handle.write(json.dumps({"product_id": pid, "store": "s", "title": f"{words} {pid}"}) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
+    from linnet_core.model.export import read_model_json
+    from linnet_core.model.predictor import Predictor
+    from linnet_core.thresholds import load_thresholds
+
+    model, data = trained_model / "model", trained_model / "data"
+    assert cli.main(["tune-thresholds", "--model", str(model), "--data", str(data),
+                     "--target-precision", "0.8"]) == 0
+    tuned = load_thresholds(model / "thresholds.json")
+    assert tuned.version.startswith("p0.8-") and tuned.target_precision == 0.8
+    assert tuned.overrides[772] == 0.95 and tuned.temperatures != (1.0,) * 7
+    assert read_model_json(model)["thresholds_version"] == tuned.version
+    assert Predictor(model).thresholds_version == tuned.version
+    evidence = json.loads((model / "thresholds_report.json").read_text())
+    assert len(evidence["ece_before"]) == len(evidence["ece_after"]) == 7
+    assert all(level["upper_bound"] <= 0.2 or level["threshold"] == 1.0 for level in evidence["levels"])
+
+    outputs = []
+    for name in ("first", "second"):
+        assert cli.main(["evaluate", "--model", str(model), "--training-data", str(data), "--output",
+                         str(tmp_path / name), "--products", str(trained_model / "products.jsonl")]) == 0
+        outputs.append((tmp_path / name / "metrics.json").read_text())
+    assert outputs[0] == outputs[1]  # reproducible run to run
+    result = json.loads(outputs[0])
+    assert set(result["systems"]) == {"tfidf", "published", "ours"} and result["n"] == 300
+    assert result["thresholds_version"] == tuned.version and result["cut_rule_mismatches"] == 0
+    assert result["systems"]["tfidf"]["coverage"] == 1.0
+    assert set(result["operating_curves"]) == {"tfidf", "published", "ours"}
+    assert len(result["operating_curves"]["ours"]) == 12  # one point per precision target of the grid
+    text = (tmp_path / "first" / "report.md").read_text()
+    assert all(title in text for title in baselines.TITLES.values())
