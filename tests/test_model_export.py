@@ -1,0 +1,164 @@
+"""`linnet train` end to end on synthetic TFRecords; the SavedModel in a fresh process; Predictor;
+re-export with new thresholds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_training_data import write_training_data
+
+from linnet_core.model.export import export_inference_model, read_model_json
+from linnet_core.model.predictor import Predictor, TaxonomyMismatchError
+from linnet_core.taxonomy import Taxonomy
+from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
+from pipelines import cli
+
+SMALL_CONFIG = {"shared_units": [64], "level_units": [32], "epochs": 3, "batch_size": 64, "dropout": 0.1}
+FRESH_PROCESS = textwrap.dedent("""
+    import importlib.util, json, sys
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    sys.path[:] = [p for p in sys.path if p not in ("", {root!r})]
+    assert importlib.util.find_spec("linnet_core") is None, "project code is importable"
+    import numpy as np
+    import tensorflow as tf
+    model = tf.saved_model.load(sys.argv[1])
+    inputs = np.load(sys.argv[2])
+    out = model.signatures["serving_default"](
+        text_embedding=tf.constant(inputs["text"]), image_embedding=tf.constant(inputs["image"]),
+        image_present=tf.constant(inputs["present"]))
+    meta = model.signatures["metadata"]()
+    print(json.dumps({{
+        "outputs": {{k: v.numpy().tolist() for k, v in out.items() if k != "decoding"}},
+        "decoding": [d.decode() for d in out["decoding"].numpy()],
+        "taxonomy_fingerprint": meta["taxonomy_fingerprint"].numpy().decode(),
+        "modules": sorted(m for m in sys.modules if m.startswith(("linnet", "pipelines", "tf_keras"))),
+    }}))
+""")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, gpt: Taxonomy) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("train")
+    write_training_data(root / "data", gpt, sizes={"train": 600, "validation": 150})
+    (root / "config.json").write_text(json.dumps(SMALL_CONFIG))
+    code = cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
+                     "--output", str(root / "model")])
+    assert code == 0
+    return root / "model", root / "data"
+
+
+def _inputs(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(n, 384)).astype(np.float32)
+    return (text / np.linalg.norm(text, axis=1, keepdims=True), np.zeros((n, 1280), np.float32),
+            np.zeros(n, np.float32))
+
+
+def _assert_valid_paths(taxonomy: Taxonomy, outputs: dict) -> None:
+    for row, gpt_id, depth, decision in zip(outputs["level_ids"], outputs["gpt_id"], outputs["depth"],
+                                            outputs["decision"], strict=True):
+        path = [int(i) for i in row if i >= 0]
+        assert [n.id for n in taxonomy.ancestors(path[-1], include_self=True)] == path
+        assert taxonomy.node(path[-1]).is_leaf
+        assert gpt_id == (path[depth - 1] if depth else -1)
+        assert decision == (0 if depth == 0 else 2 if depth == len(path) else 1)
+
+
+def test_train_writes_the_model_directory(trained: tuple[Path, Path], gpt: Taxonomy) -> None:
+    model_dir, _ = trained
+    for name in ("saved_model/saved_model.pb", "model.json", "thresholds.json", "config.json", "curves.json",
+                 "curves.png", "MODEL_CARD.md", "training_model.weights.h5"):
+        assert (model_dir / name).exists(), name
+    info = read_model_json(model_dir)
+    assert info["taxonomy_fingerprint"] == gpt.fingerprint and info["taxonomy_version"] == "2021-09-21"
+    assert info["thresholds_version"] == "default" and info["config"]["epochs"] == 3
+    assert info["training"]["train_examples"] == 600 and info["training"]["workers"] == 1
+    assert set(info["validation"]) == {"greedy/thresholds", "greedy/no_thresholds", "exact/thresholds",
+                                       "exact/no_thresholds"}
+    assert info["validation"]["exact/no_thresholds"]["coverage"] == 1.0
+    curves = json.loads((model_dir / "curves.json").read_text())
+    assert curves["epochs"] == [1, 2, 3] and sorted(curves["levels"]) == [f"level_{k}" for k in range(1, 8)]
+    assert len(curves["levels"]["level_1"]["val_accuracy"]) == 3
+    # The synthetic labels are learnable: level-1 validation accuracy beats chance (1/21) clearly.
+    assert curves["levels"]["level_1"]["val_accuracy"][-1] > 0.3
+    assert "hF1" in (model_dir / "MODEL_CARD.md").read_text()
+
+
+def test_saved_model_runs_in_a_fresh_process_without_project_code(trained: tuple[Path, Path], gpt: Taxonomy,
+                                                                  tmp_path: Path) -> None:
+    model_dir, _ = trained
+    copy = shutil.copytree(model_dir / "saved_model", tmp_path / "exported")
+    text, image, present = _inputs(16)
+    np.savez(tmp_path / "inputs.npz", text=text, image=image, present=present)
+    root = str(Path(__file__).resolve().parent.parent)
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS.format(root=root))
+    done = subprocess.run([sys.executable, str(script), str(copy), str(tmp_path / "inputs.npz")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["modules"] == [] and result["taxonomy_fingerprint"] == gpt.fingerprint
+    assert result["decoding"] == ["exact"] * 16
+    fresh = {name: np.array(value) for name, value in result["outputs"].items()}
+    _assert_valid_paths(gpt, fresh)
+    here = Predictor(model_dir, gpt).predict(text, image, present)
+    for name in ("level_ids", "gpt_id", "depth", "decision"):
+        np.testing.assert_array_equal(fresh[name], here[name])
+    np.testing.assert_allclose(fresh["level_confidences"], here["level_confidences"], rtol=1e-5)
+
+
+def test_predictor_modes_thresholds_and_probabilities(trained: tuple[Path, Path], gpt: Taxonomy) -> None:
+    predictor = Predictor(trained[0], gpt, batch_size=7)
+    text, image, present = _inputs(20)
+    results = {mode: predictor.predict(text, image, present, decoding=mode, thresholds=[0.0] * 7)
+               for mode in ("greedy", "exact")}
+    for mode, outputs in results.items():
+        assert outputs["level_ids"].shape == (20, 7) and list(outputs["decoding"]) == [mode.encode()] * 20
+        _assert_valid_paths(gpt, outputs)
+        assert np.all(outputs["decision"] == 2)
+    ends = {mode: r["level_confidences"][np.arange(20), (r["level_ids"] >= 0).sum(axis=1) - 1]
+            for mode, r in results.items()}
+    assert np.all(ends["exact"] >= ends["greedy"] * (1 - 1e-4))
+    strict = predictor.predict(text, image, present, thresholds=[0.999] * 7)
+    assert np.all(strict["depth"] <= results["exact"]["depth"])
+    probabilities = predictor.level_probabilities(text, image, present)
+    assert [probabilities[f"level_{k}"].shape[1] for k in range(1, 8)] == gpt.level_sizes()
+    np.testing.assert_allclose(probabilities["level_3"].sum(axis=1), 1.0, rtol=1e-4)
+    logits = predictor.level_logits(text, image, present)
+    assert logits["level_1"].shape == (20, 21)
+
+
+def test_predictor_refuses_another_taxonomy(trained: tuple[Path, Path], tiny: Taxonomy) -> None:
+    with pytest.raises(TaxonomyMismatchError, match="fingerprint"):
+        Predictor(trained[0], tiny)
+
+
+def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, Path], gpt: Taxonomy,
+                                                          tmp_path: Path) -> None:
+    model_dir = shutil.copytree(trained[0], tmp_path / "model")
+    text, image, present = _inputs(30)
+    before = Predictor(model_dir, gpt).predict(text, image, present, thresholds=[0.0] * 7)
+    root = before["level_ids"][0, 0]
+    tuned = Thresholds(version="tuned-1", levels=(0.0,) * 7, overrides={int(root): 1.0})
+    save_thresholds(tuned, tmp_path / "tuned.json")
+    export_inference_model(model_dir, tmp_path / "tuned.json")
+    predictor = Predictor(model_dir, gpt)
+    assert predictor.thresholds_version == "tuned-1" == read_model_json(model_dir)["thresholds_version"]
+    assert load_thresholds(model_dir / "thresholds.json") == tuned
+    after = predictor.predict(text, image, present)
+    np.testing.assert_array_equal(after["level_ids"], before["level_ids"])
+    in_subtree = before["level_ids"][:, 0] == root
+    assert np.all(after["gpt_id"][in_subtree] == -1)
+    np.testing.assert_array_equal(after["gpt_id"][~in_subtree], before["gpt_id"][~in_subtree])
+    unknown = Thresholds(version="bad", levels=(0.0,) * 7, overrides={123456789: 0.5})
+    save_thresholds(unknown, tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="123456789"):
+        export_inference_model(model_dir, tmp_path / "bad.json")
