@@ -12,6 +12,8 @@ SAMPLE ?= full
 PROJECT ?=
 REGION ?= us-central1
 BUCKET ?=
+OUT ?= out
+TARGET_PRECISION ?= 0.9
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint run-local bench-embed bench-score evaluate dataflow-submit clean
@@ -39,6 +41,18 @@ test: lint  ## Lint, then the whole test suite (slow end-to-end tests included).
 
 run-local: install  ## Import the shared products into Parquet and print a summary (DirectRunner).
 	$(LINNET) import-products --output out/products
+
+$(OUT)/training_data/stats.json: | install
+	$(LINNET) build-training-data --output $(OUT)/training_data
+
+$(OUT)/model/model.json: $(OUT)/training_data/stats.json
+	$(LINNET) train --data $(OUT)/training_data --output $(OUT)/model
+
+evaluate: $(OUT)/model/model.json  ## Train (or reuse) a model, tune thresholds, evaluate held-out stores + baselines.
+	$(LINNET) tune-thresholds --model $(OUT)/model --data $(OUT)/training_data \
+		--target-precision $(TARGET_PRECISION)
+	$(LINNET) evaluate --model $(OUT)/model --training-data $(OUT)/training_data --split validation \
+		--output $(OUT)/evaluation
 
 clean:  ## Remove the local outputs (keeps .venv and the model cache).
 	rm -rf out
