@@ -112,6 +112,11 @@ def _ensure_dir(path: str) -> None:
         FileSystems.mkdirs(path)
 
 
+def delete_folder(path: str) -> None:
+    """Delete a folder and everything in it, on a local disk (one rmtree) or an object store (prefix)."""
+    FileSystems.delete([path.rstrip("/") if _is_local(path) else FileSystems.join(path, "")])
+
+
 def parquet_rows(path: str) -> int:
     """Row count from a Parquet footer (no data pages are read)."""
     with FileSystems.open(path) as handle:
@@ -179,7 +184,7 @@ def _commit_by_rename(staged: str, final: str, attempt: str, manifest: dict[str,
     _ensure_dir(table_dir)
     FileSystems.rename([staged], [final])
     if FileSystems.exists(aside):
-        FileSystems.delete([aside])
+        delete_folder(aside)
 
 
 def _commit_by_manifest(files: list[str], final: str, attempt: str,
@@ -207,9 +212,9 @@ def discard_staging(root: str, table: str, partition: Partition) -> int:
         pattern = FileSystems.join(staging_root, f"{partition.name}.*", "**")
         paths = [meta.path for meta in FileSystems.match([pattern])[0].metadata_list]
         attempts = {path[len(staging_root):].lstrip("/").split("/")[0] for path in paths}
-        folders = sorted(FileSystems.join(staging_root, name, "") for name in attempts)
-    if folders:
-        FileSystems.delete(folders)
+        folders = sorted(FileSystems.join(staging_root, name) for name in attempts)
+    for folder in folders:
+        delete_folder(folder)
     return len(folders)
 
 
