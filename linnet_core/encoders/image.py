@@ -7,7 +7,6 @@ extension, and every failure is an `ImageError` with a status the pipeline count
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 from collections.abc import Sequence
@@ -90,11 +89,6 @@ def preprocess(image: Image.Image) -> np.ndarray:
 def load_pixels(data: bytes) -> np.ndarray:
     """Decode and preprocess in one step (what the pipeline calls per image)."""
     return preprocess(decode(data))
-
-
-def content_hash(data: bytes) -> str:
-    """sha256 of the exact bytes: the embedding cache key of an image."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def build_mobilenet_v2():

@@ -1,0 +1,233 @@
+"""`EmbedProducts`: product records → records with text and image embeddings (tagged `embedded`), or dead
+letters (tagged `dead_letter`, stage `embed`).
+
+RunInference with a small keyed `ModelHandler`: Beam batches (capped by `--embed_batch_size`), loads the
+encoders once per worker process and shares them across threads. All decisions live in
+`linnet_core.encoders.embedder`; this module reads bytes through `FileSystems`, counts and routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from linnet_core.encoders import image as image_encoders
+from linnet_core.encoders import text as text_encoders
+from linnet_core.encoders.embedder import IMAGE_STATUSES, ProductEmbedder
+from linnet_core.records import Reason, dead_letter
+from pipelines import defaults
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+DEAD_LETTER = "dead_letter"
+STAGE = "embed"
+NAMESPACE = "linnet.embed"
+NO_CACHE = "none"
+
+
+class EmbeddingOptions(PipelineOptions):
+    """Flags of the embedding stage (shared by every pipeline that embeds)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--models_dir", default=str(defaults.MODELS),
+                            help="prepared models (`linnet prepare-models`); a gs:// copy works on Dataflow")
+        parser.add_argument("--text_model", default=None,
+                            help="HF model directory or hub id (default: <models_dir>/multilingual-e5-small)")
+        parser.add_argument("--text_engine", default="onnx", choices=text_encoders.ENGINES,
+                            help="onnx: int8 fast path (default); torch: fp32 reference")
+        parser.add_argument("--image_engine", default="onnx", choices=image_encoders.ENGINES,
+                            help="onnx (default) or torch, same MobileNet-V2 weights")
+        parser.add_argument("--max_tokens", type=int, default=text_encoders.DEFAULT_MAX_TOKENS,
+                            help="text truncation in tokens")
+        parser.add_argument("--embed_batch_size", type=int, default=32, help="upper cap on a batch")
+        parser.add_argument("--embedding_cache", default=str(defaults.CACHE / "embeddings"),
+                            help=f"local embedding cache directory, or {NO_CACHE!r} to disable it")
+        parser.add_argument("--encoder_threads", type=int, default=0,
+                            help="threads per encoder in each worker process (0: all cores)")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Validated embedding settings; picklable, so workers rebuild the encoders from it."""
+
+    models_dir: str = str(defaults.MODELS)
+    text_model: str | None = None
+    text_engine: str = "onnx"
+    image_engine: str = "onnx"
+    max_tokens: int = text_encoders.DEFAULT_MAX_TOKENS
+    batch_size: int = 32
+    cache_dir: str | None = None
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.text_engine not in text_encoders.ENGINES:
+            raise ValueError(f"text_engine {self.text_engine!r} not in {text_encoders.ENGINES}")
+        if self.image_engine not in image_encoders.ENGINES:
+            raise ValueError(f"image_engine {self.image_engine!r} not in {image_encoders.ENGINES}")
+        if not 3 <= self.max_tokens <= 512:
+            raise ValueError(f"max_tokens must be within 3..512, got {self.max_tokens}")
+        if self.batch_size < 1:
+            raise ValueError(f"embed_batch_size must be at least 1, got {self.batch_size}")
+        if self.threads < 0:
+            raise ValueError(f"encoder_threads must be 0 (all cores) or more, got {self.threads}")
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions) -> EmbedConfig:
+        """The config of `EmbeddingOptions` flags (`--embedding_cache none` disables the cache)."""
+        flags = options.view_as(EmbeddingOptions)
+        cache = None if flags.embedding_cache in (None, "", NO_CACHE) else flags.embedding_cache
+        return cls(flags.models_dir, flags.text_model, flags.text_engine, flags.image_engine,
+                   flags.max_tokens, flags.embed_batch_size, cache, flags.encoder_threads)
+
+
+def read_uri(uri: str) -> bytes:
+    """A file's bytes through Beam's FileSystems (local paths, gs://, ...), never decompressed.
+
+    Raises:
+        FileNotFoundError: the file does not exist. Other errors (a storage hiccup on an existing file)
+            propagate so the runner retries the bundle.
+    """
+    try:
+        with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            return handle.read()
+    except Exception as error:
+        if not FileSystems.exists(uri):
+            raise FileNotFoundError(f"no such image: {uri}") from error
+        raise
+
+
+def local_models_dir(models_dir: str) -> str:
+    """`models_dir` itself when local; a remote one (gs://...) is copied once into a temporary folder."""
+    if "://" not in models_dir:
+        return models_dir
+    root = models_dir.rstrip("/")
+    target = Path(tempfile.mkdtemp(prefix="linnet-models-"))
+    for metadata in FileSystems.match([f"{root}/**"])[0].metadata_list:
+        destination = target / metadata.path[len(root) + 1:]
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(read_uri(metadata.path))
+    logger.info("copied models from %s to %s", models_dir, target)
+    return str(target)
+
+
+def load_embedder(cfg: EmbedConfig) -> ProductEmbedder:
+    """Both encoders (and the cache) as the config says; the slow step that runs once per worker."""
+    models = local_models_dir(cfg.models_dir)
+    threads = cfg.threads or os.cpu_count() or 1
+    text_model = cfg.text_model or str(Path(models) / text_encoders.TEXT_MODEL_NAME)
+    text = text_encoders.load_text_encoder(text_model, cfg.text_engine, cfg.max_tokens, threads)
+    image = image_encoders.ImageEncoder(models, cfg.image_engine, threads)
+    logger.info("loaded encoders %s and %s", text.encoder_id, image.encoder_id)
+    return ProductEmbedder(text, image, cfg.cache_dir)
+
+
+class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedder]):
+    """RunInference handler: a batch of product records → one `Embedded` outcome per record."""
+
+    def __init__(self, cfg: EmbedConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def load_model(self) -> ProductEmbedder:
+        return load_embedder(self.cfg)
+
+    def run_inference(self, batch: Sequence[dict], model: ProductEmbedder,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
+        outcomes = model.embed(batch, read_uri)
+        return [PredictionResult(record, outcome) for record, outcome in zip(batch, outcomes, strict=True)]
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": self.cfg.batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+
+class KeyByProductIdFn(beam.DoFn):
+    """Record → (product_id, record); a record without a product id becomes a dead letter."""
+
+    def __init__(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.dead = Metrics.counter(NAMESPACE, "dead_letters")
+
+    def process(self, record: Any) -> Iterable[Any]:
+        product_id = record.get("product_id") if isinstance(record, Mapping) else None
+        if product_id:
+            yield str(product_id), record
+            return
+        self.dead.inc()
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
+            STAGE, Reason.EMBEDDING_FAILED, "record has no product_id", record, run_id=self.run_id))
+
+
+class RouteEmbeddedFn(beam.DoFn):
+    """(product_id, PredictionResult) → embedded record, or a dead letter; counts every outcome."""
+
+    def __init__(self, run_id: str | None) -> None:
+        self.run_id = run_id
+        self.embedded = Metrics.counter(NAMESPACE, "products_embedded")
+        self.dead = Metrics.counter(NAMESPACE, "dead_letters")
+        self.status = {status: Metrics.counter(NAMESPACE, f"image_{status}") for status in IMAGE_STATUSES}
+        self.hits = {name: Metrics.counter(NAMESPACE, f"{name}_cache_hits") for name in ("text", "image")}
+
+    def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[Any]:
+        product_id, result = keyed
+        outcome = result.inference
+        if outcome.error is not None:
+            self.dead.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
+                STAGE, Reason.EMBEDDING_FAILED, outcome.error, _without_vectors(result.example),
+                product_id=product_id, run_id=self.run_id))
+            return
+        self.embedded.inc()
+        self.status[outcome.image_status].inc()
+        for name in outcome.cache_hits:
+            self.hits[name].inc()
+        yield outcome.record
+
+
+def _without_vectors(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in record.items() if not key.endswith("_embedding")}
+
+
+class EmbedProducts(beam.PTransform):
+    """Product records → `{"embedded": records + embeddings, "dead_letter": dead letters}`.
+
+    An embedded record is the product record plus `text_embedding` (float32[384], L2-normalised),
+    `image_embedding` (float32[1280], zeros without a usable photo), `image_present` (0.0/1.0) and
+    `image_status` (`ok`, `no_image`, `missing_file`, `unreadable`). Every input comes out exactly once.
+    """
+
+    def __init__(self, cfg: EmbedConfig | None = None, run_id: str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or EmbedConfig()
+        self.run_id = run_id
+
+    @classmethod
+    def from_options(cls, options: PipelineOptions, run_id: str | None = None) -> EmbedProducts:
+        """The transform configured by `EmbeddingOptions` flags."""
+        return cls(EmbedConfig.from_options(options), run_id)
+
+    def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
+        keyed = products | "KeyByProductId" >> beam.ParDo(KeyByProductIdFn(self.run_id)).with_outputs(
+            DEAD_LETTER, main="keyed")
+        routed = (keyed.keyed
+                  | "Embed" >> RunInference(KeyedModelHandler(ProductEmbeddingHandler(self.cfg)))
+                  | "Route" >> beam.ParDo(RouteEmbeddedFn(self.run_id)).with_outputs(DEAD_LETTER,
+                                                                                    main=EMBEDDED))
+        dead = (keyed[DEAD_LETTER], routed[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
+        return {EMBEDDED: routed[EMBEDDED], DEAD_LETTER: dead}
