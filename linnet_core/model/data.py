@@ -52,12 +52,17 @@ def level_name(level: int) -> str:
 
 
 def split_files(data_dir: str | Path, split: str) -> list[str]:
-    """The `part-*.tfrecord.gz` files of one split. Raises DataError when there are none."""
+    """The `part-*.tfrecord.gz` files of one split, local or on a TF file system (gs://).
+
+    Raises:
+        DataError: unknown split, or no files.
+    """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
-    files = sorted(str(p) for p in Path(data_dir, split).glob("part-*.tfrecord.gz"))
+    pattern = f"{str(data_dir).rstrip('/')}/{split}/part-*.tfrecord.gz"
+    files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise DataError(f"no {split} data: {Path(data_dir, split)}/part-*.tfrecord.gz matches nothing")
+        raise DataError(f"no {split} data: {pattern} matches nothing")
     return files
 
 
