@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 import schemas
 from pipelines.io import DEAD_LETTER, PRODUCTS, ValidateProductFn, WriteTable
-from pipelines.partitions import delete_folder, new_attempt, parquet_rows
+from pipelines.partitions import day_bounds, delete_folder, new_attempt, parquet_rows
 
 LOGGER = logging.getLogger(__name__)
 PARTITION_COLUMN = "partition_date"
@@ -126,9 +126,9 @@ def table_schema(name: str, partitioned: bool = True) -> list[Any]:
 
 
 def day_restriction(day: dt.date, column: str = "updated_at") -> str:
-    """A row filter (SQL) for rows whose `column` timestamp falls on `day`, UTC."""
-    return (f"{column} >= TIMESTAMP '{day.isoformat()}' AND "
-            f"{column} < TIMESTAMP '{(day + dt.timedelta(days=1)).isoformat()}'")
+    """A row filter (SQL) for rows whose `column` timestamp falls on `day`: `partitions.day_bounds`."""
+    start, end = day_bounds(day)
+    return f"{column} >= TIMESTAMP '{start.isoformat()}' AND {column} < TIMESTAMP '{end.isoformat()}'"
 
 
 class OpenReadSessionFn(beam.DoFn):

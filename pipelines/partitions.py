@@ -78,6 +78,21 @@ class Partition:
         return dt.date.fromisoformat(self.value) if self.key == "date" else None
 
 
+def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) of a logical day in UTC: the rows of partition `date=day` by `updated_at`."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    return start, start + dt.timedelta(days=1)
+
+
+def updated_on(record: dict[str, Any], day: dt.date, column: str = "updated_at") -> bool:
+    """Whether the record's timestamp `column` falls on `day` (UTC); records without one never do."""
+    value = record.get(column)
+    if value is None:
+        return False
+    start, end = day_bounds(day)
+    return start <= value < end
+
+
 def new_attempt() -> str:
     """A token unique to one run attempt: names its staging folder and its files."""
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
