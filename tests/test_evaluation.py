@@ -207,3 +207,33 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     assert len(result["operating_curves"]["ours"]) == 12  # one point per precision target of the grid
     text = (tmp_path / "first" / "report.md").read_text()
     assert all(title in text for title in baselines.TITLES.values())
+
+
+@pytest.mark.slow
+def test_evaluating_a_categorized_table_equals_evaluating_the_model(trained_model, tmp_path):
+    from linnet_core.model.predictor import Predictor
+
+    model, data = trained_model / "model", trained_model / "data"
+    split = baselines.read_split(data, "validation")
+    ours = baselines.model_system(Predictor(model), split)
+    n = len(ours.product_ids)
+    pq.write_table(pa.table({
+        "product_id": list(ours.product_ids),
+        "gpt_id": pa.array([None if g == -1 else int(g) for g in ours.gpt_id], pa.int64()),
+        "level_ids": ours.level_ids.tolist(), "level_confidences": ours.level_confidences.tolist(),
+        **{column: [ours.versions[column]] * n for column in ("model_version", "taxonomy_version",
+                                                               "thresholds_version")},
+    }), tmp_path / "scored.parquet")
+    pq.write_table(pa.table({"product_id": list(split["product_id"]), "gpt_id": split["gpt_id"].tolist(),
+                             "lang": list(split["lang"]), "store": list(split["store"])}),
+                   tmp_path / "labels.parquet")
+    common = ["--model", str(model), "--training-data", str(data), "--baselines", "published"]
+    assert cli.main(["evaluate", "--predictions", str(tmp_path / "scored.parquet"), "--labels",
+                     str(tmp_path / "labels.parquet"), "--output", str(tmp_path / "table"), *common]) == 0
+    assert cli.main(["evaluate", "--output", str(tmp_path / "model"), *common]) == 0
+    from_table, from_model = (json.loads((tmp_path / name / "metrics.json").read_text())
+                              for name in ("table", "model"))
+    assert from_table["cut_rule_mismatches"] == 0
+    for key in ("hP", "hR", "hF1", "coverage", "level_accuracy", "aurc", "ece", "n", "n_labelled",
+                "thresholds_version", "systems", "comparison"):
+        assert from_table[key] == from_model[key], key

@@ -24,6 +24,16 @@ from linnet_core.metrics import AncestorTable
 TFIDF, PUBLISHED, OURS = "tfidf", "published", "ours"
 TITLES = {TFIDF: "(a) TF-IDF + LR, flat", PUBLISHED: "(b) greedy + per-level thresholds",
           OURS: "(c) exact + calibrated + back-off"}
+DESCRIPTIONS = {
+    TFIDF: "TF-IDF (word 1–2 grams) + logistic regression over the label nodes of the train split; "
+           "always answers its most probable node; confidence = probability mass under a node.",
+    PUBLISHED: "the model, greedy decoding, one threshold for every level (the uniform threshold with the "
+               "best hF1 on the calibration split) plus the sensitive floors; a path that does not clear "
+               "every threshold down to its leaf gets no answer.",
+    OURS: "the model's defaults: exact path decoding, per-level temperatures and Clopper–Pearson "
+          "precision-target thresholds from `linnet tune-thresholds`, back-off to the deepest confident "
+          "ancestor; its operating curve retunes the thresholds for each precision target.",
+}
 SEED = 0
 LEAF = 2  # the model's `decision` code for a prediction down to the decoded path's end
 

@@ -115,7 +115,7 @@ def run(config: EvaluationConfig) -> dict:
     ours = (read_predictions(config.predictions) if config.predictions
             else baselines.model_system(predictor, split))
     labels_source = read_labels(config.labels) if config.labels else _labels_from_split(split)
-    ours, labels = join(ours, labels_source)
+    labels = join(ours, labels_source)
     labels, invalid = _known_labels(labels, table)
     versions = {"model_version": "unknown", "taxonomy_version": taxonomy.version,
                 "thresholds_version": "unknown", **ours.versions}
@@ -184,8 +184,8 @@ def run(config: EvaluationConfig) -> dict:
         plots.confusion_plot(names, matrix, output / "confusion_level1.png"),
     ]
     report.write_metrics_json(output / "metrics.json", result)
-    (output / "report.md").write_text(report.render_report(report.to_json_safe(result), titles, plot_files),
-                                      encoding="utf-8")
+    markdown = report.render_report(report.to_json_safe(result), titles, baselines.DESCRIPTIONS, plot_files)
+    (output / "report.md").write_text(markdown, encoding="utf-8")
     return result
 
 

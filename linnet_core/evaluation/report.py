@@ -128,7 +128,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
     return lines + [""]
 
 
-def render_report(result: dict, titles: dict[str, str], plots: Sequence[str]) -> str:
+def _distinct(points: Sequence[dict]) -> list[dict]:
+    """Operating points without runs of identical outcomes (keeps the first setting of each run)."""
+    kept: list[dict] = []
+    for point in points:
+        outcome = [point[k] for k in ("coverage", "hP", "hR")]
+        if not kept or [kept[-1][k] for k in ("coverage", "hP", "hR")] != outcome:
+            kept.append(point)
+    return kept
+
+
+def render_report(result: dict, titles: dict[str, str], descriptions: dict[str, str],
+                  plots: Sequence[str]) -> str:
     """report.md from the evaluation result (the same dict metrics.json holds)."""
     names = list(result["systems"])
     header = ["metric"] + [titles.get(n, n) for n in names]
@@ -137,6 +148,9 @@ def render_report(result: dict, titles: dict[str, str], plots: Sequence[str]) ->
              f"model `{result['model_version']}`, taxonomy `{result['taxonomy_version']}`, "
              f"thresholds `{result['thresholds_version']}`.", "",
              "## Systems side by side (default decision of each)", ""]
+    lines += [f"- **{titles.get(n, n)}**: {descriptions[n]}" for n in names if n in descriptions]
+    lines += ["", f"Compared on the same {result['n_compared']} products; unlabelled products count in "
+                  "coverage only.", ""]
     lines += _table(header, [[k] + [result["systems"][n].get(k) for n in names] for k in keys])
     comparison = result["comparison"]
     lines += [f"## Coverage at hierarchical precision ≥ {comparison['hp_floor']:.2f}", "",
@@ -156,7 +170,7 @@ def render_report(result: dict, titles: dict[str, str], plots: Sequence[str]) ->
     if curve:
         lines += ["## The trade-off to choose (ours): operating curve", ""]
         lines += _table(["setting", "coverage", "hP", "hR", "hF1"],
-                        [[p["setting"], p["coverage"], p["hP"], p["hR"], p["hF1"]] for p in curve])
+                        [[p["setting"], p["coverage"], p["hP"], p["hR"], p["hF1"]] for p in _distinct(curve)])
     for title, key in (("level-1 branch of the label", "by_branch"), ("language", "by_language")):
         lines += [f"## By {title}", ""]
         group_header = ["group", "n", "labelled"] + [f"{titles.get(n, n)} {m}" for n in names

@@ -148,8 +148,8 @@ def read_labels(pattern: str) -> Labels:
     return Labels(product_ids, _int_ids(table["gpt_id"]), text("lang"), text("store"))
 
 
-def join(system: SystemOutput, labels: Labels) -> tuple[SystemOutput, Labels]:
-    """Align labels with the system's products; a product without a label row is unlabelled."""
+def join(system: SystemOutput, labels: Labels) -> Labels:
+    """Labels aligned with the system's products; a product without a label row is unlabelled."""
     position = {pid: i for i, pid in enumerate(labels.product_ids)}
     index = np.array([position.get(pid, -1) for pid in system.product_ids], dtype=np.int64)
     found = index >= 0
@@ -159,7 +159,7 @@ def join(system: SystemOutput, labels: Labels) -> tuple[SystemOutput, Labels]:
     aligned.gpt_id[found] = labels.gpt_id[index[found]]
     aligned.lang[found] = labels.lang[index[found]]
     aligned.store[found] = labels.store[index[found]]
-    return system, aligned
+    return aligned
 
 
 def align(system: SystemOutput, product_ids: np.ndarray) -> SystemOutput:
