@@ -1,0 +1,111 @@
+"""EmbedProducts on a TestPipeline: every input comes out once, as an embedded record or a dead letter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from linnet_core import features, records
+from linnet_core.encoders.prepare import prepare_models
+from pipelines import defaults
+from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, read_uri
+
+PHOTOS = defaults.SHARED_DATA / "products" / "images"
+JPEG = str(PHOTOS / "100fp2010_c797e63e-7927-48cb-b869-07a8e1b7a3c8.jpg")
+JPEG_NAMED_WEBP = str(PHOTOS / "1247148-2.webp")
+
+
+@pytest.fixture(scope="module")
+def models_dir() -> str:
+    prepare_models(defaults.MODELS)
+    return str(defaults.MODELS)
+
+
+@pytest.fixture
+def products(tmp_path: Path) -> list:
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"<html>not a photo</html>")
+    missing = str(tmp_path / "gone.jpg")
+    raws = [
+        {"product_id": "ok", "title": "Ceramic coffee mug, 350 ml", "image_uris": [JPEG]},
+        {"product_id": "by-content", "title": "Kinderfahrrad 16 Zoll", "image_uris": [JPEG_NAMED_WEBP]},
+        {"product_id": "missing", "title": "Bolso de cuero", "image_uris": [missing]},
+        {"product_id": "unreadable", "title": "Sac à dos", "image_uris": [str(bad)]},
+        {"product_id": "second-photo", "title": "Lampe de chevet", "image_uris": [missing, JPEG]},
+        {"product_id": "text-only", "title": "Organic green tea, 100 bags", "tags": "tea, organic"},
+    ]
+    return [records.normalize(raw) for raw in raws] + [{"title": "no id"}, "not a record"]
+
+
+EXPECTED = [("ok", "ok", 1.0), ("by-content", "ok", 1.0), ("missing", "missing_file", 0.0),
+            ("unreadable", "unreadable", 0.0), ("second-photo", "ok", 1.0), ("text-only", "no_image", 0.0)]
+
+
+def _summary(record: dict) -> tuple:
+    text, image = record[features.TEXT_EMBEDDING], record[features.IMAGE_EMBEDDING]
+    assert text.shape == (384,) and text.dtype == np.float32 and abs(np.linalg.norm(text) - 1) < 1e-4
+    assert image.shape == (1280,) and image.dtype == np.float32 and np.isfinite(image).all()
+    assert bool(image.any()) == (record[features.IMAGE_PRESENT] == 1.0)
+    return record["product_id"], record["image_status"], record[features.IMAGE_PRESENT]
+
+
+def _dead_summary(row: dict) -> tuple:
+    return row["product_id"], row["stage"], row["reason"], row["run_id"]
+
+
+def test_every_input_is_embedded_or_dead_lettered(products: list, models_dir: str) -> None:
+    cfg = EmbedConfig(models_dir=models_dir, batch_size=4, threads=2)
+    with TestPipeline() as pipeline:
+        out = pipeline | beam.Create(products) | EmbedProducts(cfg, run_id="run-1")
+        assert_that(out["embedded"] | beam.Map(_summary), equal_to(EXPECTED), label="CheckEmbedded")
+        assert_that(out["dead_letter"] | beam.Map(_dead_summary),
+                    equal_to([(None, "embed", "embedding_failed", "run-1")] * 2), label="CheckDeadLetters")
+
+
+def _counters(result) -> dict[str, int]:
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    return {counter.key.metric.name: counter.committed for counter in query["counters"]}
+
+
+def test_counters_and_cache_hits_on_a_second_run(products: list, models_dir: str, tmp_path: Path) -> None:
+    options = PipelineOptions([f"--models_dir={models_dir}", f"--embedding_cache={tmp_path / 'cache'}",
+                               "--embed_batch_size=3", "--encoder_threads=2"])
+    runs = []
+    for _ in range(2):
+        pipeline = TestPipeline(options=options)
+        _ = pipeline | beam.Create(products) | EmbedProducts.from_options(options)
+        result = pipeline.run()
+        result.wait_until_finish()
+        runs.append(_counters(result))
+    first, second = runs
+    assert first["products_embedded"] == 6 and first["dead_letters"] == 2
+    statuses = ("image_ok", "image_missing_file", "image_unreadable", "image_no_image")
+    assert [first[name] for name in statuses] == [3, 1, 1, 1]
+    assert first.get("text_cache_hits", 0) == 0
+    assert second["text_cache_hits"] == 6 and second["image_cache_hits"] == 3
+    assert any((tmp_path / "cache").rglob("*.f32"))
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="embed_batch_size"):
+        EmbedConfig(batch_size=0)
+    with pytest.raises(ValueError, match="text_engine"):
+        EmbedConfig(text_engine="tensorrt")
+    with pytest.raises(ValueError, match="max_tokens"):
+        EmbedConfig(max_tokens=1024)
+    assert EmbedConfig.from_options(PipelineOptions(["--embedding_cache=none"])).cache_dir is None
+
+
+def test_read_uri_tells_missing_from_present(tmp_path: Path) -> None:
+    gz = tmp_path / "photo.jpg.gz"
+    gz.write_bytes(b"raw bytes, never decompressed")
+    assert read_uri(str(gz)) == b"raw bytes, never decompressed"
+    with pytest.raises(FileNotFoundError):
+        read_uri(str(tmp_path / "nope.jpg"))

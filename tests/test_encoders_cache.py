@@ -1,0 +1,67 @@
+"""Embedding cache and the product embedder's use of it: a hit skips the model, a torn file is a miss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from linnet_core import records
+from linnet_core.encoders.cache import EmbeddingCache, content_hash
+from linnet_core.encoders.embedder import ProductEmbedder, _encode_isolating
+from linnet_core.encoders.image import ImageEncoder
+from linnet_core.encoders.prepare import prepare_models
+from linnet_core.encoders.text import load_text_encoder
+from pipelines import defaults
+
+JPEG = defaults.SHARED_DATA / "products" / "images" / "100fp2010_c797e63e-7927-48cb-b869-07a8e1b7a3c8.jpg"
+
+
+def test_round_trip_miss_and_torn_file(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path, "text/model/onnx-int8/128/abc", 4)
+    key = content_hash("Red scarf")
+    assert cache.get(key) is None
+    cache.put(key, np.array([1, 2, 3, 4], np.float32))
+    np.testing.assert_array_equal(cache.get(key), [1, 2, 3, 4])
+    assert not list(tmp_path.rglob("*.tmp"))
+    next(tmp_path.rglob("*.f32")).write_bytes(b"\x00" * 7)
+    assert cache.get(key) is None
+    assert EmbeddingCache(tmp_path, "text/other", 4).get(key) is None
+
+
+def test_bad_cache_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="local directory"):
+        EmbeddingCache("gs://bucket/cache", "id", 4)
+    with pytest.raises(ValueError, match="size 3"):
+        EmbeddingCache(tmp_path, "id", 4).put("ab" * 32, np.zeros(3))
+
+
+def test_content_hash_is_of_exact_bytes() -> None:
+    assert content_hash("é") == content_hash("é".encode())
+    assert content_hash("Red scarf") != content_hash("Red scarf ")
+
+
+def test_one_failing_item_costs_only_itself() -> None:
+    def encode(items: list) -> np.ndarray:
+        return np.stack([np.full(2, 1.0 / item) for item in items])
+
+    outcomes = _encode_isolating(encode, [1, 0, 4])
+    np.testing.assert_array_equal(outcomes[0], [1.0, 1.0])
+    assert isinstance(outcomes[1], Exception)
+    np.testing.assert_array_equal(outcomes[2], [0.25, 0.25])
+
+
+def test_second_pass_is_served_from_the_cache(tmp_path: Path) -> None:
+    models = prepare_models(defaults.MODELS)
+    embedder = ProductEmbedder(load_text_encoder(models["text_model"], threads=2),
+                               ImageEncoder(defaults.MODELS, threads=2), str(tmp_path))
+    batch = [records.normalize({"product_id": "a", "title": "Wool socks", "image_uris": [str(JPEG)]}),
+             records.normalize({"product_id": "b", "title": "Garden hose 20 m"})]
+    first = embedder.embed(batch, lambda uri: Path(uri).read_bytes())
+    second = embedder.embed(batch, lambda uri: Path(uri).read_bytes())
+    assert [r.cache_hits for r in first] == [[], []]
+    assert [r.cache_hits for r in second] == [["text", "image"], ["text"]]
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a.record["text_embedding"], b.record["text_embedding"])
+        np.testing.assert_array_equal(a.record["image_embedding"], b.record["image_embedding"])
