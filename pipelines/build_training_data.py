@@ -48,11 +48,12 @@ from linnet_core.training_data import (
     stats_report,
     to_example,
 )
+from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery
+from pipelines.embed import EMBEDDED, EmbedProducts
 from pipelines.io import DEAD_LETTER, PRODUCTS, VALIDATE_STAGE, ReadProducts, WriteTable
-from pipelines.options import OutputOptions, ProductInputOptions
+from pipelines.options import OutputOptions, ProductInputOptions, require
 
 LOGGER = logging.getLogger(__name__)
-EMBEDDED = "embedded"
 EXAMPLES = "examples"
 LABEL_STAGE = "label"
 EMBED_STAGE = "embed"
@@ -65,6 +66,9 @@ class TrainingDataOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--input_table", "--input-table", dest="input_table", default=None,
+                            help="read labelled products from this BigQuery table (project.dataset.table) "
+                                 "instead of --input files")
         parser.add_argument("--sample", type=int, default=None,
                             help="use only N products (the same N on every run, chosen by id hash)")
         parser.add_argument("--split_by", "--split-by", dest="split_by", default="store",
@@ -86,6 +90,7 @@ class BuildConfig:
     """Validated settings of one run; `output` is the folder being written (the staging folder)."""
 
     input: str
+    input_table: str | None
     taxonomy: str
     output: str
     image_root: str | None
@@ -108,6 +113,7 @@ def _config(options: PipelineOptions, output: str) -> BuildConfig:
     fractions = tuple(float(part) for part in flags.split_fractions.split(","))
     return BuildConfig(
         input=inputs.input,
+        input_table=flags.input_table,
         taxonomy=inputs.taxonomy,
         output=output,
         image_root=inputs.image_root or str(Path(inputs.input.split(",")[0]).parent),
@@ -381,10 +387,15 @@ class WriteStats(beam.PTransform):
         )
 
 
-def build(pipeline: beam.Pipeline, cfg: BuildConfig, embed: beam.PTransform) -> None:
-    """Adds the training-data graph to `pipeline` (writing under `cfg.output`)."""
+def build(pipeline: beam.Pipeline, cfg: BuildConfig, read: beam.PTransform, embed: beam.PTransform) -> None:
+    """Adds the training-data graph to `pipeline` (writing under `cfg.output`).
+
+    Args:
+        read: a transform with the `ReadProducts` contract (tagged `products`, `dead_letter`).
+        embed: a transform with the `EmbedProducts` contract (tagged `embedded`, `dead_letter`).
+    """
     taxonomy = Taxonomy.load(cfg.taxonomy)
-    read = pipeline | "ReadProducts" >> ReadProducts(cfg.input, cfg.image_root)
+    read = pipeline | "ReadProducts" >> read
     products = read[PRODUCTS]
     if cfg.sample:
         products = products | "SampleProducts" >> SampleProducts(cfg.sample)
@@ -402,11 +413,12 @@ def build(pipeline: beam.Pipeline, cfg: BuildConfig, embed: beam.PTransform) -> 
          | "WriteStats" >> WriteStats(cfg.output, cfg.taxonomy, cfg.split, cfg.weights))
 
 
-def default_embed(options: PipelineOptions) -> beam.PTransform:
-    """The project's `EmbedProducts` configured from the command line (embedding cache included)."""
-    from pipelines.embed import EmbedProducts
-
-    return EmbedProducts.from_options(options)
+def _reader(options: PipelineOptions, cfg: BuildConfig) -> beam.PTransform:
+    """`ReadProducts` over `--input` files, or the BigQuery source when `--input_table` is given."""
+    if cfg.input_table:
+        return ReadProductsFromBigQuery(BigQueryConnection.from_options(options), table=cfg.input_table,
+                                        image_root=cfg.image_root)
+    return ReadProducts(cfg.input, cfg.image_root)
 
 
 def check(stats: dict[str, Any]) -> None:
@@ -436,12 +448,13 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     Args:
         argv: command-line flags (Beam flags included).
         test_pipeline: a pipeline to build into instead of one made from `argv`.
-        embed: replaces the default `EmbedProducts` (same tagged-output contract).
+        embed: replaces `EmbedProducts` configured by its flags (`--embedding_cache`, `--models_dir`, ...).
 
     Raises:
         RuntimeError: records were lost between input and output.
     """
     options = PipelineOptions(argv)
+    require(options.view_as(OutputOptions), "output")
     final = options.view_as(OutputOptions).output
     local = "://" not in final
     if local:
@@ -451,7 +464,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         staging = final
     cfg = _config(options, staging)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, cfg, embed or default_embed(options))
+    build(pipeline, cfg, _reader(options, cfg), embed or EmbedProducts.from_options(options, cfg.run_id))
     try:
         pipeline.run().wait_until_finish()
         metadata_io.write_metadata(transform.raw_metadata(), f"{staging}/metadata")
