@@ -15,8 +15,6 @@ import sys
 
 from linnet_core.evaluation.evaluate import BASELINES, EvaluationConfig, run
 from linnet_core.evaluation.report import HP_FLOOR, to_json_safe
-from linnet_core.evaluation.systems import EvaluationError
-from linnet_core.taxonomy import TaxonomyError
 from pipelines import defaults
 
 HEADLINE = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_precision", "aurc", "n", "n_labelled")
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run(parse_config(argv))
-    except (EvaluationError, TaxonomyError, OSError) as error:
+    except (ValueError, OSError) as error:  # EvaluationError, TaxonomyError, DataError, ModelDirError, ...
         print(f"linnet evaluate: {error}", file=sys.stderr)
         return 1
     summary = {key: result[key] for key in HEADLINE} | {"comparison": result["comparison"]}

@@ -87,13 +87,12 @@ def _known_labels(labels: Labels, table: metrics.AncestorTable) -> tuple[Labels,
 
 
 def _published_default(system_on_calibration: SystemOutput, calibration: Labels,
-                       table: metrics.AncestorTable) -> Thresholds:
+                       table: metrics.AncestorTable, settings: list[tuple[str, Thresholds]]) -> Thresholds:
     """The published design's thresholds were hand-set per level; as its fairest stand-in, take the
     uniform threshold with the best hF1 on the calibration split."""
-    points = report.operating_curve(system_on_calibration, calibration, table, report.uniform_settings(),
-                                    back_off=False)
+    points = report.operating_curve(system_on_calibration, calibration, table, settings, back_off=False)
     best = max(range(len(points)), key=lambda i: (np.nan_to_num(points[i].hF1), -i))
-    return report.uniform_settings()[best][1]
+    return settings[best][1]
 
 
 def run(config: EvaluationConfig) -> dict:
@@ -140,13 +139,14 @@ def run(config: EvaluationConfig) -> dict:
             curves[baselines.TFIDF] = report.operating_curve(systems[-1], compared_labels, table,
                                                              report.uniform_settings(), back_off=False)
         if baselines.PUBLISHED in wanted:
+            sweep = report.uniform_settings(overrides=predictor.thresholds.overrides)
             greedy_calibration = baselines.published_design(predictor, calibration, [0.0] * 7)
-            chosen = _published_default(greedy_calibration, calibration_labels, table)
+            chosen = _published_default(greedy_calibration, calibration_labels, table, sweep)
             published = align(baselines.published_design(predictor, split, list(chosen.levels)),
                               compared.product_ids)
             systems.append(published)
-            curves[baselines.PUBLISHED] = report.operating_curve(published, compared_labels, table,
-                                                                 report.uniform_settings(), back_off=False)
+            curves[baselines.PUBLISHED] = report.operating_curve(published, compared_labels, table, sweep,
+                                                                 back_off=False)
         curves[baselines.OURS] = report.operating_curve(
             compared, compared_labels, table,
             _target_settings(ours_calibration, calibration_labels, table, predictor.thresholds,

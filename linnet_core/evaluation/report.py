@@ -47,9 +47,11 @@ def operating_curve(system: SystemOutput, labels: Labels, table: metrics.Ancesto
     return points
 
 
-def uniform_settings(steps: int = 41) -> list[tuple[str, Thresholds]]:
-    """One threshold t for every level, t from 0 to 1: the sweep of a hand-set per-level design."""
-    return [(f"t={t:.3f}", Thresholds(f"uniform-{t:.3f}", (float(t),) * 7))
+def uniform_settings(steps: int = 41,
+                     overrides: dict[int, float] | None = None) -> list[tuple[str, Thresholds]]:
+    """One threshold t for every level, t from 0 to 1 (plus fixed floors): the sweep of a hand-set
+    per-level design."""
+    return [(f"t={t:.3f}", Thresholds(f"uniform-{t:.3f}", (float(t),) * 7, overrides=dict(overrides or {})))
             for t in np.linspace(0.0, 1.0, steps)]
 
 
