@@ -237,3 +237,10 @@ def test_evaluating_a_categorized_table_equals_evaluating_the_model(trained_mode
     for key in ("hP", "hR", "hF1", "coverage", "level_accuracy", "aurc", "ece", "n", "n_labelled",
                 "thresholds_version", "systems", "comparison"):
         assert from_table[key] == from_model[key], key
+
+
+def test_class_labels_for_temperature_fitting(tiny):
+    from linnet_core.evaluation.tuning import class_labels
+
+    labels = class_labels(np.array([3, 13, -1, 999]), tiny)
+    assert labels.tolist() == [[0, 0, 0, -1, -1, -1, -1], [1, 3, 2, -1, -1, -1, -1], [-1] * 7, [-1] * 7]
