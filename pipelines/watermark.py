@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 
@@ -85,3 +87,34 @@ class Watermark:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
+
+
+class AdvanceWatermarkFn(beam.DoFn):
+    """Advances the watermark to `day` once every partition of the day is committed (one element in)."""
+
+    def __init__(self, path: str, day: dt.date, run_id: str | None) -> None:
+        self.path = path
+        self.day = day
+        self.run_id = run_id
+
+    def process(self, manifests: list[dict[str, Any]]) -> Iterator[str]:
+        yield Watermark(self.path).advance(self.day, self.run_id).isoformat()
+
+
+class AdvanceWatermark(beam.PTransform):
+    """Manifests of the day's committed partitions → the watermark advanced to `day` (its new value).
+
+    For jobs launched without a waiting driver (Flex Templates), so the job itself moves the watermark
+    after its commits; `linnet backfill` advancing it again afterwards is a no-op.
+    """
+
+    def __init__(self, path: str, day: dt.date, run_id: str | None = None) -> None:
+        super().__init__()
+        self.advance_fn = AdvanceWatermarkFn(path, day, run_id)
+
+    def expand(self, manifests: beam.PCollection) -> beam.PCollection:
+        return (
+            manifests
+            | "AllCommitted" >> beam.combiners.ToList()
+            | "Advance" >> beam.ParDo(self.advance_fn)
+        )

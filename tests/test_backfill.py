@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import backfill, partitions
 from pipelines.io import PRODUCTS, ReadProducts
 from pipelines.partitions import Partition, WritePartition
-from pipelines.watermark import Watermark, WatermarkError
+from pipelines.watermark import AdvanceWatermark, Watermark, WatermarkError
 
 D1, D2, D3 = dt.date(2026, 11, 21), dt.date(2026, 11, 22), dt.date(2026, 11, 23)
 
@@ -128,3 +128,31 @@ def test_incremental_needs_a_start(products_file: Path, tmp_path: Path):
 
 def test_scorer_is_loaded_by_name():
     assert backfill.load_scorer("pipelines.partitions:day_bounds") is partitions.day_bounds
+
+
+def test_a_job_advances_the_watermark_only_after_its_commits(tmp_path: Path):
+    mark = str(tmp_path / "out" / backfill.WATERMARK_FILE)
+    Watermark(mark).advance(D1)
+
+    def day_job(day: dt.date, fail: bool) -> None:
+        def check(row: dict) -> dict:
+            if fail:
+                raise RuntimeError("injected failure")
+            return row
+
+        with beam.Pipeline() as pipeline:
+            rows = pipeline | "Rows" >> beam.Create([{"product_id": "a", "title": "A"}]) | beam.Map(check)
+            manifests = (
+                (rows | "WriteProducts" >> WritePartition(str(tmp_path / "out"), "products",
+                                                          Partition.for_day(day)),
+                 rows | "WriteCopy" >> WritePartition(str(tmp_path / "out"), "copy", Partition.for_day(day),
+                                                      schema="products"))
+                | "Manifests" >> beam.Flatten()
+            )
+            _ = manifests | "AdvanceWatermark" >> AdvanceWatermark(mark, day, "job-1")
+
+    with pytest.raises(Exception, match="injected failure"):
+        day_job(D2, fail=True)
+    assert Watermark(mark).read() == D1
+    day_job(D2, fail=False)
+    assert Watermark(mark).read() == D2
