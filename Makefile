@@ -54,5 +54,9 @@ evaluate: $(OUT)/model/model.json  ## Train (or reuse) a model, tune thresholds,
 	$(LINNET) evaluate --model $(OUT)/model --training-data $(OUT)/training_data --split validation \
 		--output $(OUT)/evaluation
 
+BENCH_EMBED_ARGS ?=
+bench-embed: install  ## Embedding throughput: bare encoders vs EmbedProducts (DirectRunner), peak RSS at N and 4N.
+	$(BIN)/python bench/embed_throughput.py $(BENCH_EMBED_ARGS)
+
 clean:  ## Remove the local outputs (keeps .venv and the model cache).
 	rm -rf out

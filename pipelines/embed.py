@@ -151,7 +151,7 @@ class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedd
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, outcomes, strict=True)]
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": self.cfg.batch_size}
+        return {"min_batch_size": self.cfg.batch_size, "max_batch_size": self.cfg.batch_size}
 
     def get_metrics_namespace(self) -> str:
         return NAMESPACE

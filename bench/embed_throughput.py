@@ -1,0 +1,200 @@
+"""Embedding throughput: bare encoders in a plain loop vs `EmbedProducts` on the DirectRunner, in one run.
+
+Text: (a) the bare text encoder over N full product texts (`features.product_text`, truncated at
+`--max_tokens`) at each candidate batch size, the best kept; (b) `EmbedProducts` over the same products
+(photos removed, cache off) at N and 4N. Images: the same with products that have a photo (text removed):
+(a) read + decode + preprocess + encode, (b) the pipeline. Pipeline products/s are given end to end and
+steady-state, (4N − N) / (t4N − tN), which cancels the fixed costs (graph construction, model loading).
+Peak RSS is sampled per phase; the N and 4N runs should be within 15% of each other.
+The machine is shared with other work: (a) runs before and after (b), and both figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from linnet_core import features, records
+from linnet_core.encoders.image import ImageEncoder, load_pixels
+from linnet_core.encoders.text import TEXT_MODEL_NAME, load_text_encoder
+from pipelines import defaults
+from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts
+
+
+class PeakRss:
+    """Samples the process's resident set size every 20 ms; `phase()` reports the peak within it."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmRSS:"))
+        return int(line.split()[1]) * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.current())
+
+    @contextmanager
+    def phase(self, into: dict) -> Iterator[None]:
+        gc.collect()
+        self.peak = self.current()
+        started = time.perf_counter()
+        yield
+        into["seconds"] = time.perf_counter() - started
+        into["peak_rss_mb"] = round(max(self.peak, self.current()) / 2**20)
+
+
+def load_products(count: int, with_images: bool) -> list[dict]:
+    """`count` shared products in file order: with a photo (text removed) or without (photos removed)."""
+    out = []
+    with open(defaults.PRODUCTS_JSONL, encoding="utf-8") as lines:
+        for line in lines:
+            raw = json.loads(line)
+            if bool(raw.get("image_files")) != with_images:
+                continue
+            record = records.normalize(raw, str(defaults.SHARED_DATA / "products"))
+            if with_images:
+                record = {"product_id": record["product_id"], "image_uris": record["image_uris"][:1]}
+            out.append(record)
+            if len(out) == count:
+                break
+    if len(out) < count:
+        raise SystemExit(f"only {len(out)} shared products {'with' if with_images else 'without'} photos")
+    return out
+
+
+def bare_loop(encode: Callable[[list], object], items: list, batch_sizes: list[int], rss: PeakRss) -> dict:
+    """Products/s of `encode` over `items` at each batch size; the best is what the pipeline is held to."""
+    encode(items[:max(batch_sizes)])
+    result: dict = {"by_batch_size": {}}
+    with rss.phase(result):
+        for size in batch_sizes:
+            started = time.perf_counter()
+            for start in range(0, len(items), size):
+                encode(items[start:start + size])
+            result["by_batch_size"][size] = round(len(items) / (time.perf_counter() - started), 1)
+    result["best_batch_size"] = max(result["by_batch_size"], key=result["by_batch_size"].get)
+    result["products_per_s"] = result["by_batch_size"][result["best_batch_size"]]
+    return result
+
+
+def pipeline_run(products: list[dict], cfg: EmbedConfig, rss: PeakRss) -> dict:
+    """One DirectRunner run of `EmbedProducts`; every product must come out embedded."""
+    result: dict = {"products": len(products)}
+    with rss.phase(result):
+        pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
+        _ = pipeline | "Create" >> beam.Create(products) | "EmbedProducts" >> EmbedProducts(cfg)
+        run = pipeline.run()
+        run.wait_until_finish()
+    counters = {c.key.metric.name: c.committed
+                for c in run.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    if counters.get("products_embedded") != len(products):
+        raise RuntimeError(f"pipeline embedded {counters.get('products_embedded')} of {len(products)}")
+    result["products_per_s"] = round(len(products) / result["seconds"], 1)
+    return result
+
+
+def compare(bare_before: dict, small: dict, large: dict, bare_after: dict) -> dict:
+    steady = (large["products"] - small["products"]) / max(large["seconds"] - small["seconds"], 1e-9)
+    bare = (bare_before["products_per_s"] + bare_after["products_per_s"]) / 2
+    return {"bare_products_per_s_mean": round(bare, 1),
+            "pipeline_steady_products_per_s": round(steady, 1),
+            "ratio_steady": round(steady / bare, 3),
+            "ratio_end_to_end_4n": round(large["products_per_s"] / bare, 3),
+            "rss_4n_over_n": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)}
+
+
+def text_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rss: PeakRss) -> dict:
+    products = load_products(4 * n, with_images=False)
+    texts = [features.product_text(record) for record in products[:n]]
+    encoder = load_text_encoder(cfg.text_model or str(Path(cfg.models_dir) / TEXT_MODEL_NAME),
+                                cfg.text_engine, cfg.max_tokens, cfg.threads or None)
+    lengths = encoder.tokenize(texts)[1].sum(axis=1)
+    report = {"encoder": encoder.encoder_id, "mean_chars": round(sum(map(len, texts)) / n),
+              "mean_tokens": round(float(lengths.mean()), 1),
+              "share_truncated": round(float((lengths == cfg.max_tokens).mean()), 2)}
+    report["bare_before"] = bare_loop(encoder.encode, texts, batch_sizes, rss)
+    del encoder
+    report["pipeline_n"] = pipeline_run(products[:n], cfg, rss)
+    report["pipeline_4n"] = pipeline_run(products, cfg, rss)
+    encoder = load_text_encoder(cfg.text_model or str(Path(cfg.models_dir) / TEXT_MODEL_NAME),
+                                cfg.text_engine, cfg.max_tokens, cfg.threads or None)
+    report["bare_after"] = bare_loop(encoder.encode, texts, [report["bare_before"]["best_batch_size"]], rss)
+    report.update(compare(report["bare_before"], report["pipeline_n"], report["pipeline_4n"],
+                          report["bare_after"]))
+    return report
+
+
+def image_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rss: PeakRss) -> dict:
+    products = load_products(4 * n, with_images=True)
+    encoder = ImageEncoder(cfg.models_dir, cfg.image_engine, cfg.threads or None)
+
+    def encode(batch: list[dict]) -> object:
+        return encoder.encode([load_pixels(Path(record["image_uris"][0]).read_bytes()) for record in batch])
+
+    report = {"encoder": encoder.encoder_id}
+    report["bare_before"] = bare_loop(encode, products[:n], batch_sizes, rss)
+    report["pipeline_n"] = pipeline_run(products[:n], cfg, rss)
+    report["pipeline_4n"] = pipeline_run(products, cfg, rss)
+    report["bare_after"] = bare_loop(encode, products[:n], [report["bare_before"]["best_batch_size"]], rss)
+    report.update(compare(report["bare_before"], report["pipeline_n"], report["pipeline_4n"],
+                          report["bare_after"]))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200, help="text products in the small run (4N in the large)")
+    parser.add_argument("--image_n", type=int, default=100, help="products with a photo in the small run")
+    parser.add_argument("--batch_sizes", default="8,16,32,64", help="bare-loop batch sizes to try")
+    parser.add_argument("--models_dir", default=str(defaults.MODELS))
+    parser.add_argument("--text_engine", default="onnx")
+    parser.add_argument("--image_engine", default="onnx")
+    parser.add_argument("--max_tokens", type=int, default=128)
+    parser.add_argument("--skip_images", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    rss = PeakRss()
+    report = {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+    for name, bench, n in (("text", text_bench, args.n), ("image", image_bench, args.image_n)):
+        if name == "image" and args.skip_images:
+            continue
+        cfg = EmbedConfig(models_dir=args.models_dir, text_engine=args.text_engine,
+                          image_engine=args.image_engine, max_tokens=args.max_tokens,
+                          batch_size=max(sizes) if name == "text" else 32, cache_dir=None)
+        report[name] = bench(n, cfg, sizes, rss)
+    report["load_average_end"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
+    for name in ("text", "image"):
+        if name in report:
+            part = report[name]
+            print(f"{name}: bare {part['bare_products_per_s_mean']}/s, pipeline steady "
+                  f"{part['pipeline_steady_products_per_s']}/s, ratio {part['ratio_steady']} "
+                  f"(end-to-end 4N {part['ratio_end_to_end_4n']}), peak RSS N "
+                  f"{part['pipeline_n']['peak_rss_mb']} MB vs 4N {part['pipeline_4n']['peak_rss_mb']} MB "
+                  f"(×{part['rss_4n_over_n']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
