@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -146,9 +147,13 @@ def text_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rss: PeakRss) -
 def image_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rss: PeakRss) -> dict:
     products = load_products(4 * n, with_images=True)
     encoder = ImageEncoder(cfg.models_dir, cfg.image_engine, cfg.threads or None)
+    decoders = ThreadPoolExecutor(encoder.threads)
+
+    def pixels(record: dict) -> object:
+        return load_pixels(Path(record["image_uris"][0]).read_bytes())
 
     def encode(batch: list[dict]) -> object:
-        return encoder.encode([load_pixels(Path(record["image_uris"][0]).read_bytes()) for record in batch])
+        return encoder.encode(list(decoders.map(pixels, batch)))
 
     report = {"encoder": encoder.encoder_id}
     report["bare_before"] = bare_loop(encode, products[:n], batch_sizes, rss)

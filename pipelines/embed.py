@@ -132,7 +132,7 @@ def load_embedder(cfg: EmbedConfig) -> ProductEmbedder:
     text = text_encoders.load_text_encoder(text_model, cfg.text_engine, cfg.max_tokens, threads)
     image = image_encoders.ImageEncoder(models, cfg.image_engine, threads)
     logger.info("loaded encoders %s and %s", text.encoder_id, image.encoder_id)
-    return ProductEmbedder(text, image, cfg.cache_dir)
+    return ProductEmbedder(text, image, cfg.cache_dir, threads)
 
 
 class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedder]):

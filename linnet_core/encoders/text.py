@@ -6,7 +6,6 @@ pooling (mean over the attention mask, then L2 norm), so they differ only in how
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from linnet_core.encoders.runtime import fingerprint, single_threaded_session
 
 QUERY_PREFIX = "query: "
 DEFAULT_MAX_TOKENS = 128
@@ -38,23 +39,6 @@ def mean_pool_normalize(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
     return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def fingerprint(paths: Sequence[Path]) -> str:
-    """A short content fingerprint of model files: size plus the first and last MiB of each.
-
-    Cheap enough to compute at every load and it changes whenever weights are re-exported, so embedding
-    cache keys never mix two versions of a model.
-    """
-    digest = hashlib.sha256()
-    for path in paths:
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            handle.seek(max(size - (1 << 20), 0))
-            digest.update(handle.read(1 << 20))
-    return digest.hexdigest()[:16]
 
 
 class _TokenizingEncoder:
@@ -141,17 +125,6 @@ class OnnxTextEncoder(_TokenizingEncoder):
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return np.stack(list(self._pool.map(self._encode_one, self.token_ids(texts))))
-
-
-def single_threaded_session(path: Path):
-    """An ONNX Runtime CPU session whose runs each use one thread (callers run several concurrently)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def load_text_encoder(model: str, engine: str = "onnx", max_tokens: int = DEFAULT_MAX_TOKENS,
