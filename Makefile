@@ -58,5 +58,12 @@ BENCH_EMBED_ARGS ?=
 bench-embed: install  ## Embedding throughput: bare encoders vs EmbedProducts (DirectRunner), peak RSS at N and 4N.
 	$(BIN)/python bench/embed_throughput.py $(BENCH_EMBED_ARGS)
 
+MODEL ?= $(OUT)/model
+SUBMIT_ARGS ?=
+dataflow-submit: install  ## Stage MODEL to BUCKET, package setup.py, run `linnet score` on Dataflow (PROJECT, REGION, BUCKET).
+	@test -n "$(PROJECT)" -a -n "$(BUCKET)" || { echo "usage: make dataflow-submit PROJECT=my-project" \
+		"BUCKET=gs://my-bucket [REGION=...] [MODEL=...] [SUBMIT_ARGS='--input gs://... --output gs://...']"; exit 2; }
+	$(LINNET) dataflow-submit --project $(PROJECT) --region $(REGION) --bucket $(BUCKET) --model $(MODEL) $(SUBMIT_ARGS)
+
 clean:  ## Remove the local outputs (keeps .venv and the model cache).
 	rm -rf out

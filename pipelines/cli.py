@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipelines.evaluate_command:main", "Metrics, report, plots and baselines vs labels."),
     "tune-thresholds": ("pipelines.tune_thresholds_command:main", "Temperatures + precision thresholds."),
     "backfill": ("pipelines.backfill:main", "Score day by day by updated_at; one partition per day."),
+    "dataflow-submit": ("pipelines.dataflow_submit:main", "Stage the model, run score/backfill on Dataflow."),
 }
 
 

@@ -8,6 +8,7 @@ workers install, and produces the job request. Nothing here touches the network.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from pipelines import bigquery as bq
-from pipelines import defaults
+from pipelines.dataflow_submit import dataflow_flags, stage_model
 from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts
 from pipelines.partitions import Partition, WritePartition
 
@@ -63,11 +64,9 @@ def build(pipeline: beam.Pipeline) -> None:
 
 @pytest.fixture(scope="module")
 def dry_run() -> tuple[Any, beam_runner_api_pb2.Pipeline, PipelineOptions]:
-    options = PipelineOptions([
-        "--runner=DataflowRunner", "--dry_run=True", "--project=linnet-demo", "--region=us-central1",
-        f"--temp_location={BUCKET}/tmp", f"--staging_location={BUCKET}/staging",
-        f"--setup_file={defaults.PROJECT_ROOT / 'setup.py'}", "--job_name=linnet-score-dry-run",
-        "--machine_type=n2-standard-4", "--max_num_workers=4"])
+    flags = dataflow_flags("linnet-demo", "us-central1", BUCKET, job_name="linnet-score-dry-run")
+    options = PipelineOptions([*flags, "--dry_run=True", "--machine_type=n2-standard-4",
+                               "--max_num_workers=4"])
     pipeline = beam.Pipeline(options=options)
     build(pipeline)
     result = pipeline.run()
@@ -104,3 +103,27 @@ def test_graph_has_the_stable_labels(dry_run):
     for label in ("ReadProducts", "ReadProductsFromBigQuery/ReadRows/OpenReadSession", "RunInference",
                   "WriteCategorized/Commit", "WriteCategorizedTable/Commit", "WriteDeadLetters/Commit"):
         assert label in labels
+
+
+def test_model_is_staged_once_with_its_manifest_last(tmp_path: Path):
+    model = tmp_path / "model"
+    (model / "saved_model" / "variables").mkdir(parents=True)
+    (model / "saved_model" / "saved_model.pb").write_bytes(b"graph")
+    (model / "saved_model" / "variables" / "variables.index").write_bytes(b"index")
+    (model / "model.json").write_text(json.dumps({"model_version": "m-123"}))
+    bucket = tmp_path / "bucket"
+
+    uri = stage_model(str(model), str(bucket))
+    assert uri == str(bucket / "models" / "m-123")
+    staged = sorted(str(path.relative_to(uri)) for path in Path(uri).rglob("*") if path.is_file())
+    assert staged == ["model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index"]
+    (model / "saved_model" / "saved_model.pb").write_bytes(b"changed")
+    assert stage_model(str(model), str(bucket)) == uri
+    assert (Path(uri) / "saved_model" / "saved_model.pb").read_bytes() == b"graph"
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        stage_model(str(tmp_path / "bucket"), str(bucket))
+
+
+def test_worker_image_replaces_the_sdist():
+    flags = dataflow_flags("p-123456", "europe-west1", BUCKET, sdk_container_image="eu.gcr.io/p/linnet:1")
+    assert "--sdk_location=container" in flags and not any(flag.startswith("--setup_file") for flag in flags)
