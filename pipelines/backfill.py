@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--incremental", action="store_true",
                         help="start the day after the stored watermark")
     parser.add_argument("--watermark", help=f"watermark file (default: OUTPUT/{WATERMARK_FILE})")
+    parser.add_argument("--max_days", "--max-days", dest="max_days", type=int, default=None,
+                        help="score at most this many days in this run (the oldest first)")
     parser.add_argument("--scorer", default=DEFAULT_SCORER, help="module:function scoring one day")
     parser.add_argument("--backfill_run_id", "--backfill-run-id", dest="run_id", default=None,
                         help="id recorded with the watermark (default: a timestamp)")
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None, score_partition: ScorePartition | None =
     except ValueError as error:
         print(f"linnet backfill: {error}", file=sys.stderr)
         return 2
+    days = days[:args.max_days] if args.max_days is not None else days
     scorer = score_partition or load_scorer(args.scorer)
     run_id = args.run_id or f"backfill-{new_attempt()}"
     done: list[dict[str, Any]] = []

@@ -117,6 +117,8 @@ def test_failed_day_stops_the_backfill_and_incremental_resumes_it(products_file:
     assert partitions_on_disk(output) == {str(D1): ["a", "b"]}
     assert Watermark(str(output / backfill.WATERMARK_FILE)).read() == D1
 
+    assert run(products_file, output, "--incremental", "--max_days=1") == 0
+    assert Watermark(str(output / backfill.WATERMARK_FILE)).read() == D2
     assert run(products_file, output, "--incremental") == 0
     assert partitions_on_disk(output) == {str(D1): ["a", "b"], str(D2): ["c"], str(D3): ["d", "e", "f"]}
     assert Watermark(str(output / backfill.WATERMARK_FILE)).read() == D3

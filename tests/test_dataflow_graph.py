@@ -7,8 +7,11 @@ workers install, and produces the job request. Nothing here touches the network.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
+import importlib.util
 import json
+import re
 import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,6 +23,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInf
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
+from pipelines import backfill
 from pipelines import bigquery as bq
 from pipelines.dataflow_submit import dataflow_flags, stage_model
 from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts
@@ -127,3 +131,53 @@ def test_model_is_staged_once_with_its_manifest_last(tmp_path: Path):
 def test_worker_image_replaces_the_sdist():
     flags = dataflow_flags("p-123456", "europe-west1", BUCKET, sdk_container_image="eu.gcr.io/p/linnet:1")
     assert "--sdk_location=container" in flags and not any(flag.startswith("--setup_file") for flag in flags)
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _template_parameters() -> set[str]:
+    metadata = json.loads((DEPLOY / "flex-template" / "metadata.json").read_text())
+    return {parameter["name"] for parameter in metadata["parameters"]}
+
+
+def _airflow_parameters() -> set[str]:
+    tree = ast.parse((DEPLOY / "airflow" / "linnet_nightly.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "parameters":
+                    return {item.value for item in value.keys if isinstance(item, ast.Constant)} | {
+                        name.value for inner in value.values if isinstance(inner, ast.Dict)
+                        for name in inner.keys if isinstance(name, ast.Constant)}
+    raise AssertionError("the DAG passes no parameters")
+
+
+def test_schedulers_pass_only_template_parameters():
+    launch = json.loads((DEPLOY / "scheduler" / "launch-body.json").read_text())
+    scheduler = set(launch["launchParameter"]["parameters"])
+    assert scheduler <= _template_parameters()
+    assert {"input", "model", "output", "since", "until"} <= _airflow_parameters() <= _template_parameters()
+    backfill_flags = {option.lstrip("-") for action in backfill._parser()._actions
+                      for option in action.option_strings}
+    assert {"since", "until", "watermark"} <= backfill_flags
+
+
+def test_dockerfile_copies_what_exists_and_runs_the_template_main():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    root = DEPLOY.parent
+    copies = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, flags=re.MULTILINE)
+    for sources in copies:
+        for source in sources.split():
+            assert (root / source).exists(), source
+    main_file = re.search(r"FLEX_TEMPLATE_PYTHON_PY_FILE=/template/(\S+)", dockerfile).group(1)
+    assert (root / main_file).is_file()
+
+
+def test_template_launch_scores_one_day():
+    spec = importlib.util.spec_from_file_location("flex_template_main", DEPLOY / "flex_template_main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.template_argv(["--output=gs://b/out"]) == ["--max_days=1", "--incremental", "--output=gs://b/out"]
+    assert module.template_argv(["--since=2026-11-24", "--until=2026-11-24"]) == [
+        "--max_days=1", "--since=2026-11-24", "--until=2026-11-24"]
