@@ -29,7 +29,9 @@ WATERMARK_FILE = "_watermark.json"
 ScorePartition = Callable[[dt.date, list[str]], dict[str, Any]]
 """Scores the products updated on a day and commits partition `date=DAY`; returns its manifest.
 
-The second argument is the scoring flags (input, model, output, Beam options) passed through.
+The second argument is the scoring flags (input, model, output, Beam options) passed through, plus
+`--watermark=PATH` when the backfill keeps one: the job should then end with `AdvanceWatermark`, so
+the watermark moves even when nothing waits for the job (Flex Template launches).
 """
 
 
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None, score_partition: ScorePartition | None =
         print(f"linnet backfill: {error}", file=sys.stderr)
         return 2
     days = days[:args.max_days] if args.max_days is not None else days
+    scoring_argv += [f"--watermark={path}"] if path else []
     scorer = score_partition or load_scorer(args.scorer)
     run_id = args.run_id or f"backfill-{new_attempt()}"
     done: list[dict[str, Any]] = []

@@ -22,7 +22,8 @@ D1, D2, D3 = dt.date(2026, 11, 21), dt.date(2026, 11, 22), dt.date(2026, 11, 23)
 
 
 def copy_day(day: dt.date, argv: list[str]) -> dict[str, Any]:
-    """A small real scoring stand-in: the day's products → partition `date=day` of table `products`.
+    """A small real scoring stand-in: the day's products → partition `date=day` of table `products`,
+    then the watermark, as the `ScorePartition` contract asks.
 
     `--fail_day` makes the run for that day fail after reading, before its commit.
     """
@@ -30,6 +31,7 @@ def copy_day(day: dt.date, argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--input")
     parser.add_argument("--output")
     parser.add_argument("--fail_day", type=dt.date.fromisoformat)
+    parser.add_argument("--watermark")
     args, beam_argv = parser.parse_known_args(argv)
 
     def check(record: dict) -> dict:
@@ -44,6 +46,7 @@ def copy_day(day: dt.date, argv: list[str]) -> dict[str, Any]:
             | "OnDay" >> beam.Filter(partitions.updated_on, day)
             | "Check" >> beam.Map(check)
             | "Write" >> WritePartition(args.output, "products", Partition.for_day(day))
+            | "AdvanceWatermark" >> AdvanceWatermark(args.watermark, day)
         )
     return partitions.read_manifest(partitions.partition_dir(args.output, "products", Partition.for_day(day)))
 
