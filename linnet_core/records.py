@@ -206,3 +206,18 @@ def dead_letter(stage: str, reason: Reason | str, error: str, raw: Any,
         "raw": raw_json(raw),
         "run_id": run_id,
     }
+
+
+def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+    """[start, end) of a logical day in UTC: the rows of partition `date=day` by `updated_at`."""
+    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    return start, start + dt.timedelta(days=1)
+
+
+def updated_on(record: dict[str, Any], day: dt.date, column: str = "updated_at") -> bool:
+    """Whether the record's timestamp `column` falls on `day` (UTC); records without one never do."""
+    value = record.get(column)
+    if value is None:
+        return False
+    start, end = day_bounds(day)
+    return start <= value < end

@@ -11,11 +11,13 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "taxonomy": ("pipelines.taxonomy_command:main", "Summarize the taxonomy or describe one node."),
     "import-products": ("pipelines.import_products:run", "JSONL products → Parquet + dead letters."),
-    "prepare-models": ("pipelines.prepare_models:main", "Materialize the default encoders offline."),
     "build-training-data": ("pipelines.build_training_data:run", "Products → embeddings → TFT → TFRecords."),
+    "prepare-models": ("pipelines.prepare_models:main", "Materialize the default encoders offline."),
     "train": ("pipelines.train_command:main", "Train the hierarchical model; write a model directory."),
     "evaluate": ("pipelines.evaluate_command:main", "Metrics, report, plots and baselines vs labels."),
     "tune-thresholds": ("pipelines.tune_thresholds_command:main", "Temperatures + precision thresholds."),
+    "score": ("pipelines.score:main", "Products → embeddings → categories: one partitioned table."),
+    "run-local": ("pipelines.run_local:main", "The whole job on the DirectRunner over the shared data."),
     "backfill": ("pipelines.backfill:main", "Score day by day by updated_at; one partition per day."),
     "dataflow-submit": ("pipelines.dataflow_submit:main", "Stage the model, run score/backfill on Dataflow."),
 }

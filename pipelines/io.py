@@ -6,6 +6,7 @@ reading each file on its own so that one corrupt file becomes dead letters, not 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 import schemas
-from linnet_core.records import Reason, RecordError, dead_letter, normalize
+from linnet_core.records import Reason, RecordError, dead_letter, normalize, updated_on
 
 LOGGER = logging.getLogger(__name__)
 PRODUCTS = "products"
@@ -97,18 +98,35 @@ class ValidateProductFn(beam.DoFn):
         yield record
 
 
+class KeepDayFn(beam.DoFn):
+    """Keeps the records updated on one day (the products of that day's partition)."""
+
+    def __init__(self, day: dt.date) -> None:
+        self.day = day
+        self.other_days = Metrics.counter("linnet", "records_other_days")
+
+    def process(self, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if updated_on(record, self.day):
+            yield record
+        else:
+            self.other_days.inc()
+
+
 class ReadProducts(beam.PTransform):
     """Files matching `file_pattern` (JSONL or Parquet) → tagged `products` and `dead_letter`.
 
     Args:
         file_pattern: a glob (local or gs://) or a comma-separated list of globs.
         image_root: relative image paths are resolved against it.
+        day: when given, keep only products whose `updated_at` falls on that day (UTC); the others
+            are counted (`records_other_days`), not dead letters: they belong to other partitions.
     """
 
-    def __init__(self, file_pattern: str, image_root: str | None = None) -> None:
+    def __init__(self, file_pattern: str, image_root: str | None = None, day: dt.date | None = None) -> None:
         super().__init__()
         self.patterns = [pattern.strip() for pattern in file_pattern.split(",") if pattern.strip()]
         self.image_root = image_root
+        self.day = day
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         parsed = (
@@ -125,7 +143,10 @@ class ReadProducts(beam.PTransform):
                 DEAD_LETTER, main=PRODUCTS)
         )
         dead = (parsed[DEAD_LETTER], validated[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
-        return {PRODUCTS: validated[PRODUCTS], DEAD_LETTER: dead}
+        products = validated[PRODUCTS]
+        if self.day is not None:
+            products = products | "OnDay" >> beam.ParDo(KeepDayFn(self.day))
+        return {PRODUCTS: products, DEAD_LETTER: dead}
 
 
 def to_row(record: dict[str, Any], table: str) -> dict[str, Any]:

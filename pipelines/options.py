@@ -17,6 +17,9 @@ class ProductInputOptions(PipelineOptions):
         parser.add_argument("--image_root", "--image-root", dest="image_root", default=None,
                             help="resolve relative image paths against this folder "
                                  "(default: the input file's folder)")
+        parser.add_argument("--input_table", "--input-table", dest="input_table", default=None,
+                            help="BigQuery table PROJECT.DATASET.TABLE to read instead of files")
+        parser.add_argument("--query", default=None, help="BigQuery SQL to read instead of files")
         parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="GPT taxonomy-with-ids file")
 
 
@@ -27,6 +30,8 @@ class OutputOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         # Not `required`: Beam parses every registered options class for every pipeline.
         parser.add_argument("--output", default=None, help="output folder (local or gs://)")
+        parser.add_argument("--output_dataset", "--output-dataset", dest="output_dataset", default=None,
+                            help="BigQuery PROJECT.DATASET for the output tables instead of files")
         parser.add_argument("--run_id", "--run-id", dest="run_id", default=None,
                             help="run identifier recorded in lineage columns (default: a timestamp)")
 

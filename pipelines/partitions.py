@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 
+from linnet_core.records import day_bounds, updated_on  # noqa: F401 - part of this module's API
 from pipelines.io import WriteTable
 
 LOGGER = logging.getLogger(__name__)
@@ -76,21 +77,6 @@ class Partition:
     def day(self) -> dt.date | None:
         """The logical date, or None for a run partition."""
         return dt.date.fromisoformat(self.value) if self.key == "date" else None
-
-
-def day_bounds(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-    """[start, end) of a logical day in UTC: the rows of partition `date=day` by `updated_at`."""
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    return start, start + dt.timedelta(days=1)
-
-
-def updated_on(record: dict[str, Any], day: dt.date, column: str = "updated_at") -> bool:
-    """Whether the record's timestamp `column` falls on `day` (UTC); records without one never do."""
-    value = record.get(column)
-    if value is None:
-        return False
-    start, end = day_bounds(day)
-    return start <= value < end
 
 
 def new_attempt() -> str:

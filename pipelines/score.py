@@ -1,0 +1,336 @@
+"""`linnet score`: products → validate → deduplicate → embed → categorize → partitioned tables.
+
+Rows in = categorized rows + dead letters, always; the run summary checks it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import TaggedOutput
+
+from linnet_core import __version__
+from linnet_core.categorization import DECISIONS, Lineage, categorized_row
+from linnet_core.features import IMAGE_EMBEDDING, IMAGE_PRESENT, TEXT_EMBEDDING
+from linnet_core.model.export import read_model_json
+from linnet_core.records import Reason, dead_letter
+from linnet_core.shopify import ShopifyMapping
+from linnet_core.taxonomy import Taxonomy
+from linnet_core.thresholds import load_thresholds
+from pipelines import defaults
+from pipelines.embed import IMAGE_STATUSES, EmbedProducts
+from pipelines.io import DEAD_LETTER, PRODUCTS
+from pipelines.options import OutputOptions, ProductInputOptions, require
+from pipelines.partitions import Partition, new_attempt
+from pipelines.sources import product_source, table_sink
+from pipelines.watermark import AdvanceWatermark
+
+LOGGER = logging.getLogger(__name__)
+CATEGORIZED = "categorized"
+DEAD_LETTERS = "dead_letters"
+DEDUPE_STAGE = "dedupe"
+SCORE_STAGE = "score"
+_OLDEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+class ScoreOptions(ProductInputOptions, OutputOptions):
+    """Flags of `linnet score` (embedding flags come from `EmbeddingOptions`)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--model", default=str(defaults.OUTPUT / "model"), help="model directory")
+        parser.add_argument("--decoding", choices=("exact", "greedy"), default=None,
+                            help="decoding mode (default: the one baked into the model)")
+        parser.add_argument("--thresholds", default=None,
+                            help="thresholds.json to use instead of the model's baked-in one")
+        parser.add_argument("--partition", default=None,
+                            help="logical date YYYY-MM-DD (or run id) naming the output partition")
+        parser.add_argument("--max_batch_size", "--max-batch-size", dest="max_batch_size", type=int,
+                            default=256, help="upper cap on the model's batch size")
+        parser.add_argument("--watermark", default=None,
+                            help="advance this watermark file to the partition's day after the commit")
+        parser.add_argument("--shopify_taxonomy", "--shopify-taxonomy", dest="shopify_taxonomy",
+                            default=defaults.SHOPIFY_TAXONOMY, help="Shopify taxonomy folder")
+
+
+def _recency(record: dict[str, Any]) -> tuple[dt.datetime, str]:
+    content = json.dumps(record, sort_keys=True, default=str).encode()
+    return record.get("updated_at") or _OLDEST, hashlib.sha256(content).hexdigest()
+
+
+class KeepNewestFn(beam.DoFn):
+    """Of the records sharing a product_id the newest `updated_at` wins; the rest are dead letters.
+
+    Ties are broken by a content hash so reruns pick the same record.
+    """
+
+    def __init__(self) -> None:
+        self.duplicates = Metrics.counter("linnet", "duplicates_superseded")
+
+    def process(self, element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
+        _, records = element
+        newest, *stale = sorted(records, key=_recency, reverse=True)
+        yield newest
+        for record in stale:
+            self.duplicates.inc()
+            yield TaggedOutput(DEAD_LETTER, dead_letter(
+                DEDUPE_STAGE, Reason.DUPLICATE_PRODUCT_ID,
+                f"superseded by a record updated at {newest.get('updated_at')}", record))
+
+
+class DeduplicateProducts(beam.PTransform):
+    """One record per product_id (newest wins), superseded ones to `dead_letter`."""
+
+    def expand(self, products: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            products
+            | "KeyById" >> beam.WithKeys(lambda record: record["product_id"])
+            | "GroupById" >> beam.GroupByKey()
+            | "KeepNewest" >> beam.ParDo(KeepNewestFn()).with_outputs(DEAD_LETTER, main=PRODUCTS)
+        )
+
+
+class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
+    """RunInference handler for the inference SavedModel: one model per worker process.
+
+    Elements are embedded product records; the result of each is the SavedModel's outputs for it.
+    """
+
+    def __init__(self, model_dir: str, decoding: str | None = None,
+                 thresholds: Sequence[float] | None = None, max_batch_size: int = 256) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.decoding = decoding
+        self.thresholds = thresholds
+        self.max_batch_size = max_batch_size
+
+    def load_model(self) -> Any:
+        from linnet_core.model.predictor import Predictor  # TensorFlow loads on workers only
+
+        return Predictor(self.model_dir, batch_size=self.max_batch_size)
+
+    def run_inference(self, batch: Sequence[dict], model: Any,
+                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
+        outputs = model.predict(
+            np.stack([record[TEXT_EMBEDDING] for record in batch]),
+            np.stack([record[IMAGE_EMBEDDING] for record in batch]),
+            np.array([record[IMAGE_PRESENT] for record in batch], np.float32),
+            decoding=self.decoding, thresholds=self.thresholds)
+        for index, record in enumerate(batch):
+            yield PredictionResult(record, {name: value[index] for name, value in outputs.items()},
+                                   model_id=model.model_version)
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return "linnet_categorize"
+
+
+class ToCategorizedRowFn(beam.DoFn):
+    """A prediction → a categorized row with lineage (`linnet_core.categorization`)."""
+
+    def __init__(self, taxonomy_file: str, shopify_dir: str | None, lineage: dict[str, Any]) -> None:
+        self.taxonomy_file = taxonomy_file
+        self.shopify_dir = shopify_dir
+        self.lineage = lineage
+        self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in DECISIONS}
+
+    def setup(self) -> None:
+        self.taxonomy = Taxonomy.load(self.taxonomy_file)
+        self.shopify = ShopifyMapping.load(self.shopify_dir, self.taxonomy) if self.shopify_dir else None
+
+    def process(self, element: tuple[str, PredictionResult]) -> Iterator[dict[str, Any]]:
+        _, result = element
+        outputs = result.inference
+        lineage = Lineage(model_version=result.model_id, **self.lineage)
+        decoding = outputs["decoding"]
+        row = categorized_row(
+            result.example, outputs["level_ids"].tolist(), outputs["level_confidences"].tolist(),
+            int(outputs["gpt_id"]), int(outputs["decision"]),
+            decoding.decode() if isinstance(decoding, bytes) else str(decoding),
+            lineage, self.taxonomy, self.shopify)
+        self.decisions[row["decision"]].inc()
+        yield row
+
+
+def _failed_batches_to_dead_letters(element: tuple[Sequence[tuple[str, dict]], Exception]) -> Iterator[dict]:
+    batch, error = element
+    for _, record in batch:
+        yield dead_letter(SCORE_STAGE, Reason.SCORING_FAILED, f"{type(error).__name__}: {error}",
+                          {k: v for k, v in record.items() if not isinstance(v, np.ndarray)})
+
+
+class Categorize(beam.PTransform):
+    """Embedded records → categorized rows (tagged `rows`) and dead letters of failed batches.
+
+    Args:
+        model_dir: the model directory (`linnet train`), local or gs://.
+        lineage: taxonomy_version, thresholds_version, code_version, run_id, scored_at for every row.
+    """
+
+    def __init__(self, model_dir: str, taxonomy_file: str, shopify_dir: str | None, lineage: dict[str, Any],
+                 decoding: str | None = None, thresholds: Sequence[float] | None = None,
+                 max_batch_size: int = 256) -> None:
+        super().__init__()
+        self.handler = KeyedModelHandler(CategorizerModelHandler(model_dir, decoding, thresholds,
+                                                                 max_batch_size))
+        self.row_fn = ToCategorizedRowFn(taxonomy_file, shopify_dir, lineage)
+
+    def expand(self, embedded: beam.PCollection) -> dict[str, beam.PCollection]:
+        predictions, failures = (
+            embedded
+            | "KeyById" >> beam.WithKeys(lambda record: record["product_id"])
+            | "RunInference" >> RunInference(self.handler).with_exception_handling()
+        )
+        rows = predictions | "ToRow" >> beam.ParDo(self.row_fn)
+        dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batches_to_dead_letters)
+        return {"rows": rows, DEAD_LETTER: dead}
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{commit}"
+
+
+def build(pipeline: beam.Pipeline, products: beam.PCollection | None, embed: beam.PTransform,
+          categorize: Categorize, write: dict[str, beam.PTransform]) -> dict[str, beam.PCollection]:
+    """The scoring graph: validated products → deduplicate → embed → categorize → write.
+
+    `products` is the tagged output of a read (`products`, `dead_letter`); `write` maps `rows` and
+    `dead_letter` to the sinks. Returns the sinks' outputs (partition manifests).
+    """
+    unique = products[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts()
+    embedded = unique[PRODUCTS] | "EmbedProducts" >> embed
+    categorized = embedded["embedded"] | "Categorize" >> categorize
+    dead = ((products[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], categorized[DEAD_LETTER])
+            | "MergeDeadLetters" >> beam.Flatten())
+    return {
+        "rows": categorized["rows"] | "WriteCategories" >> write["rows"],
+        DEAD_LETTER: dead | "WriteDeadLetters" >> write[DEAD_LETTER],
+    }
+
+
+def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
+    counters = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))["counters"]
+    return sum(counter.committed or 0 for counter in counters)
+
+
+def run_summary(result: beam.runners.runner.PipelineResult, run_id: str, partition: Partition) -> dict:
+    """Counts of one run from its metrics; `balanced` says whether rows in = rows out + dead letters."""
+    rows_in = (_counter(result, "records_read") + _counter(result, "bigquery_rows_read")
+               - _counter(result, "records_other_days"))
+    summary = {
+        "run_id": run_id,
+        "partition": partition.name,
+        "rows_in": rows_in,
+        "rows_out": _counter(result, f"{CATEGORIZED}_rows_committed"),
+        "dead_letters": _counter(result, f"{DEAD_LETTERS}_rows_committed"),
+        "duplicates_superseded": _counter(result, "duplicates_superseded"),
+        "decisions": {name: _counter(result, f"decision_{name}") for name in DECISIONS},
+        "images": {name: _counter(result, f"image_{name}") for name in IMAGE_STATUSES},
+    }
+    summary["balanced"] = summary["rows_in"] == summary["rows_out"] + summary["dead_letters"]
+    return summary
+
+
+def _write_summary(output: str | None, summary: dict) -> None:
+    if not output:
+        return
+    path = FileSystems.join(output, "_runs", f"{summary['run_id']}.json")
+    if "://" not in path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with FileSystems.create(path) as handle:
+        handle.write(json.dumps(summary, indent=2).encode())
+
+
+def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, watermark: str | None,
+                  only_updated_on_day: bool, test_pipeline: beam.Pipeline | None) -> beam.Pipeline:
+    flags = options.view_as(ScoreOptions)
+    require(flags, "model")
+    if not (flags.output or flags.output_dataset):
+        raise ValueError("give --output (files) or --output_dataset (BigQuery)")
+    info = read_model_json(flags.model)
+    taxonomy = Taxonomy.load(flags.taxonomy)
+    if taxonomy.fingerprint != info["taxonomy_fingerprint"]:
+        raise ValueError(f"taxonomy {flags.taxonomy} (version {taxonomy.version}, fingerprint "
+                         f"{taxonomy.fingerprint}) is not the model's ({info['taxonomy_version']}, "
+                         f"{info['taxonomy_fingerprint']})")
+    levels, thresholds_version = None, info["thresholds_version"]
+    if flags.thresholds:
+        chosen = load_thresholds(flags.thresholds)
+        levels, thresholds_version = list(chosen.levels), chosen.version
+    lineage = {"taxonomy_version": taxonomy.version, "thresholds_version": thresholds_version,
+               "code_version": code_version(), "run_id": run_id, "scored_at": dt.datetime.now(dt.UTC)}
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+    day = partition.day if only_updated_on_day else None
+    products = pipeline | "ReadProducts" >> product_source(options, day)
+    categorize = Categorize(flags.model, flags.taxonomy, flags.shopify_taxonomy or None, lineage,
+                            flags.decoding, levels, flags.max_batch_size)
+    write = {"rows": table_sink(options, CATEGORIZED, "categorized", partition, run_id),
+             DEAD_LETTER: table_sink(options, DEAD_LETTERS, "dead_letters", partition, run_id)}
+    manifests = build(pipeline, products, EmbedProducts.from_options(options, run_id), categorize, write)
+    if watermark:
+        day = partition.day
+        if day is None:
+            raise ValueError("--watermark needs a date partition")
+        _ = ((manifests["rows"], manifests[DEAD_LETTER]) | "Committed" >> beam.Flatten()
+             | "AdvanceWatermark" >> AdvanceWatermark(watermark, day, run_id))
+    return pipeline
+
+
+def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
+        only_updated_on_day: bool = False) -> dict:
+    """Score one partition (`--partition`, default today's UTC date); returns the run summary.
+
+    Args:
+        only_updated_on_day: score only the products whose `updated_at` falls on the partition's day
+            (what backfills do); otherwise every input product.
+
+    Raises:
+        RuntimeError: rows in ≠ rows out + dead letters (nothing may be lost).
+        ValueError: missing flags, or a taxonomy that is not the model's.
+    """
+    options = PipelineOptions(argv)
+    flags = options.view_as(ScoreOptions)
+    run_id = flags.run_id or new_attempt()
+    partition = Partition.parse(flags.partition or dt.datetime.now(dt.UTC).date().isoformat())
+    pipeline = _pipeline_for(options, partition, run_id, flags.watermark, only_updated_on_day, test_pipeline)
+    result = pipeline.run()
+    result.wait_until_finish()
+    summary = run_summary(result, run_id, partition)
+    _write_summary(flags.output, summary)
+    print(json.dumps(summary, indent=2))
+    if not summary["balanced"]:
+        raise RuntimeError(f"records lost in run {run_id}: {summary}")
+    return summary
+
+
+def score_partition(day: dt.date, argv: list[str]) -> dict:
+    """`linnet backfill`'s scorer: the products updated on `day` → partition `date=day`."""
+    return run([*argv, f"--partition={day.isoformat()}"], only_updated_on_day=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`linnet score` entry point."""
+    run(argv)
+    return 0
