@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import defaults
 
 MODEL_MANIFEST = "model.json"
+COPY_CHUNK_BYTES = 8 << 20
 
 
 def stage_model(model_dir: str, bucket: str) -> str:
@@ -42,7 +44,9 @@ def stage_model(model_dir: str, bucket: str) -> str:
         parent = FileSystems.split(target)[0]
         if not FileSystems.exists(parent):
             FileSystems.mkdirs(parent)
-        FileSystems.copy([str(path)], [target])
+        # FileSystems.copy works within one filesystem only; this copies local → gs:// as well.
+        with open(path, "rb") as reader, FileSystems.create(target) as writer:
+            shutil.copyfileobj(reader, writer, COPY_CHUNK_BYTES)
     return destination
 
 

@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from gcs_emulator import run_scenario
 
 from pipelines import partitions
 from pipelines.partitions import Partition, WritePartition
@@ -116,3 +117,18 @@ def write_staged(folder: Path, ids: list[str]) -> str:
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"product_id": ids}), folder / "part-0.parquet")
     return str(folder)
+
+
+def test_commits_on_gcs_through_the_storage_emulator(tmp_path: Path):
+    """The gs:// protocol end to end: Beam's GCS filesystem against gcp-storage-emulator."""
+    result = run_scenario(Path(__file__).with_name("gcs_partitions_scenario.py"), tmp_path)
+    assert result["first"] == ["a", "b", "c"]
+    assert result["crashed"] and result["after_crash"] == ["a", "b", "c"]
+    assert result["second"] == ["b", "d"] and result["manifest"]["rows"] == 2
+    prefix = "gs://linnet-test/out/products/date=2026-11-24/"
+    files = [prefix + name for name in result["manifest"]["files"]]
+    assert result["objects"] == sorted([prefix + "_SUCCESS", *files])
+    assert result["watermark"] == ["2026-11-23", "2026-11-24"] and result["stored_watermark"] == "2026-11-24"
+    assert result["model_uri"] == "gs://linnet-test/models/m-1"
+    assert result["model_objects"] == ["gs://linnet-test/models/m-1/model.json",
+                                       "gs://linnet-test/models/m-1/saved_model/saved_model.pb"]

@@ -1,0 +1,67 @@
+"""Partition commits, watermark and model staging on gs:// (run by test_partitions in a child process)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import partitions
+from pipelines.dataflow_submit import stage_model
+from pipelines.partitions import Partition, WritePartition
+from pipelines.watermark import Watermark
+
+ROOT = "gs://linnet-test/out"
+DAY = Partition.parse("2026-11-24")
+
+
+def _write(ids: list[str], fail_on: str | None = None) -> None:
+    def maybe_fail(row: dict) -> dict:
+        if row["product_id"] == fail_on:
+            raise RuntimeError("injected failure")
+        return row
+
+    rows = [{"product_id": pid, "title": pid, "updated_at": dt.datetime(2026, 11, 24, tzinfo=dt.UTC)}
+            for pid in ids]
+    with beam.Pipeline() as pipeline:
+        _ = (pipeline | beam.Create(rows) | beam.Map(maybe_fail)
+             | WritePartition(ROOT, "products", DAY, run_id="gcs"))
+
+
+def _visible_ids() -> list[str]:
+    ids = []
+    for path in partitions.committed_files(partitions.partition_dir(ROOT, "products", DAY)):
+        with FileSystems.open(path) as handle:
+            ids += pq.read_table(handle).column("product_id").to_pylist()
+    return sorted(ids)
+
+
+def _objects(prefix: str) -> list[str]:
+    return sorted(meta.path for meta in FileSystems.match([f"{prefix}/**"])[0].metadata_list)
+
+
+def main(workdir: str) -> dict:
+    _write(["a", "b", "c"])
+    first = _visible_ids()
+    try:
+        _write(["x", "y"], fail_on="y")
+        crashed = False
+    except Exception:  # noqa: BLE001 - the failure is the scenario
+        crashed = True
+    after_crash = _visible_ids()
+    _write(["b", "d"])
+    mark = Watermark(f"{ROOT}/_watermark.json")
+    marks = [mark.advance(dt.date(2026, 11, 23)), mark.advance(dt.date(2026, 11, 24))]
+    model = Path(workdir) / "model"
+    (model / "saved_model").mkdir(parents=True)
+    (model / "saved_model" / "saved_model.pb").write_bytes(b"graph")
+    (model / "model.json").write_text(json.dumps({"model_version": "m-1"}))
+    return {"first": first, "crashed": crashed, "after_crash": after_crash, "second": _visible_ids(),
+            "manifest": partitions.read_manifest(partitions.partition_dir(ROOT, "products", DAY)),
+            "objects": _objects(f"{ROOT}/products"), "watermark": [str(day) for day in marks],
+            "stored_watermark": str(mark.read()), "model_uri": stage_model(str(model), "gs://linnet-test"),
+            "model_objects": _objects("gs://linnet-test/models")}
