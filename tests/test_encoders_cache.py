@@ -9,7 +9,7 @@ import pytest
 
 from linnet_core import records
 from linnet_core.encoders.cache import EmbeddingCache, content_hash
-from linnet_core.encoders.embedder import ProductEmbedder, _encode_isolating
+from linnet_core.encoders.embedder import ProductEmbedder, _encode_isolating, _encode_unique
 from linnet_core.encoders.image import ImageEncoder
 from linnet_core.encoders.prepare import prepare_models
 from linnet_core.encoders.text import load_text_encoder
@@ -65,3 +65,18 @@ def test_second_pass_is_served_from_the_cache(tmp_path: Path) -> None:
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a.record["text_embedding"], b.record["text_embedding"])
         np.testing.assert_array_equal(a.record["image_embedding"], b.record["image_embedding"])
+
+
+def test_each_distinct_input_is_encoded_once_and_cached(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def encode(items: list[str]) -> np.ndarray:
+        calls.append(items)
+        return np.stack([np.full(2, float(len(item))) for item in items])
+
+    cache = EmbeddingCache(tmp_path, "id", 2)
+    keys = [content_hash(text) for text in ("ab", "abc", "ab")]
+    outcomes = _encode_unique(encode, keys, ["ab", "abc", "ab"], cache)
+    assert calls == [["ab", "abc"]]
+    assert [float(vector[0]) for vector in outcomes] == [2.0, 3.0, 2.0]
+    np.testing.assert_array_equal(cache.get(keys[1]), [3.0, 3.0])

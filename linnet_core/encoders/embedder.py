@@ -68,6 +68,21 @@ def _encode_isolating(encode: Callable[[list], np.ndarray], items: list) -> list
         return outcomes
 
 
+def _encode_unique(encode: Callable[[list], np.ndarray], keys: list[str], inputs: list,
+                   cache: EmbeddingCache | None) -> list[np.ndarray | Exception]:
+    """Outcomes for `inputs`, encoding each distinct key once (variants often share a photo or a text) and
+    caching what succeeded."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    outcomes = dict(zip(first, _encode_isolating(encode, [inputs[i] for i in first.values()]), strict=True))
+    if cache:
+        for key, outcome in outcomes.items():
+            if not isinstance(outcome, Exception):
+                cache.put(key, outcome)
+    return [outcomes[key] for key in keys]
+
+
 class ProductEmbedder:
     """Text and image encoders plus optional caches (one per encoder, keyed by content hash).
 
@@ -88,11 +103,10 @@ class ProductEmbedder:
         vectors: list = [self.text_cache.get(key) if self.text_cache else None for key in keys]
         hits = [vector is not None for vector in vectors]
         misses = [i for i, vector in enumerate(vectors) if vector is None]
-        for i, outcome in zip(misses, _encode_isolating(self.text.encode, [texts[i] for i in misses]),
-                              strict=True):
+        outcomes = _encode_unique(self.text.encode, [keys[i] for i in misses], [texts[i] for i in misses],
+                                  self.text_cache)
+        for i, outcome in zip(misses, outcomes, strict=True):
             vectors[i] = outcome
-            if self.text_cache and not isinstance(outcome, Exception):
-                self.text_cache.put(keys[i], outcome)
         return vectors, hits
 
     def _first_image(self, uris: Sequence[str], read: Callable[[str], bytes]) -> _Photo:
@@ -131,12 +145,10 @@ class ProductEmbedder:
         photos = list(self._pool.map(lambda record: self._first_image(record.get("image_uris") or [], read),
                                      records))
         to_encode = [photo for photo in photos if photo.pixels is not None]
-        for photo, outcome in zip(to_encode, _encode_isolating(self.image.encode,
-                                                               [photo.pixels for photo in to_encode]),
-                                  strict=True):
+        outcomes = _encode_unique(self.image.encode, [photo.key for photo in to_encode],
+                                  [photo.pixels for photo in to_encode], self.image_cache)
+        for photo, outcome in zip(to_encode, outcomes, strict=True):
             photo.vector, photo.pixels = outcome, None
-            if self.image_cache and not isinstance(outcome, Exception):
-                self.image_cache.put(photo.key, outcome)
         results = []
         for i, record in enumerate(records):
             photo = photos[i]

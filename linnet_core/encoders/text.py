@@ -28,6 +28,10 @@ class TextEncoder(Protocol):
 
     encoder_id: str
     dim: int
+    max_tokens: int
+
+    def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Unpadded token ids per text, (1, length) int64."""
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32, L2-normalised rows."""
@@ -41,41 +45,21 @@ def mean_pool_normalize(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-class _TokenizingEncoder:
-    """Tokenization shared by both engines."""
-
-    dim = 384
-
-    def __init__(self, model: str, max_tokens: int) -> None:
-        from transformers import AutoTokenizer
-
-        if max_tokens < 3:
-            raise ValueError(f"max_tokens must be at least 3, got {max_tokens}")
-        self.model = model
-        self.max_tokens = max_tokens
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and attention mask, int64, padded to the longest text of the batch."""
-        batch = self.tokenizer([QUERY_PREFIX + text for text in texts], padding=True, truncation=True,
-                               max_length=self.max_tokens, return_tensors="np")
-        return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
-
-    def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """Unpadded token ids of each text, as (1, length) int64 arrays."""
-        batch = self.tokenizer([QUERY_PREFIX + text for text in texts], truncation=True,
-                               max_length=self.max_tokens)
-        return [np.asarray([ids], dtype=np.int64) for ids in batch["input_ids"]]
+def _check_max_tokens(max_tokens: int) -> int:
+    if max_tokens < 3:
+        raise ValueError(f"max_tokens must be at least 3, got {max_tokens}")
+    return max_tokens
 
 
-class TorchTextEncoder(_TokenizingEncoder):
-    """The reference path: `AutoModel` in fp32 torch, from a local directory or a hub id."""
+class TorchTextEncoder:
+    """The reference path: `AutoTokenizer` and `AutoModel` (fp32 torch), from a local folder or a hub id."""
 
     def __init__(self, model: str, max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None) -> None:
         import torch
-        from transformers import AutoModel
+        from transformers import AutoModel, AutoTokenizer
 
-        super().__init__(model, max_tokens)
+        self.max_tokens = _check_max_tokens(max_tokens)
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
@@ -85,6 +69,17 @@ class TorchTextEncoder(_TokenizingEncoder):
         files = sorted(local.glob("*.safetensors")) if local.is_dir() else []
         version = fingerprint(files) if files else model.replace("/", "_")
         self.encoder_id = f"text/{local.name}/torch-fp32/{max_tokens}/{version}"
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention mask, int64, padded to the longest text of the batch."""
+        batch = self.tokenizer([QUERY_PREFIX + text for text in texts], padding=True, truncation=True,
+                               max_length=self.max_tokens, return_tensors="np")
+        return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+
+    def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Unpadded token ids of each text, as (1, length) int64 arrays."""
+        ids, mask = self.tokenize(texts)
+        return [row[None, :length] for row, length in zip(ids, mask.sum(axis=1), strict=True)]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -96,8 +91,12 @@ class TorchTextEncoder(_TokenizingEncoder):
         return mean_pool_normalize(hidden.numpy(), mask)
 
 
-class OnnxTextEncoder(_TokenizingEncoder):
+class OnnxTextEncoder:
     """The fast path: the int8 ONNX export that `linnet prepare-models` writes beside the HF weights.
+
+    It reads the folder's `tokenizer.json` with the `tokenizers` library (what `AutoTokenizer` wraps; the
+    tests check both give the same ids), so workers neither import transformers nor torch (~6 s and
+    ~300 MB each).
 
     Each text runs alone, on `threads` concurrent single-threaded runs of one session. Dynamic int8
     quantization scales activations per tensor, so batching texts would make an embedding depend on its
@@ -111,10 +110,21 @@ class OnnxTextEncoder(_TokenizingEncoder):
         if not path.exists():
             raise FileNotFoundError(f"no ONNX export at {path}: run `linnet prepare-models` or use the torch "
                                     f"engine")
-        super().__init__(model, max_tokens)
+        from tokenizers import Tokenizer
+
+        self.max_tokens = _check_max_tokens(max_tokens)
+        self.tokenizer = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_tokens)
         self.session = single_threaded_session(path)
+        self.dim = int(self.session.get_outputs()[0].shape[-1])
         self._pool = ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="onnx-text")
         self.encoder_id = f"text/{Path(model).name}/onnx-int8/{max_tokens}/{fingerprint([path])}"
+
+    def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Unpadded token ids of each text (prefix and `<s>`/`</s>` included), as (1, length) int64."""
+        batch = self.tokenizer.encode_batch([QUERY_PREFIX + text for text in texts])
+        return [np.asarray([encoding.ids], dtype=np.int64) for encoding in batch]
 
     def _encode_one(self, ids: np.ndarray) -> np.ndarray:
         mask = np.ones_like(ids)
