@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +82,22 @@ def test_each_distinct_input_is_encoded_once_and_cached(tmp_path: Path) -> None:
     assert calls == [["ab", "abc"]]
     assert [float(vector[0]) for vector in outcomes] == [2.0, 3.0, 2.0]
     np.testing.assert_array_equal(cache.get(keys[1]), [3.0, 3.0])
+
+
+def test_core_needs_no_beam_and_fast_paths_need_no_torch() -> None:
+    code = ("import sys; from pathlib import Path; "
+            "from linnet_core.encoders.embedder import ProductEmbedder; "
+            "from linnet_core.encoders.image import ImageEncoder; "
+            "from linnet_core.encoders.text import load_text_encoder; "
+            "from pipelines import defaults; "
+            "text = load_text_encoder(str(defaults.MODELS / 'multilingual-e5-small'), threads=1); "
+            "e = ProductEmbedder(text, "
+            "ImageEncoder(defaults.MODELS, threads=1)); "
+            f"r = e.embed([{{'product_id': 'a', 'title': 'Mug', 'image_uris': [{str(JPEG)!r}]}}], "
+            "lambda uri: Path(uri).read_bytes())[0]; "
+            "assert r.image_status == 'ok', r; "
+            "print(sorted(m for m in ('apache_beam', 'torch', 'transformers') if m in sys.modules))")
+    prepare_models(defaults.MODELS)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -19,6 +19,7 @@ from linnet_core.encoders.image import (
     STATUS_MISSING,
     STATUS_NO_IMAGE,
     STATUS_OK,
+    STATUS_UNREADABLE,
     ImageEncoder,
     ImageError,
     load_pixels,
@@ -26,7 +27,7 @@ from linnet_core.encoders.image import (
 from linnet_core.encoders.text import TextEncoder
 
 IMAGE_STATUS = "image_status"
-IMAGE_STATUSES = (STATUS_OK, STATUS_NO_IMAGE, STATUS_MISSING, "unreadable")
+IMAGE_STATUSES = (STATUS_OK, STATUS_NO_IMAGE, STATUS_MISSING, STATUS_UNREADABLE)
 # A product's photos are tried in order; past the third, a broken gallery is not worth more reads.
 MAX_IMAGES_TRIED = 3
 

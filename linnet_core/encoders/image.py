@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from linnet_core.encoders.runtime import fingerprint, single_threaded_session
+from linnet_core.features import IMAGE_DIM
 
-IMAGE_DIM = 1280
 RESIZE = 256
 CROP = 224
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
