@@ -222,7 +222,8 @@ class ReadProductsFromBigQuery(beam.PTransform):
     """Products from a BigQuery table or query → tagged `products` and `dead_letter`, like ReadProducts.
 
     Args:
-        day: when given, only products whose `updated_at` falls on that day (UTC).
+        day: when given, only products whose `updated_at` falls on that day (UTC); a query's result
+            must then have an `updated_at` column.
     """
 
     def __init__(self, connection: BigQueryConnection, table: str | None = None, query: str | None = None,
@@ -282,7 +283,8 @@ def commit_bigquery_partition(client: Any, table: str, schema_name: str, day: dt
     The files are loaded into an expiring staging table, their row count checked against the files'
     footers, then one multi-statement transaction deletes the partition and inserts the staged rows:
     readers see the old or the new partition, a rerun replaces it, a failure before commit changes
-    nothing.
+    nothing. A bundle retried after a successful commit finds its files deleted and fails loudly
+    rather than writing twice.
 
     Raises:
         RuntimeError: the staging table does not hold exactly the files' rows.

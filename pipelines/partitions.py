@@ -160,8 +160,12 @@ def commit_partition(staged: str, final: str, attempt: str, by_rename: bool | No
         lineage: extra manifest entries (table, partition, run_id, ...).
 
     Returns:
-        The manifest: rows, files, file_rows, attempt, committed_at and the lineage entries.
+        The manifest: rows, files, file_rows, attempt, committed_at and the lineage entries. Committing
+        an attempt that is already committed (a retried bundle) returns its manifest and changes nothing.
     """
+    committed = read_manifest(final)
+    if committed and committed.get("attempt") == attempt:
+        return committed  # a retried commit of this very attempt: it landed already
     files = _data_files(staged)
     file_rows = {FileSystems.split(path)[1]: parquet_rows(path) for path in files}
     manifest = {**lineage, "rows": sum(file_rows.values()), "files": sorted(file_rows),

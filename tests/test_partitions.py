@@ -132,3 +132,12 @@ def test_commits_on_gcs_through_the_storage_emulator(tmp_path: Path):
     assert result["model_uri"] == "gs://linnet-test/models/m-1"
     assert result["model_objects"] == ["gs://linnet-test/models/m-1/model.json",
                                        "gs://linnet-test/models/m-1/saved_model/saved_model.pb"]
+
+
+def test_a_retried_commit_of_the_same_attempt_changes_nothing(tmp_path: Path):
+    final = str(tmp_path / "t" / DAY.name)
+    staged = write_staged(tmp_path / "staged", ["a", "b"])
+    first = partitions.commit_partition(staged, final, "att1")
+    assert not Path(staged).exists()
+    assert partitions.commit_partition(staged, final, "att1") == first
+    assert [Path(path).name for path in partitions.committed_files(final)] == ["part-0.parquet"]
