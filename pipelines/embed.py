@@ -43,21 +43,24 @@ class EmbeddingOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--models_dir", default=str(defaults.MODELS),
-                            help="prepared models (`linnet prepare-models`); a gs:// copy works on Dataflow")
-        parser.add_argument("--text_model", default=None,
-                            help="HF model directory or hub id (default: <models_dir>/multilingual-e5-small)")
-        parser.add_argument("--text_engine", default="onnx", choices=text_encoders.ENGINES,
-                            help="onnx: int8 fast path (default); torch: fp32 reference")
-        parser.add_argument("--image_engine", default="onnx", choices=image_encoders.ENGINES,
-                            help="onnx (default) or torch, same MobileNet-V2 weights")
-        parser.add_argument("--max_tokens", type=int, default=text_encoders.DEFAULT_MAX_TOKENS,
-                            help="text truncation in tokens")
-        parser.add_argument("--embed_batch_size", type=int, default=32, help="upper cap on a batch")
-        parser.add_argument("--embedding_cache", default=str(defaults.CACHE / "embeddings"),
-                            help=f"local embedding cache directory, or {NO_CACHE!r} to disable it")
-        parser.add_argument("--encoder_threads", type=int, default=0,
-                            help="threads per encoder in each worker process (0: all cores)")
+        def flag(name: str, **kwargs: Any) -> None:
+            parser.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, **kwargs)
+
+        flag("models_dir", default=str(defaults.MODELS),
+             help="prepared models (`linnet prepare-models`); a gs:// copy works on Dataflow")
+        flag("text_model", default=None,
+             help="HF model directory or hub id (default: <models_dir>/multilingual-e5-small)")
+        flag("text_engine", default="onnx", choices=text_encoders.ENGINES,
+             help="onnx: int8 fast path (default); torch: fp32 reference")
+        flag("image_engine", default="onnx", choices=image_encoders.ENGINES,
+             help="onnx (default) or torch, same MobileNet-V2 weights")
+        flag("max_tokens", type=int, default=text_encoders.DEFAULT_MAX_TOKENS,
+             help="text truncation in tokens")
+        flag("embed_batch_size", type=int, default=32, help="upper cap on a batch")
+        flag("embedding_cache", default=str(defaults.CACHE / "embeddings"),
+             help=f"local embedding cache directory, or {NO_CACHE!r} to disable it")
+        flag("encoder_threads", type=int, default=0,
+             help="threads per encoder in each worker process (0: all cores)")
 
 
 @dataclass(frozen=True)
