@@ -27,8 +27,11 @@ def build_training_model(config: ModelConfig, level_sizes: list[int]) -> tf_kera
     text = tf_keras.Input((TEXT_DIM,), name=TEXT_EMBEDDING)
     image = tf_keras.Input((IMAGE_DIM,), name=IMAGE_EMBEDDING)
     present = tf_keras.Input((), name=IMAGE_PRESENT)
+    # MobileNet features have norms ~25 against the text embedding's 1: unit-normalise so that
+    # neither modality drowns the other (a zero vector, no image, stays zero).
+    image_unit = tf_keras.layers.UnitNormalization(name="image_unit")(image)
     hidden = tf_keras.layers.Concatenate(name="embeddings")(
-        [text, image, tf_keras.layers.Reshape((1,), name="image_present_column")(present)])
+        [text, image_unit, tf_keras.layers.Reshape((1,), name="image_present_column")(present)])
     for i, units in enumerate(config.shared_units):
         hidden = _dense_block(hidden, units, config.dropout, f"shared_{i}")
     outputs = {}
