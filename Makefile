@@ -8,7 +8,7 @@ MODELS_STAMP := $(MODELS_DIR)/prepared.json
 LINNET := $(BIN)/linnet
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
-SAMPLE ?= full
+SAMPLE ?=
 PROJECT ?=
 REGION ?= us-central1
 BUCKET ?=
@@ -39,8 +39,8 @@ lint: install  ## Ruff over the code.
 test: lint  ## Lint, then the whole test suite (slow end-to-end tests included).
 	$(BIN)/python -m pytest -q tests
 
-run-local: install  ## Import the shared products into Parquet and print a summary (DirectRunner).
-	$(LINNET) import-products --output out/products
+run-local: install  ## The whole job on the DirectRunner: import, training data, train, thresholds, score, evaluate.
+	$(LINNET) run-local --output $(OUT) $(if $(SAMPLE),--sample $(SAMPLE))
 
 $(OUT)/training_data/stats.json: | install
 	$(LINNET) build-training-data --output $(OUT)/training_data

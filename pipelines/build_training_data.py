@@ -66,9 +66,6 @@ class TrainingDataOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--input_table", "--input-table", dest="input_table", default=None,
-                            help="read labelled products from this BigQuery table (project.dataset.table) "
-                                 "instead of --input files")
         parser.add_argument("--sample", type=int, default=None,
                             help="use only N products (the same N on every run, chosen by id hash)")
         parser.add_argument("--split_by", "--split-by", dest="split_by", default="store",
@@ -113,7 +110,7 @@ def _config(options: PipelineOptions, output: str) -> BuildConfig:
     fractions = tuple(float(part) for part in flags.split_fractions.split(","))
     return BuildConfig(
         input=inputs.input,
-        input_table=flags.input_table,
+        input_table=inputs.input_table,
         taxonomy=inputs.taxonomy,
         output=output,
         image_root=inputs.image_root or str(Path(inputs.input.split(",")[0]).parent),

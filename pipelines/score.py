@@ -6,7 +6,6 @@ Rows in = categorized rows + dead letters, always; the run summary checks it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,6 +28,7 @@ from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import load_thresholds
+from linnet_core.training_data import choose_duplicate
 from pipelines import defaults
 from pipelines.embed import IMAGE_STATUSES, EmbedProducts
 from pipelines.io import DEAD_LETTER, PRODUCTS
@@ -42,7 +42,6 @@ CATEGORIZED = "categorized"
 DEAD_LETTERS = "dead_letters"
 DEDUPE_STAGE = "dedupe"
 SCORE_STAGE = "score"
-_OLDEST = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 class ScoreOptions(ProductInputOptions, OutputOptions):
@@ -65,11 +64,6 @@ class ScoreOptions(ProductInputOptions, OutputOptions):
                             default=defaults.SHOPIFY_TAXONOMY, help="Shopify taxonomy folder")
 
 
-def _recency(record: dict[str, Any]) -> tuple[dt.datetime, str]:
-    content = json.dumps(record, sort_keys=True, default=str).encode()
-    return record.get("updated_at") or _OLDEST, hashlib.sha256(content).hexdigest()
-
-
 class KeepNewestFn(beam.DoFn):
     """Of the records sharing a product_id the newest `updated_at` wins; the rest are dead letters.
 
@@ -81,7 +75,7 @@ class KeepNewestFn(beam.DoFn):
 
     def process(self, element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
         _, records = element
-        newest, *stale = sorted(records, key=_recency, reverse=True)
+        newest, stale = choose_duplicate(records)
         yield newest
         for record in stale:
             self.duplicates.inc()
