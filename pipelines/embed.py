@@ -101,12 +101,17 @@ def read_uri(uri: str) -> bytes:
     """A file's bytes through Beam's FileSystems (local paths, gs://, ...), never decompressed.
 
     Raises:
-        FileNotFoundError: the file does not exist. Other errors (a storage hiccup on an existing file)
-            propagate so the runner retries the bundle.
+        FileNotFoundError: the file does not exist.
+        ImageError: status `unreadable` for a directory or a file this worker may not read (data errors a
+            retry cannot fix). Other errors (a storage hiccup on an existing file) propagate so the runner
+            retries the bundle.
     """
     try:
         with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             return handle.read()
+    except (IsADirectoryError, PermissionError) as error:
+        raise image_encoders.ImageError(image_encoders.STATUS_UNREADABLE,
+                                        f"cannot read {uri}: {error}") from None
     except Exception as error:
         if not FileSystems.exists(uri):
             raise FileNotFoundError(f"no such image: {uri}") from error

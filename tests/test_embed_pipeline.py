@@ -13,6 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from linnet_core import features, records
+from linnet_core.encoders.image import ImageError
 from linnet_core.encoders.prepare import prepare_models
 from pipelines import defaults
 from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, read_uri
@@ -37,7 +38,7 @@ def products(tmp_path: Path) -> list:
         {"product_id": "ok", "title": "Ceramic coffee mug, 350 ml", "image_uris": [JPEG]},
         {"product_id": "by-content", "title": "Kinderfahrrad 16 Zoll", "image_uris": [JPEG_NAMED_WEBP]},
         {"product_id": "missing", "title": "Bolso de cuero", "image_uris": [missing]},
-        {"product_id": "unreadable", "title": "Sac à dos", "image_uris": [str(bad)]},
+        {"product_id": "unreadable", "title": "Sac à dos", "image_uris": [str(bad), str(tmp_path)]},
         {"product_id": "second-photo", "title": "Lampe de chevet", "image_uris": [missing, JPEG]},
         {"product_id": "text-only", "title": "Organic green tea, 100 bags", "tags": "tea, organic"},
     ]
@@ -109,3 +110,6 @@ def test_read_uri_tells_missing_from_present(tmp_path: Path) -> None:
     assert read_uri(str(gz)) == b"raw bytes, never decompressed"
     with pytest.raises(FileNotFoundError):
         read_uri(str(tmp_path / "nope.jpg"))
+    with pytest.raises(ImageError) as error:
+        read_uri(str(tmp_path))
+    assert error.value.status == "unreadable"

@@ -116,17 +116,16 @@ class ProductEmbedder:
         for uri in list(uris)[:MAX_IMAGES_TRIED]:
             try:
                 data = read(uri)
-            except FileNotFoundError:
-                status = STATUS_MISSING if status == STATUS_NO_IMAGE else status
-                continue
-            key = content_hash(data)
-            cached = self.image_cache.get(key) if self.image_cache else None
-            if cached is not None:
-                return _Photo(STATUS_OK, key, vector=cached, cached=True)
-            try:
+                key = content_hash(data)
+                cached = self.image_cache.get(key) if self.image_cache else None
+                if cached is not None:
+                    return _Photo(STATUS_OK, key, vector=cached, cached=True)
                 return _Photo(STATUS_OK, key, pixels=load_pixels(data))
+            except FileNotFoundError:
+                failure = STATUS_MISSING
             except ImageError as error:
-                status = error.status if status == STATUS_NO_IMAGE else status
+                failure = error.status
+            status = failure if status == STATUS_NO_IMAGE else status
         return _Photo(status)
 
     def embed(self, records: Sequence[Mapping[str, Any]], read: Callable[[str], bytes]) -> list[Embedded]:
@@ -134,8 +133,9 @@ class ProductEmbedder:
 
         Args:
             records: product records; text comes from `features.product_text`, photos from `image_uris`.
-            read: returns a URI's bytes; raises FileNotFoundError when it does not exist (other errors
-                propagate: a transient storage error must fail the bundle so the runner retries it).
+            read: returns a URI's bytes; raises FileNotFoundError when it does not exist and ImageError
+                when it can never be read (other errors propagate: a transient storage error must fail
+                the bundle so the runner retries it).
         Returns:
             One `Embedded` per record, in order: the record plus `text_embedding` (float32[384],
             L2-normalised), `image_embedding` (float32[1280], zeros without a usable photo),
