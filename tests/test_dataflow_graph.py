@@ -7,6 +7,7 @@ workers install, and produces the job request. Nothing here touches the network.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import datetime as dt
 import importlib.util
@@ -181,3 +182,13 @@ def test_template_launch_scores_one_day():
     assert module.template_argv(["--output=gs://b/out"]) == ["--max_days=1", "--incremental", "--output=gs://b/out"]
     assert module.template_argv(["--since=2026-11-24", "--until=2026-11-24"]) == [
         "--max_days=1", "--since=2026-11-24", "--until=2026-11-24"]
+
+
+def test_template_parameters_are_flags_of_the_template_command():
+    from pipelines.score import ScoreOptions
+
+    scoring = argparse.ArgumentParser()
+    ScoreOptions._add_argparse_args(scoring)
+    flags = set(PipelineOptions([]).get_all_options()) | {
+        action.dest for parser in (scoring, backfill._parser()) for action in parser._actions}
+    assert _template_parameters() <= flags
