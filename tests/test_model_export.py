@@ -162,3 +162,17 @@ def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, P
     save_thresholds(unknown, tmp_path / "bad.json")
     with pytest.raises(ValueError, match="123456789"):
         export_inference_model(model_dir, tmp_path / "bad.json")
+
+
+def test_predictor_rejects_bad_inputs_and_accepts_none(trained: tuple[Path, Path]) -> None:
+    predictor = Predictor(trained[0])
+    text, image, present = _inputs(4)
+    with pytest.raises(ValueError, match="text_embedding must have shape"):
+        predictor.predict(text[:, :128], image, present)
+    with pytest.raises(ValueError, match="disagree"):
+        predictor.predict(text, image[:3], present)
+    text[2, 5] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite values in 1 rows, first \[2\]"):
+        predictor.predict(text, image, present)
+    empty = predictor.predict(np.zeros((0, 384)), np.zeros((0, 1280)), np.zeros(0))
+    assert empty["level_ids"].shape == (0, 7) and empty["gpt_id"].shape == (0,)

@@ -110,12 +110,7 @@ class Predictor:
                              image_present, {})
 
     def _batched(self, signature, text_embedding, image_embedding, image_present, extra) -> dict:
-        text = np.asarray(text_embedding, np.float32).reshape(-1, TEXT_DIM)
-        image = np.asarray(image_embedding, np.float32).reshape(-1, IMAGE_DIM)
-        present = np.asarray(image_present, np.float32).reshape(-1)
-        if not len(text) == len(image) == len(present):
-            raise ValueError(f"inputs disagree on the number of products: {len(text)}, {len(image)}, "
-                             f"{len(present)}")
+        text, image, present = check_inputs(text_embedding, image_embedding, image_present)
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, max(len(text), 1), self.batch_size):
             stop = start + self.batch_size
@@ -131,3 +126,29 @@ class Predictor:
         return json.dumps({k: self.metadata[k] for k in (
             "model_version", "taxonomy_version", "taxonomy_fingerprint", "thresholds_version",
             "default_decoding")})
+
+
+def check_inputs(text_embedding, image_embedding, image_present) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three model inputs as float32 arrays of shapes [N, 384], [N, 1280], [N].
+
+    Raises:
+        ValueError: a wrong shape, disagreeing N, or non-finite values (naming the first bad rows),
+            rather than letting NaNs decode into arbitrary paths.
+    """
+    arrays = {TEXT_EMBEDDING: np.asarray(text_embedding, np.float32),
+              IMAGE_EMBEDDING: np.asarray(image_embedding, np.float32),
+              IMAGE_PRESENT: np.asarray(image_present, np.float32)}
+    expected = {TEXT_EMBEDDING: (TEXT_DIM,), IMAGE_EMBEDDING: (IMAGE_DIM,), IMAGE_PRESENT: ()}
+    for name, array in arrays.items():
+        if array.shape[1:] != expected[name]:
+            raise ValueError(f"{name} must have shape [N, *{expected[name]}], got {array.shape}")
+    counts = {len(array) for array in arrays.values()}
+    if len(counts) != 1:
+        raise ValueError(f"inputs disagree on the number of products: "
+                         f"{ {name: len(array) for name, array in arrays.items()} }")
+    for name, array in arrays.items():
+        finite = np.isfinite(array)
+        bad = np.flatnonzero(~(finite.all(axis=1) if array.ndim > 1 else finite))
+        if len(bad):
+            raise ValueError(f"{name} has non-finite values in {len(bad)} rows, first {bad[:5].tolist()}")
+    return arrays[TEXT_EMBEDDING], arrays[IMAGE_EMBEDDING], arrays[IMAGE_PRESENT]
