@@ -312,6 +312,16 @@ def _read_split(output: Path, split: str) -> list[dict]:
     return [{k: v.numpy() for k, v in example.items()} for example in dataset]
 
 
+def test_tfrecords_hold_exactly_the_training_features(crafted_run):
+    from linnet_core.model.data import feature_spec
+
+    output, _ = crafted_run
+    files = sorted(glob.glob(str(output / "train" / "part-*.tfrecord.gz")))
+    record = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP")))
+    example = tf.train.Example.FromString(record.numpy())
+    assert set(example.features.feature) == set(feature_spec(include_weights=True))
+
+
 def test_tfrecords_hold_the_labels_splits_and_train_weights(crafted_run, tiny):
     output, stats = crafted_run
     weights = json.loads((output / "class_weights.json").read_text())
