@@ -19,7 +19,9 @@ LEVELS = 7
 CONFIDENCES = ("path",)
 DEFAULT_LEVEL_THRESHOLD = 0.5
 DELTA = 0.05
-CLOSED = 1.0  # the threshold of a level or subtree that no threshold could certify
+# The threshold of a level or subtree that no threshold could certify: the float32 just above 1.0, so
+# that even a saturated confidence (exactly 1.0 in float32) is below it in the model and in numpy.
+CLOSED = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
 
 
 class ThresholdsError(ValueError):
@@ -42,13 +44,14 @@ class Thresholds:
     target_precision: float | None = None
 
     def __post_init__(self) -> None:
-        _check_vector("levels", self.levels, low=0.0, high=1.0)
+        _check_vector("levels", self.levels, low=0.0, high=CLOSED)
         _check_vector("temperatures", self.temperatures, low=0.0, high=math.inf, strict_low=True)
         if self.confidence not in CONFIDENCES:
             raise ThresholdsError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
         for node_id, floor in self.overrides.items():
-            if not isinstance(node_id, int) or not 0.0 <= floor <= 1.0:
-                raise ThresholdsError(f"override {node_id!r}: {floor!r}: want int id, floor in [0, 1]")
+            if not isinstance(node_id, int) or not 0.0 <= floor <= CLOSED:
+                raise ThresholdsError(f"override {node_id!r}: {floor!r}: want int id, floor in [0, 1] "
+                                      f"or CLOSED")
         if self.target_precision is not None and not 0.0 < self.target_precision <= 1.0:
             raise ThresholdsError(f"target_precision must be in (0, 1], got {self.target_precision!r}")
 

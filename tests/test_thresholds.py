@@ -102,6 +102,11 @@ def test_overrides_cover_subtrees_and_cut_paths():
     # The path is cut before the first node below its threshold, even if a deeper node clears its own.
     uneven = th.Thresholds("u", (0.5, 0.9, 0.1, 0.5, 0.5, 0.5, 0.5))
     assert th.cut_paths(paths[:1], confidences[:1], uneven).tolist() == [10]
+    # A closed level stops even a saturated confidence (exactly 1.0 in float32).
+    closed = th.Thresholds("c", (0.5, th.CLOSED) + (0.5,) * 5)
+    saturated = np.ones((1, 7), np.float32)
+    assert np.float32(th.CLOSED) > np.float32(1.0)
+    assert th.cut_paths(paths[:1], saturated, closed).tolist() == [10]
 
 
 def _synthetic_paths(n: int, rng: np.random.Generator):
