@@ -3,7 +3,8 @@ features passed through, and the Arrow layout TFT is fed with.
 
 TFT is fed Arrow RecordBatches (not instance dicts, whose protobuf coder crashes the interpreter at
 exit here) and its output is encoded with tfx_bsl. Importing this module imports
-tensorflow_transform, which switches `tf.keras` to Keras 2: never write `tf.keras` near it.
+tensorflow_transform, which switches `tf.keras` to Keras 2: never write `tf.keras` near it. No Beam
+here: the pipeline owns the Beam side of TFT.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import tensorflow.experimental.numpy as tnp
 import tensorflow_transform as tft
 from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
-from tfx_bsl.public import tfxio
 from tfx_bsl.tfxio import tensor_representation_util
+from tfx_bsl.tfxio.tensor_adapter import TensorAdapterConfig
 
 from linnet_core.features import label_feature, weight_feature
 from linnet_core.model.data import feature_spec
@@ -54,9 +55,9 @@ def arrow_schema() -> pa.Schema:
                       for name, spec in raw_feature_spec().items()])
 
 
-def tensor_adapter_config() -> tfxio.TensorAdapterConfig:
+def tensor_adapter_config() -> TensorAdapterConfig:
     """How TFT turns the raw RecordBatches into tensors (the TFXIO adapter of `arrow_schema`)."""
-    return tfxio.TensorAdapterConfig(
+    return TensorAdapterConfig(
         arrow_schema(), tensor_representation_util.GetTensorRepresentationsFromSchema(raw_schema()))
 
 
