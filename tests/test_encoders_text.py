@@ -97,7 +97,8 @@ def _shared_product_texts(count: int) -> list[str]:
 def test_int8_stays_within_098_of_fp32_on_full_product_texts(text_model: str, fast: OnnxTextEncoder) -> None:
     texts = _shared_product_texts(12)
     assert max(ids.shape[1] for ids in fast.token_ids(texts)) == 128
-    assert min_cosine(fast.encode(texts), TorchTextEncoder(text_model, threads=2).encode(texts)) >= 0.98
+    # The floor is 0.98; per-channel int8 gives ~0.995, so 0.99 catches a regression of the export.
+    assert min_cosine(fast.encode(texts), TorchTextEncoder(text_model, threads=2).encode(texts)) >= 0.99
 
 
 def test_translations_are_nearer_each_other_than_to_an_unrelated_product(fast: OnnxTextEncoder) -> None:
