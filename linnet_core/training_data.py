@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+import schemas
 from linnet_core.features import (
     IMAGE_DIM,
     IMAGE_EMBEDDING,
@@ -51,7 +52,7 @@ class SplitConfig:
 
     Raises:
         TrainingDataError: not one fraction per split, a negative fraction, fractions not summing
-            to 1, or an empty field list.
+            to 1, or an empty field list or a field that is not in the products schema.
     """
 
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
@@ -64,6 +65,10 @@ class SplitConfig:
             raise TrainingDataError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
         if not self.split_by or not all(self.split_by):
             raise TrainingDataError(f"split_by needs at least one field name, got {self.split_by}")
+        unknown = set(self.split_by) - set(schemas.field_names("products"))
+        if unknown:
+            # A misspelt field would silently split every record by product_id.
+            raise TrainingDataError(f"split_by fields {sorted(unknown)} are not product fields")
 
 
 def hash_unit(key: str) -> float:

@@ -107,7 +107,11 @@ class BuildConfig:
 def _config(options: PipelineOptions, output: str) -> BuildConfig:
     inputs = options.view_as(ProductInputOptions)
     flags = options.view_as(TrainingDataOptions)
-    fractions = tuple(float(part) for part in flags.split_fractions.split(","))
+    try:
+        fractions = tuple(float(part) for part in flags.split_fractions.split(","))
+    except ValueError:
+        raise ValueError(f"--split_fractions must be three numbers like 0.7,0.15,0.15, "
+                         f"got {flags.split_fractions!r}") from None
     return BuildConfig(
         input=inputs.input,
         input_table=inputs.input_table,

@@ -80,7 +80,8 @@ def test_split_fallbacks_and_empty_fractions():
 
 
 @pytest.mark.parametrize("fractions, split_by", [((0.5, 0.5), ("store",)), ((0.8, 0.3, -0.1), ("store",)),
-                                                 ((0.7, 0.2, 0.2), ("store",)), ((1, 0, 0), ())])
+                                                 ((0.7, 0.2, 0.2), ("store",)), ((1, 0, 0), ()),
+                                                 ((1, 0, 0), ("stores",))])
 def test_split_config_rejects_bad_settings(fractions, split_by):
     with pytest.raises(TrainingDataError):
         SplitConfig(fractions, split_by)
