@@ -59,12 +59,12 @@ def _encode_isolating(encode: Callable[[list], np.ndarray], items: list) -> list
         return []
     try:
         return list(encode(items))
-    except Exception:  # noqa: BLE001 (the per-item pass below re-raises nothing, it records)
+    except Exception:
         outcomes: list[np.ndarray | Exception] = []
         for item in items:
             try:
                 outcomes.append(encode([item])[0])
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 outcomes.append(error)
         return outcomes
 

@@ -34,6 +34,7 @@ STATUS_UNREADABLE = "unreadable"
 # (expansion t, output channels c, repeats n, first stride s) of MobileNet-V2's inverted residual stages.
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
           (6, 320, 1, 1))
+MAX_ASPECT = 8
 # Transparent pixels are laid on white, the usual background of product photos.
 BACKGROUND = (255, 255, 255)
 
@@ -67,7 +68,7 @@ def decode(data: bytes) -> Image.Image:
             canvas = Image.new("RGB", rgba.size, BACKGROUND)
             canvas.paste(rgba, mask=rgba.getchannel("A"))
             return canvas
-        if image.mode == "I;16" or image.mode.startswith("I"):
+        if image.mode.startswith("I;16"):
             image = image.point(lambda value: value / 256).convert("L")
         return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
@@ -75,8 +76,17 @@ def decode(data: bytes) -> Image.Image:
 
 
 def preprocess(image: Image.Image) -> np.ndarray:
-    """torchvision's `Resize(256)`, `CenterCrop(224)`, `ToTensor()`, `Normalize(ImageNet)` → (3, 224, 224)."""
+    """torchvision's `Resize(256)`, `CenterCrop(224)`, `ToTensor()`, `Normalize(ImageNet)` → (3, 224, 224).
+
+    A banner longer than `MAX_ASPECT` times its width is first cut to its central band of that aspect:
+    the centre crop never looks further out, and resizing all of a 1 × 5,000 strip would take gigabytes.
+    """
     width, height = image.size
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        band_width, band_height = min(width, MAX_ASPECT * height), min(height, MAX_ASPECT * width)
+        left, top = (width - band_width) // 2, (height - band_height) // 2
+        image = image.crop((left, top, left + band_width, top + band_height))
+        width, height = image.size
     if width <= height:
         size = (RESIZE, int(RESIZE * height / width))
     else:

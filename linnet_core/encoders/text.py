@@ -1,7 +1,8 @@
 """Text encoder: multilingual-e5-small through `transformers` (torch fp32 reference) or ONNX Runtime int8.
 
-Both engines share the tokenizer (AutoTokenizer, `query: ` prefix, truncation at `max_tokens`) and the
-pooling (mean over the attention mask, then L2 norm), so they differ only in how the network runs.
+Both engines use the folder's one tokenizer file (`query: ` prefix, truncation at `max_tokens`, ids checked
+equal in the tests) and the same pooling (mean over the attention mask, then L2 norm), so they differ only
+in how the network runs.
 """
 
 from __future__ import annotations
