@@ -68,14 +68,14 @@ def product_texts(source: str, product_ids: Iterable[str] | None = None) -> dict
 class TfidfBaseline:
     """Flat TF-IDF (word 1–2 grams) + multinomial logistic regression over training label nodes."""
 
-    def __init__(self, table: AncestorTable, max_features: int = 200_000, c: float = 10.0) -> None:
+    def __init__(self, table: AncestorTable, max_features: int = 50_000, c: float = 10.0) -> None:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
         self.table = table
         self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True,
                                           max_features=max_features, dtype=np.float32)
-        self.classifier = LogisticRegression(C=c, max_iter=300, random_state=SEED)
+        self.classifier = LogisticRegression(C=c, max_iter=100, tol=1e-3, random_state=SEED)
 
     def fit(self, texts: list[str], gpt_ids: np.ndarray) -> TfidfBaseline:
         """Train on labelled texts (gpt_id ≥ 0)."""
