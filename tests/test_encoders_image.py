@@ -12,6 +12,7 @@ from PIL import Image
 from linnet_core.encoders.image import (
     CROP,
     MEAN,
+    MOBILENET_FILE,
     STATUS_UNREADABLE,
     STD,
     ImageEncoder,
@@ -128,6 +129,18 @@ def test_features_separate_different_products(encoder: ImageEncoder) -> None:
     flipped = load_pixels(_encoded(Image.open(JPEG).convert("RGB").transpose(Image.FLIP_LEFT_RIGHT), "PNG"))
     a, b, a_flipped = encoder.encode([*pixels, flipped])
     assert min_cosine(a[None], a_flipped[None]) > min_cosine(a[None], b[None])
+
+
+def test_imagenet_head_on_our_features_names_the_product(encoder: ImageEncoder, models_dir: str) -> None:
+    """torchvision's own classifier layer, applied to our features, must recognise plain product shots:
+    this catches channel-order, normalisation and architecture mistakes that finite features would hide."""
+    import torch
+
+    head = torch.load(str(Path(models_dir) / MOBILENET_FILE), map_location="cpu", weights_only=True)
+    weight, bias = head["classifier.1.weight"].numpy(), head["classifier.1.bias"].numpy()
+    photos = {"1715945849_prima-16cm.jpg": 567, "kfb250-w.jpg": 968}  # ImageNet: frying pan, cup
+    logits = encoder.encode([load_pixels((PHOTOS / name).read_bytes()) for name in photos]) @ weight.T + bias
+    assert logits.argmax(axis=1).tolist() == list(photos.values())
 
 
 def test_unknown_engine_and_missing_export(tmp_path: Path) -> None:
