@@ -378,3 +378,28 @@ def test_transform_fn_is_self_contained_and_matches_class_weights(crafted_run):
                 for i in range(size)]
     np.testing.assert_allclose(transformed["weight_level_3"].numpy(), expected, rtol=1e-5)
     np.testing.assert_array_equal(transformed["weight_level_4"].numpy(), np.zeros(size))
+
+
+def test_reads_labelled_products_from_a_bigquery_table(taxonomy_file, tmp_path):
+    from bigquery_emulator import running_emulator
+    from google.cloud import bigquery
+
+    from pipelines import bigquery as bq
+
+    rows = _good_records()[:20] + [BAD_RECORDS[0][0]]
+    with running_emulator(tmp_path / "bq") as emulator:
+        connection = bq.BigQueryConnection(emulator.project, emulator.endpoint, emulator.storage_endpoint)
+        client = connection.client()
+        table = f"{emulator.project}.training.products"
+        client.create_dataset(f"{emulator.project}.training")
+        client.create_table(bigquery.Table(table, schema=bq.table_schema("products", partitioned=False)))
+        assert not client.insert_rows(client.get_table(table), rows)
+        argv = ["--input_table", table, "--project", emulator.project,
+                "--bigquery_endpoint", emulator.endpoint,
+                "--bigquery_storage_endpoint", emulator.storage_endpoint, "--taxonomy", taxonomy_file,
+                "--output", str(tmp_path / "data"), "--shards", "1"]
+        stats = build_training_data.run(argv, test_pipeline=TestPipeline(argv=argv), embed=VectorsFromIds())
+    assert (stats["inputs"], stats["examples"]) == (21, 20)
+    assert stats["dead_letters_by_reason"] == {Reason.UNKNOWN_LABEL.value: 1}
+    examples = [example for split in SPLITS for example in _read_split(tmp_path / "data", split)]
+    assert sorted(e["product_id"].decode() for e in examples) == sorted(r["product_id"] for r in rows[:20])
