@@ -16,7 +16,7 @@ from linnet_core import features, records
 from linnet_core.encoders.image import ImageError
 from linnet_core.encoders.prepare import prepare_models
 from pipelines import defaults
-from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, read_uri
+from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, load_embedder, read_uri
 
 PHOTOS = defaults.SHARED_DATA / "products" / "images"
 JPEG = str(PHOTOS / "100fp2010_c797e63e-7927-48cb-b869-07a8e1b7a3c8.jpg")
@@ -113,3 +113,18 @@ def test_read_uri_tells_missing_from_present(tmp_path: Path) -> None:
     with pytest.raises(ImageError) as error:
         read_uri(str(tmp_path))
     assert error.value.status == "unreadable"
+
+
+def test_reference_engines_by_flag_agree_with_the_fast_path(models_dir: str) -> None:
+    batch = [records.normalize({"product_id": "a", "title": "Edelstahl-Wasserkocher 1,7 l, kabellos",
+                                "description": "Schnellkochend, mit Kalkfilter. " * 20,
+                                "image_uris": [JPEG]})]
+    fast = load_embedder(EmbedConfig(models_dir=models_dir, threads=2)).embed(batch, read_uri)[0].record
+    options = PipelineOptions([f"--models_dir={models_dir}", "--text_engine=torch", "--image_engine=torch",
+                               "--embedding_cache=none", "--encoder_threads=2"])
+    reference_embedder = load_embedder(EmbedConfig.from_options(options))
+    assert "torch-fp32" in reference_embedder.text.encoder_id
+    reference = reference_embedder.embed(batch, read_uri)[0].record
+    assert float(fast["text_embedding"] @ reference["text_embedding"]) >= 0.98
+    image_a, image_b = fast["image_embedding"], reference["image_embedding"]
+    assert float(image_a @ image_b / np.linalg.norm(image_a) / np.linalg.norm(image_b)) > 0.9999
