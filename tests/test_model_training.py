@@ -80,6 +80,9 @@ def test_training_model_has_one_head_per_level(gpt: Taxonomy) -> None:
     model.get_layer("level_1").set_weights([kernel + rng.normal(size=kernel.shape), bias])
     after = model(inputs)["level_2"].numpy()
     assert not np.allclose(before, after)
+    assert not model.losses
+    penalised = ModelConfig.from_json({**config.to_json(), "l2": 1e-3})
+    assert float(tf.add_n(build_training_model(penalised, gpt.level_sizes()).losses)) > 0.0
 
 
 def test_masked_loss_and_accuracy_ignore_missing_labels() -> None:

@@ -21,6 +21,7 @@ class ModelConfig:
     shared_units: tuple[int, ...]
     level_units: tuple[int, ...]
     dropout: float
+    l2: float
     learning_rate: float
     epochs: int
     batch_size: int
@@ -34,6 +35,8 @@ class ModelConfig:
                               f"shared_units={self.shared_units}, level_units={self.level_units}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.l2 < 0:
+            raise ConfigError(f"l2 must be >= 0, got {self.l2}")
         if self.learning_rate <= 0 or self.epochs < 1 or self.batch_size < 1 or self.shuffle_buffer < 1:
             raise ConfigError(
                 "learning_rate, epochs, batch_size, shuffle_buffer must be positive: "

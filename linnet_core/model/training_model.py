@@ -32,8 +32,9 @@ def build_training_model(config: ModelConfig, level_sizes: list[int]) -> tf_kera
     image_unit = tf_keras.layers.UnitNormalization(name="image_unit")(image)
     hidden = tf_keras.layers.Concatenate(name="embeddings")(
         [text, image_unit, tf_keras.layers.Reshape((1,), name="image_present_column")(present)])
+    regularizer = tf_keras.regularizers.L2(config.l2) if config.l2 else None
     for i, units in enumerate(config.shared_units):
-        hidden = _dense_block(hidden, units, config.dropout, f"shared_{i}")
+        hidden = _dense_block(hidden, units, config.dropout, regularizer, f"shared_{i}")
     outputs = {}
     previous = None
     for level, size in enumerate(level_sizes, start=1):
@@ -42,14 +43,16 @@ def build_training_model(config: ModelConfig, level_sizes: list[int]) -> tf_kera
             parent_probs = tf_keras.layers.Softmax(name=f"level_{level - 1}_softmax")(previous)
             head = tf_keras.layers.Concatenate(name=f"level_{level}_input")([hidden, parent_probs])
         for i, units in enumerate(config.level_units):
-            head = _dense_block(head, units, config.dropout, f"level_{level}_hidden_{i}")
-        previous = tf_keras.layers.Dense(size, name=level_name(level))(head)
+            head = _dense_block(head, units, config.dropout, regularizer, f"level_{level}_hidden_{i}")
+        previous = tf_keras.layers.Dense(size, kernel_regularizer=regularizer, name=level_name(level))(head)
         outputs[level_name(level)] = previous
     return tf_keras.Model(inputs=[text, image, present], outputs=outputs, name="linnet_levels")
 
 
-def _dense_block(inputs: tf.Tensor, units: int, dropout: float, name: str) -> tf.Tensor:
-    hidden = tf_keras.layers.Dense(units, activation="relu", name=name)(inputs)
+def _dense_block(inputs: tf.Tensor, units: int, dropout: float,
+                 regularizer: tf_keras.regularizers.Regularizer | None, name: str) -> tf.Tensor:
+    hidden = tf_keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer,
+                                   name=name)(inputs)
     return tf_keras.layers.Dropout(dropout, name=f"{name}_dropout")(hidden) if dropout else hidden
 
 
