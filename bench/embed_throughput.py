@@ -1,14 +1,12 @@
 """Embedding throughput: bare encoders in a plain loop vs `EmbedProducts` on the DirectRunner, in one run.
 
-Text: (a) the bare text encoder over N full product texts (`features.product_text`, truncated at
-`--max_tokens`) at each candidate batch size, the best kept; (b) `EmbedProducts` over the same products
-(photos removed, cache off) at N and 4N. Images: the same with products that have a photo (text removed):
-(a) read + decode + preprocess + encode, (b) the pipeline. (a) picks its batch size on the first N and
-then runs over all 4N at it; (b) runs at that batch size. Ratios: steady, the pipeline's
-(4N − N) / (t4N − tN), which cancels fixed costs (graph construction, model loading), over (a) on the same
-3N products; end to end, the pipeline's 4N / t4N over (a) on all 4N; and the same without the model
-load time that RunInference reports (`load_model_latency_milli_secs`), a once-per-worker cost.
-Peak RSS is sampled per phase; the N and 4N pipeline runs should be within 15% of each other.
+Text: (a) the bare text encoder in a plain loop over 4N full product texts (`features.product_text`,
+truncated at `--max_tokens`) at the best batch size (picked on the first N); (b) `EmbedProducts` over the
+same products (photos removed, cache off) at that batch cap, at N and at 4N. Images: the same with
+products that have a photo (text removed); (a) is read + decode + preprocess + encode. (a) and (b) are
+interleaved in rounds and median ratios (b)/(a) printed: excluding model load (the load time
+RunInference reports, a once-per-worker cost), steady ((4N − N) / (t4N − tN), which also cancels graph
+construction) and end to end. Peak RSS is sampled per phase; N and 4N runs should be within 15%.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ import gc
 import json
 import logging
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -86,27 +85,25 @@ def load_products(count: int, with_images: bool) -> list[dict]:
     return out
 
 
-def bare_loop(encode: Callable[[list], object], items: list, batch_sizes: list[int], n: int,
-              rss: PeakRss) -> dict:
-    """Products/s of `encode` over the first `n` items at each batch size, then at the best one over all
-    items, timing the first `n` and the rest apart (the rest is what the steady pipeline rate covers)."""
+def best_batch_size(encode: Callable[[list], object], items: list, batch_sizes: list[int]) -> dict:
+    """Products/s of the bare loop over `items` at each candidate batch size, and the best of them."""
     encode(items[:max(batch_sizes)])
-    result: dict = {"by_batch_size": {}}
+    rates = {}
+    for size in batch_sizes:
+        started = time.perf_counter()
+        for start in range(0, len(items), size):
+            encode(items[start:start + size])
+        rates[size] = round(len(items) / (time.perf_counter() - started), 1)
+    return {"by_batch_size": rates, "best": max(rates, key=rates.get)}
+
+
+def bare_pass(encode: Callable[[list], object], items: list, size: int, rss: PeakRss) -> dict:
+    """One plain loop over all `items` at batch size `size`."""
+    result: dict = {"products": len(items)}
     with rss.phase(result):
-        for size in batch_sizes:
-            started = time.perf_counter()
-            for start in range(0, n, size):
-                encode(items[start:min(start + size, n)])
-            result["by_batch_size"][size] = round(n / (time.perf_counter() - started), 1)
-        best = result["best_batch_size"] = max(result["by_batch_size"], key=result["by_batch_size"].get)
-        seconds = []
-        for part in (items[:n], items[n:]):
-            started = time.perf_counter()
-            for start in range(0, len(part), best):
-                encode(part[start:start + best])
-            seconds.append(time.perf_counter() - started)
-    result["products_per_s_rest"] = round((len(items) - n) / seconds[1], 1)
-    result["products_per_s_all"] = round(len(items) / sum(seconds), 1)
+        for start in range(0, len(items), size):
+            encode(items[start:start + size])
+    result["products_per_s"] = round(len(items) / result["seconds"], 1)
     return result
 
 
@@ -130,19 +127,34 @@ def pipeline_run(products: list[dict], cfg: EmbedConfig, rss: PeakRss) -> dict:
     return result
 
 
-def compare(bare: dict, small: dict, large: dict) -> dict:
-    """Pipeline vs bare over the same products: steady (the 4N − N products) and end to end (all 4N)."""
-    steady = (large["products"] - small["products"]) / max(large["seconds"] - small["seconds"], 1e-9)
-    excluding_load = large["products_per_s_excluding_load"]
-    return {"bare_products_per_s": bare["products_per_s_rest"],
-            "pipeline_steady_products_per_s": round(steady, 1),
-            "ratio_steady": round(steady / bare["products_per_s_rest"], 3),
-            "ratio_end_to_end_4n": round(large["products_per_s"] / bare["products_per_s_all"], 3),
-            "ratio_excluding_load_4n": round(excluding_load / bare["products_per_s_all"], 3),
-            "rss_4n_over_n": round(large["peak_rss_mb"] / small["peak_rss_mb"], 3)}
+def measure(encode: Callable[[list], object], items: list, products: list[dict], n: int, cfg: EmbedConfig,
+            batch_sizes: list[int], rounds: int, rss: PeakRss) -> dict:
+    """Bare loop vs pipeline over the same 4N products, interleaved in `rounds` rounds (the machine is
+    shared: interleaving keeps a burst of someone else's work from landing on one side only)."""
+    report: dict = {"batch_sizes": best_batch_size(encode, items[:n], batch_sizes)}
+    cfg = replace(cfg, batch_size=report["batch_sizes"]["best"])
+    report["rounds"] = []
+    for _ in range(rounds):
+        bare = bare_pass(encode, items, cfg.batch_size, rss)
+        small, large = pipeline_run(products[:n], cfg, rss), pipeline_run(products, cfg, rss)
+        steady = (large["products"] - small["products"]) / max(large["seconds"] - small["seconds"], 1e-9)
+        report["rounds"].append({
+            "bare": bare, "pipeline_n": small, "pipeline_4n": large,
+            "ratio_steady": round(steady / bare["products_per_s"], 3),
+            "ratio_excluding_load": round(large["products_per_s_excluding_load"] / bare["products_per_s"], 3),
+            "ratio_end_to_end": round(large["products_per_s"] / bare["products_per_s"], 3)})
+    for key in ("ratio_steady", "ratio_excluding_load", "ratio_end_to_end"):
+        report[key] = statistics.median(r[key] for r in report["rounds"])
+    report["bare_products_per_s"] = statistics.median(r["bare"]["products_per_s"] for r in report["rounds"])
+    report["pipeline_products_per_s_excluding_load"] = statistics.median(
+        r["pipeline_4n"]["products_per_s_excluding_load"] for r in report["rounds"])
+    report["peak_rss_mb_n"] = max(r["pipeline_n"]["peak_rss_mb"] for r in report["rounds"])
+    report["peak_rss_mb_4n"] = max(r["pipeline_4n"]["peak_rss_mb"] for r in report["rounds"])
+    report["rss_4n_over_n"] = round(report["peak_rss_mb_4n"] / report["peak_rss_mb_n"], 3)
+    return report
 
 
-def text_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rss: PeakRss) -> dict:
+def text_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rounds: int, rss: PeakRss) -> dict:
     products = load_products(4 * n, with_images=False)
     texts = [features.product_text(record) for record in products]
     encoder = load_text_encoder(cfg.text_model or str(Path(cfg.models_dir) / TEXT_MODEL_NAME),
@@ -151,16 +163,11 @@ def text_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rss: PeakRss) -
     report = {"encoder": encoder.encoder_id, "mean_chars": round(sum(map(len, texts)) / len(texts)),
               "mean_tokens": round(float(lengths.mean()), 1),
               "share_truncated": round(float((lengths == cfg.max_tokens).mean()), 2)}
-    report["bare"] = bare_loop(encoder.encode, texts, batch_sizes, n, rss)
-    del encoder
-    cfg = replace(cfg, batch_size=report["bare"]["best_batch_size"])
-    report["pipeline_n"] = pipeline_run(products[:n], cfg, rss)
-    report["pipeline_4n"] = pipeline_run(products, cfg, rss)
-    report.update(compare(report["bare"], report["pipeline_n"], report["pipeline_4n"]))
+    report.update(measure(encoder.encode, texts, products, n, cfg, batch_sizes, rounds, rss))
     return report
 
 
-def image_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rss: PeakRss) -> dict:
+def image_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rounds: int, rss: PeakRss) -> dict:
     products = load_products(4 * n, with_images=True)
     encoder = ImageEncoder(cfg.models_dir, cfg.image_engine, cfg.threads or None)
     decoders = ThreadPoolExecutor(encoder.threads)
@@ -172,11 +179,7 @@ def image_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rss: PeakRss) 
         return encoder.encode(list(decoders.map(pixels, batch)))
 
     report = {"encoder": encoder.encoder_id}
-    report["bare"] = bare_loop(encode, products, batch_sizes, n, rss)
-    cfg = replace(cfg, batch_size=report["bare"]["best_batch_size"])
-    report["pipeline_n"] = pipeline_run(products[:n], cfg, rss)
-    report["pipeline_4n"] = pipeline_run(products, cfg, rss)
-    report.update(compare(report["bare"], report["pipeline_n"], report["pipeline_4n"]))
+    report.update(measure(encode, products, products, n, cfg, batch_sizes, rounds, rss))
     return report
 
 
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text_engine", default="onnx")
     parser.add_argument("--image_engine", default="onnx")
     parser.add_argument("--max_tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/pipeline rounds")
     parser.add_argument("--skip_images", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -202,18 +206,17 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EmbedConfig(models_dir=args.models_dir, text_engine=args.text_engine,
                           image_engine=args.image_engine, max_tokens=args.max_tokens,
                           cache_dir=None)
-        report[name] = bench(n, cfg, sizes, rss)
+        report[name] = bench(n, cfg, sizes, args.rounds, rss)
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))
     for name in ("text", "image"):
         if name in report:
             part = report[name]
-            print(f"{name}: bare {part['bare_products_per_s']}/s, pipeline steady "
-                  f"{part['pipeline_steady_products_per_s']}/s, ratio {part['ratio_steady']} "
-                  f"(4N: end-to-end {part['ratio_end_to_end_4n']}, excluding model load "
-                  f"{part['ratio_excluding_load_4n']}), peak RSS N "
-                  f"{part['pipeline_n']['peak_rss_mb']} MB vs 4N {part['pipeline_4n']['peak_rss_mb']} MB "
-                  f"(×{part['rss_4n_over_n']})")
+            print(f"{name}: bare {part['bare_products_per_s']}/s, pipeline (model load excluded) "
+                  f"{part['pipeline_products_per_s_excluding_load']}/s; median ratios over "
+                  f"{len(part['rounds'])} rounds: excluding load {part['ratio_excluding_load']}, steady "
+                  f"{part['ratio_steady']}, end to end {part['ratio_end_to_end']}; peak RSS N "
+                  f"{part['peak_rss_mb_n']} MB vs 4N {part['peak_rss_mb_4n']} MB (×{part['rss_4n_over_n']})")
     return 0
 
 
