@@ -1,7 +1,9 @@
 """Per-level temperature scaling: one scalar T per head, fit on the calibration split by minimising NLL.
 
-Dividing logits by T keeps every argmax (so decoding is unchanged) and only makes confidences honest,
-which the precision-target thresholds rely on. Pure numpy.
+Dividing logits by T keeps every argmax within a level and makes confidences honest, which the
+precision-target thresholds rely on. Confidences are path probabilities, products of each node's
+probability renormalised over its siblings, so level k > 1 is fit on exactly those factors: the NLL
+of the label among the children of the label's parent (`allowed`). Pure numpy.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 T_MIN, T_MAX = 0.05, 20.0
+MIN_EXAMPLES = 50  # fewer labelled examples at a level leave its temperature at 1.0
 _TINY = 1e-30
+_MASKED = -1e30
 
 
 def _softmax(scaled: np.ndarray) -> np.ndarray:
@@ -24,39 +28,51 @@ def logits_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), _TINY))
 
 
-def _labelled(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _labelled(logits: np.ndarray, labels: np.ndarray,
+              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, allowed) of the labelled rows; logits outside `allowed` pushed to -1e30."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(f"need logits [N, C] and labels [N], got {logits.shape} and {labels.shape}")
+    allowed = np.ones(logits.shape, bool) if allowed is None else np.asarray(allowed, bool)
+    if allowed.shape != logits.shape:
+        raise ValueError(f"allowed {allowed.shape} must match logits {logits.shape}")
     keep = labels >= 0
     if np.any(labels[keep] >= logits.shape[1]):
         raise ValueError(f"label index {int(labels.max())} outside {logits.shape[1]} classes")
-    return logits[keep], labels[keep]
+    logits, labels, allowed = logits[keep], labels[keep], allowed[keep]
+    if not allowed[np.arange(len(labels)), labels].all():
+        raise ValueError("a label outside its allowed classes")
+    return np.where(allowed, logits, _MASKED), labels, allowed
 
 
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood of the labelled rows (label ≥ 0) under softmax(logits / T)."""
-    logits, labels = _labelled(logits, labels)
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
+        allowed: np.ndarray | None = None) -> float:
+    """Mean negative log-likelihood of the labelled rows (label ≥ 0) under softmax(logits / T) over
+    the `allowed` classes of each row (all when None)."""
+    logits, labels, _ = _labelled(logits, labels, allowed)
     scaled = logits / temperature
     top = scaled.max(axis=1)
     log_norm = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
     return float(np.mean(log_norm - scaled[np.arange(len(labels)), labels]))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 60) -> float:
-    """The T in [T_MIN, T_MAX] minimising NLL over the labelled rows (1.0 when there are none).
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, allowed: np.ndarray | None = None,
+                    iterations: int = 60, min_examples: int = 1) -> float:
+    """The T in [T_MIN, T_MAX] minimising NLL over the labelled rows (1.0 with < min_examples rows).
 
     NLL is convex in β = 1/T with derivative E_softmax(βz)[z] − z_label, so bisection on the sign of
     the derivative (in log β) finds the minimum without step sizes to tune.
     """
-    logits, labels = _labelled(logits, labels)
-    if not len(labels):
+    logits, labels, allowed = _labelled(logits, labels, allowed)
+    if len(labels) < max(min_examples, 1):
         return 1.0
     target = logits[np.arange(len(labels)), labels].mean()
+    finite = np.where(allowed, logits, 0.0)
 
     def slope(beta: float) -> float:
-        return float((_softmax(beta * logits) * logits).sum(axis=1).mean() - target)
+        return float((_softmax(beta * logits) * finite).sum(axis=1).mean() - target)
 
     low, high = np.log(1.0 / T_MAX), np.log(1.0 / T_MIN)
     if slope(np.exp(low)) >= 0:
@@ -72,14 +88,27 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 60
     return float(1.0 / np.exp((low + high) / 2.0))
 
 
-def fit_temperatures(level_logits: Sequence[np.ndarray], level_labels: np.ndarray) -> tuple[float, ...]:
+def fit_temperatures(level_logits: Sequence[np.ndarray], level_labels: np.ndarray,
+                     parents: Sequence[np.ndarray] | None = None,
+                     min_examples: int = MIN_EXAMPLES) -> tuple[float, ...]:
     """One temperature per level head.
 
     Args:
         level_logits: per level, float[N, C_k] logits (or log-probabilities) of that head.
         level_labels: int[N, L] class index of the label's ancestor per level, -1 where none.
+        parents: per level, int[C_k] class index of each class's parent at level k-1 (level 1: any).
+            Given, level k > 1 is fit among the label's siblings only (the factors of path
+            confidence); None fits every level over all its classes.
+        min_examples: levels with fewer labelled rows keep T = 1.0 (too little evidence).
     """
     level_labels = np.asarray(level_labels, dtype=np.int64)
     if level_labels.shape[1] != len(level_logits):
         raise ValueError(f"{len(level_logits)} heads but labels for {level_labels.shape[1]} levels")
-    return tuple(fit_temperature(logits, level_labels[:, k]) for k, logits in enumerate(level_logits))
+    temperatures = []
+    for k, logits in enumerate(level_logits):
+        allowed = None
+        if parents is not None and k > 0:
+            parent_of_label = np.where(level_labels[:, k] >= 0, level_labels[:, k - 1], -2)
+            allowed = np.asarray(parents[k])[None, :] == parent_of_label[:, None]
+        temperatures.append(fit_temperature(logits, level_labels[:, k], allowed, min_examples=min_examples))
+    return tuple(temperatures)

@@ -55,3 +55,29 @@ def test_bad_shapes_are_rejected():
         calibration.nll(np.zeros((2, 3)), np.array([0, 3]))
     with pytest.raises(ValueError, match="heads"):
         calibration.fit_temperatures([np.zeros((2, 3))], np.zeros((2, 2)))
+
+
+def test_lower_levels_are_fit_among_the_labels_siblings():
+    """Level 2 has two families (parents 0 and 1) of three classes; labels follow softmax(z / 2)
+    within the true parent's family, while the other family's logits are large noise that an
+    all-classes fit would wrongly try to explain."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    parent = rng.integers(0, 2, n)
+    parents = [np.array([-1, -1]), np.array([0, 0, 0, 1, 1, 1])]
+    logits_2 = rng.normal(0.0, 4.0, size=(n, 6))
+    family = parents[1][None, :] == parent[:, None]
+    logits_2[~family] += 8.0
+    scaled = np.where(family, logits_2 / 2.0, -np.inf)
+    probabilities = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    child = (rng.random((n, 1)) > probabilities.cumsum(axis=1)).sum(axis=1)
+    labels = np.stack([parent, child], axis=1)
+    logits_1 = np.where(np.arange(2)[None, :] == parent[:, None], 3.0, 0.0)
+    by_family = calibration.fit_temperatures([logits_1, logits_2], labels, parents)
+    assert by_family[1] == pytest.approx(2.0, rel=0.08)
+    assert calibration.fit_temperatures([logits_1, logits_2], labels)[1] > 3.0
+    too_few = calibration.fit_temperatures([logits_1[:40], logits_2[:40]], labels[:40], parents)
+    assert too_few == (1.0, 1.0)
+    with pytest.raises(ValueError, match="allowed"):
+        calibration.fit_temperature(logits_2, child, allowed=~family)

@@ -244,3 +244,10 @@ def test_class_labels_for_temperature_fitting(tiny):
 
     labels = class_labels(np.array([3, 13, -1, 999]), tiny)
     assert labels.tolist() == [[0, 0, 0, -1, -1, -1, -1], [1, 3, 2, -1, -1, -1, -1], [-1] * 7, [-1] * 7]
+
+
+def test_parent_indexes(tiny):
+    from linnet_core.evaluation.tuning import parent_indexes
+
+    # Level 2 is [2, 5, 11, 12] under [1, 10]; level 3 is [3, 4, 13] under [2, 2, 12].
+    assert [p.tolist() for p in parent_indexes(tiny)] == [[-1, -1], [0, 0, 1, 1], [0, 0, 3]]

@@ -36,13 +36,21 @@ def class_labels(gpt_ids: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, LEVELS)
 
 
+def parent_indexes(taxonomy: Taxonomy) -> list[np.ndarray]:
+    """Per level, each class's parent class index at the level above (-1 at level 1)."""
+    return [np.array([taxonomy.level_index(parent.id) if (parent := taxonomy.parent(i)) else NO_LABEL
+                      for i in taxonomy.level_ids(k)], dtype=np.int64)
+            for k in range(1, taxonomy.max_depth + 1)]
+
+
 def fit_temperatures(predictor, split: Mapping[str, np.ndarray], taxonomy: Taxonomy) -> tuple[float, ...]:
-    """Per-level temperatures (1.0 for levels the taxonomy or the labels do not reach)."""
+    """Per-level temperatures, each level k > 1 fit among the label's siblings (1.0 for levels with
+    fewer than calibration.MIN_EXAMPLES labels or beyond the taxonomy's depth)."""
     logits = predictor.level_logits(*model_inputs(split))
     labels = class_labels(split["gpt_id"], taxonomy)
     depth = taxonomy.max_depth
     fitted = calibration.fit_temperatures([logits[f"level_{k}"] for k in range(1, depth + 1)],
-                                          labels[:, :depth])
+                                          labels[:, :depth], parent_indexes(taxonomy))
     return tuple(fitted) + (1.0,) * (LEVELS - depth)
 
 
