@@ -144,7 +144,7 @@ def measure(encode: Callable[[list], object], items: list, products: list[dict],
             "ratio_excluding_load": round(large["products_per_s_excluding_load"] / bare["products_per_s"], 3),
             "ratio_end_to_end": round(large["products_per_s"] / bare["products_per_s"], 3)})
     for key in ("ratio_steady", "ratio_excluding_load", "ratio_end_to_end"):
-        report[key] = statistics.median(r[key] for r in report["rounds"])
+        report[key] = round(statistics.median(r[key] for r in report["rounds"]), 3)
     report["bare_products_per_s"] = statistics.median(r["bare"]["products_per_s"] for r in report["rounds"])
     report["pipeline_products_per_s_excluding_load"] = statistics.median(
         r["pipeline_4n"]["products_per_s_excluding_load"] for r in report["rounds"])
