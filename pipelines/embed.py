@@ -85,6 +85,9 @@ class EmbedConfig:
             raise ValueError(f"max_tokens must be within 3..512, got {self.max_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"embed_batch_size must be at least 1, got {self.batch_size}")
+        if self.cache_dir and "://" in self.cache_dir:
+            raise ValueError(f"embedding_cache must be a local directory (or {NO_CACHE!r}), got "
+                             f"{self.cache_dir!r}")
         if self.threads < 0:
             raise ValueError(f"encoder_threads must be 0 (all cores) or more, got {self.threads}")
 

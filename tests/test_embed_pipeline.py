@@ -101,6 +101,8 @@ def test_config_rejects_bad_values() -> None:
         EmbedConfig(text_engine="tensorrt")
     with pytest.raises(ValueError, match="max_tokens"):
         EmbedConfig(max_tokens=1024)
+    with pytest.raises(ValueError, match="local directory"):
+        EmbedConfig(cache_dir="gs://bucket/embeddings")
     assert EmbedConfig.from_options(PipelineOptions(["--embedding_cache=none"])).cache_dir is None
 
 
