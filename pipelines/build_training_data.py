@@ -31,26 +31,27 @@ from tfx_bsl.public import tfxio
 
 from linnet_core import transform
 from linnet_core.features import IMAGE_EMBEDDING, TEXT_EMBEDDING
-from linnet_core.records import Reason, RecordError, dead_letter
+from linnet_core.records import RecordError, dead_letter
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import (
+    DEFAULT_STORE_CAP,
     SPLITS,
     TRAIN,
     SplitConfig,
     SplitStats,
     WeightConfig,
     assign_split,
-    choose_duplicate,
     class_weights_report,
     hash_unit,
     level_sizes,
+    parse_store_cap,
     resolve_label,
     stats_report,
     to_example,
 )
 from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery
 from pipelines.embed import EMBEDDED, EmbedProducts
-from pipelines.io import DEAD_LETTER, PRODUCTS, VALIDATE_STAGE, ReadProducts, WriteTable
+from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, require
 
 LOGGER = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class TrainingDataOptions(PipelineOptions):
                             type=float, default=WeightConfig.smoothing, help="added to class counts")
         parser.add_argument("--weight_cap", "--weight-cap", dest="weight_cap", type=float,
                             default=WeightConfig.cap, help="largest class weight")
+        parser.add_argument("--store_cap", "--store-cap", dest="store_cap", default=str(DEFAULT_STORE_CAP),
+                            help="example weights × min(1, store_cap / store's train examples), so no "
+                                 "store counts as more than store_cap examples; 0 or 'none' disables")
         parser.add_argument("--shards", type=int, default=8, help="TFRecord files per split")
 
 
@@ -119,7 +123,8 @@ def _config(options: PipelineOptions, output: str) -> BuildConfig:
         output=output,
         image_root=inputs.image_root or str(Path(inputs.input.split(",")[0]).parent),
         split=SplitConfig(fractions, tuple(f.strip() for f in flags.split_by.split(",") if f.strip())),
-        weights=WeightConfig(flags.weight_power, flags.weight_smoothing, flags.weight_cap),
+        weights=WeightConfig(flags.weight_power, flags.weight_smoothing, flags.weight_cap,
+                             parse_store_cap(flags.store_cap)),
         sample=flags.sample,
         shards=flags.shards,
         run_id=options.view_as(OutputOptions).run_id or dt.datetime.now(dt.UTC).strftime(
@@ -178,30 +183,6 @@ class ToExampleFn(_CoreFn):
         return assign_split(record, self.split), to_example(record, self.taxonomy)
 
 
-class DropDuplicatesFn(beam.DoFn):
-    """Of the records grouped under one product_id keeps one (`training_data.choose_duplicate`);
-    the others become dead letters, so a product never lands in two splits or twice in one."""
-
-    def __init__(self, run_id: str | None = None) -> None:
-        self.run_id = run_id
-        self.duplicates = Metrics.counter("linnet", "training_duplicates")
-
-    def process(self, keyed: tuple[str, list[dict[str, Any]]]) -> Iterator[Any]:
-        product_id, records = keyed
-        kept, duplicates = choose_duplicate(records)
-        yield kept
-        for record in duplicates:
-            self.duplicates.inc()
-            yield TaggedOutput(DEAD_LETTER, dead_letter(
-                VALIDATE_STAGE, Reason.DUPLICATE_PRODUCT_ID,
-                f"product_id {product_id} occurs {len(records)} times; kept one", record,
-                run_id=self.run_id))
-
-
-def _product_id(record: dict[str, Any]) -> str:
-    return record["product_id"]
-
-
 def _sample_rank(record: dict[str, Any]) -> float:
     return hash_unit(record["product_id"])
 
@@ -242,13 +223,7 @@ class BuildExamples(beam.PTransform):
     def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
         labelled = products | "ValidateLabels" >> beam.ParDo(
             ValidateLabelFn(self.taxonomy_path, self.run_id)).with_outputs(DEAD_LETTER, main=PRODUCTS)
-        unique = (
-            labelled[PRODUCTS]
-            | "KeyByProductId" >> beam.WithKeys(_product_id)
-            | "GroupByProductId" >> beam.GroupByKey()
-            | "DropDuplicates" >> beam.ParDo(DropDuplicatesFn(self.run_id)).with_outputs(
-                DEAD_LETTER, main=PRODUCTS)
-        )
+        unique = labelled[PRODUCTS] | "DropDuplicates" >> DeduplicateProducts(self.run_id)
         embedded = unique[PRODUCTS] | "EmbedProducts" >> self.embed
         examples = embedded[EMBEDDED] | "ToExamples" >> beam.ParDo(
             ToExampleFn(self.taxonomy_path, self.split, self.run_id)).with_outputs(DEAD_LETTER, main=EXAMPLES)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -20,12 +20,14 @@ from apache_beam.pvalue import TaggedOutput
 
 import schemas
 from linnet_core.records import Reason, RecordError, dead_letter, normalize, updated_on
+from linnet_core.training_data import choose_duplicate
 
 LOGGER = logging.getLogger(__name__)
 PRODUCTS = "products"
 DEAD_LETTER = "dead_letter"
 READ_STAGE = "read"
 VALIDATE_STAGE = "validate"
+DEDUPE_STAGE = "dedupe"
 PARQUET_BATCH_ROWS = 1_000
 
 
@@ -176,4 +178,45 @@ class WriteTable(beam.PTransform):
             | "WriteParquet" >> beam.io.WriteToParquet(
                 self.file_prefix, schemas.arrow_schema(self.table), file_name_suffix=".parquet",
                 num_shards=self.num_shards)
+        )
+
+
+def _product_id(record: dict[str, Any]) -> str:
+    return record["product_id"]
+
+
+class KeepNewestFn(beam.DoFn):
+    """Of the records sharing a product_id keeps the newest (`training_data.choose_duplicate`: latest
+    `updated_at`, ties broken by content so reruns agree); the others become dead letters."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        self.duplicates = Metrics.counter("linnet", "duplicates_superseded")
+
+    def process(self, element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
+        product_id, records = element
+        records = list(records)
+        newest, stale = choose_duplicate(records)
+        yield newest
+        for record in stale:
+            self.duplicates.inc()
+            yield TaggedOutput(DEAD_LETTER, dead_letter(
+                DEDUPE_STAGE, Reason.DUPLICATE_PRODUCT_ID,
+                f"product_id {product_id} occurs {len(records)} times; kept the one updated at "
+                f"{newest.get('updated_at')}", record, run_id=self.run_id))
+
+
+class DeduplicateProducts(beam.PTransform):
+    """One record per product_id (the newest wins); superseded records to tagged `dead_letter`."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def expand(self, products: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return (
+            products
+            | "KeyByProductId" >> beam.WithKeys(_product_id)
+            | "GroupByProductId" >> beam.GroupByKey()
+            | "KeepNewest" >> beam.ParDo(KeepNewestFn(self.run_id)).with_outputs(DEAD_LETTER, main=PRODUCTS)
         )

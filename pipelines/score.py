@@ -18,7 +18,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pvalue import TaggedOutput
 
 from linnet_core import __version__
 from linnet_core.categorization import DECISIONS, Lineage, categorized_row
@@ -28,10 +27,9 @@ from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import load_thresholds
-from linnet_core.training_data import choose_duplicate
 from pipelines import defaults
 from pipelines.embed import IMAGE_STATUSES, EmbedProducts
-from pipelines.io import DEAD_LETTER, PRODUCTS
+from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, require
 from pipelines.partitions import Partition, new_attempt
 from pipelines.sources import product_source, table_sink
@@ -40,7 +38,6 @@ from pipelines.watermark import AdvanceWatermark
 LOGGER = logging.getLogger(__name__)
 CATEGORIZED = "categorized"
 DEAD_LETTERS = "dead_letters"
-DEDUPE_STAGE = "dedupe"
 SCORE_STAGE = "score"
 
 
@@ -62,38 +59,6 @@ class ScoreOptions(ProductInputOptions, OutputOptions):
                             help="advance this watermark file to the partition's day after the commit")
         parser.add_argument("--shopify_taxonomy", "--shopify-taxonomy", dest="shopify_taxonomy",
                             default=defaults.SHOPIFY_TAXONOMY, help="Shopify taxonomy folder")
-
-
-class KeepNewestFn(beam.DoFn):
-    """Of the records sharing a product_id the newest `updated_at` wins; the rest are dead letters.
-
-    Ties are broken by a content hash so reruns pick the same record.
-    """
-
-    def __init__(self) -> None:
-        self.duplicates = Metrics.counter("linnet", "duplicates_superseded")
-
-    def process(self, element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
-        _, records = element
-        newest, stale = choose_duplicate(records)
-        yield newest
-        for record in stale:
-            self.duplicates.inc()
-            yield TaggedOutput(DEAD_LETTER, dead_letter(
-                DEDUPE_STAGE, Reason.DUPLICATE_PRODUCT_ID,
-                f"superseded by a record updated at {newest.get('updated_at')}", record))
-
-
-class DeduplicateProducts(beam.PTransform):
-    """One record per product_id (newest wins), superseded ones to `dead_letter`."""
-
-    def expand(self, products: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
-            products
-            | "KeyById" >> beam.WithKeys(lambda record: record["product_id"])
-            | "GroupById" >> beam.GroupByKey()
-            | "KeepNewest" >> beam.ParDo(KeepNewestFn()).with_outputs(DEAD_LETTER, main=PRODUCTS)
-        )
 
 
 class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
@@ -206,14 +171,14 @@ def code_version() -> str:
     return f"{__version__}+g{commit}"
 
 
-def build(pipeline: beam.Pipeline, products: beam.PCollection | None, embed: beam.PTransform,
-          categorize: Categorize, write: dict[str, beam.PTransform]) -> dict[str, beam.PCollection]:
+def build(products: dict[str, beam.PCollection], embed: beam.PTransform, categorize: Categorize,
+          write: dict[str, beam.PTransform], run_id: str) -> dict[str, beam.PCollection]:
     """The scoring graph: validated products → deduplicate → embed → categorize → write.
 
     `products` is the tagged output of a read (`products`, `dead_letter`); `write` maps `rows` and
     `dead_letter` to the sinks. Returns the sinks' outputs (partition manifests).
     """
-    unique = products[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts()
+    unique = products[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
     embedded = unique[PRODUCTS] | "EmbedProducts" >> embed
     categorized = embedded["embedded"] | "Categorize" >> categorize
     dead = ((products[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], categorized[DEAD_LETTER])
@@ -282,7 +247,7 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
                             flags.decoding, levels, flags.max_batch_size)
     write = {"rows": table_sink(options, CATEGORIZED, "categorized", partition, run_id),
              DEAD_LETTER: table_sink(options, DEAD_LETTERS, "dead_letters", partition, run_id)}
-    manifests = build(pipeline, products, EmbedProducts.from_options(options, run_id), categorize, write)
+    manifests = build(products, EmbedProducts.from_options(options, run_id), categorize, write, run_id)
     if watermark:
         day = partition.day
         if day is None:
