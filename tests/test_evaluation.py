@@ -179,7 +179,7 @@ def trained_model(tmp_path_factory, gpt):
 def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     from linnet_core.model.export import read_model_json
     from linnet_core.model.predictor import Predictor
-    from linnet_core.thresholds import load_thresholds
+    from linnet_core.thresholds import CLOSED, load_thresholds
 
     model, data = trained_model / "model", trained_model / "data"
     assert cli.main(["tune-thresholds", "--model", str(model), "--data", str(data),
@@ -191,7 +191,7 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     assert Predictor(model).thresholds_version == tuned.version
     evidence = json.loads((model / "thresholds_report.json").read_text())
     assert len(evidence["ece_before"]) == len(evidence["ece_after"]) == 7
-    assert all(level["upper_bound"] <= 0.2 or level["threshold"] == 1.0 for level in evidence["levels"])
+    assert all(level["upper_bound"] <= 0.2 or level["threshold"] == CLOSED for level in evidence["levels"])
 
     outputs = []
     for name in ("first", "second"):
@@ -202,7 +202,7 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     result = json.loads(outputs[0])
     assert set(result["systems"]) == {"tfidf", "published", "ours"} and result["n"] == 300
     assert result["thresholds_version"] == tuned.version and result["cut_rule_mismatches"] == 0
-    assert result["systems"]["tfidf"]["coverage"] == 1.0
+    assert result["systems"]["tfidf"]["coverage"] == 1.0 and 0.0 <= result["unseen_label_share"] <= 1.0
     assert set(result["operating_curves"]) == {"tfidf", "published", "ours"}
     assert len(result["operating_curves"]["ours"]) == 12  # one point per precision target of the grid
     text = (tmp_path / "first" / "report.md").read_text()

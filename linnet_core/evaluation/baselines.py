@@ -134,12 +134,14 @@ def decode_strings(values: np.ndarray) -> np.ndarray:
     return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
 
 
-def read_split(data_dir: str | Path, split: str) -> dict[str, np.ndarray]:
-    """Embeddings, ids and labels of one training-data split (TFRecords, via the model's input fn)."""
+def read_split(data_dir: str | Path, split: str, embeddings: bool = True) -> dict[str, np.ndarray]:
+    """Ids, labels and (unless `embeddings` is False) embeddings of one training-data split
+    (TFRecords, via the model's input fn)."""
     from linnet_core.features import IMAGE_EMBEDDING, IMAGE_PRESENT, TEXT_EMBEDDING
     from linnet_core.model.data import read_arrays, split_files
 
-    names = (TEXT_EMBEDDING, IMAGE_EMBEDDING, IMAGE_PRESENT, "product_id", "gpt_id", "store", "lang")
+    names = ("product_id", "gpt_id", "store", "lang")
+    names += (TEXT_EMBEDDING, IMAGE_EMBEDDING, IMAGE_PRESENT) if embeddings else ()
     arrays = read_arrays(split_files(data_dir, split), names)
     for name in ("product_id", "store", "lang"):
         arrays[name] = decode_strings(arrays[name])

@@ -9,6 +9,7 @@ deterministic (fixed seeds, no sampling), so the report is the same run to run.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -160,6 +161,11 @@ def run(config: EvaluationConfig) -> dict:
     result = report.system_metrics(ours, labels, table)
     result.update(versions)
     result["n_invalid_labels"] = invalid
+    if config.training_data:
+        seen = baselines.read_split(config.training_data, "train", embeddings=False)["gpt_id"]
+        labelled = labels.gpt_id[labels.gpt_id != NO_LABEL]
+        # Labels no training product carries: no leaf classifier can get these exactly right.
+        result["unseen_label_share"] = float(np.mean(~np.isin(labelled, seen))) if len(labelled) else math.nan
     baked = predictor.thresholds if predictor else None
     if baked is not None:
         result["cut_rule_mismatches"] = int((cut_paths(ours.level_ids, ours.level_confidences, baked)
@@ -193,7 +199,7 @@ def _tfidf(config: EvaluationConfig, table: metrics.AncestorTable, compared: Sys
     """(a) trained on the train split's products, scored on the compared products."""
     from pipelines import defaults  # the shared products file is the default text source
 
-    train_ids = baselines.read_split(config.training_data, "train")
+    train_ids = baselines.read_split(config.training_data, "train", embeddings=False)
     source = config.products or defaults.PRODUCTS_JSONL
     texts = baselines.product_texts(source, set(train_ids["product_id"]) | set(compared.product_ids))
     missing = [pid for pid in compared.product_ids if pid not in texts]

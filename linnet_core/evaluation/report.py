@@ -148,8 +148,11 @@ def render_report(result: dict, titles: dict[str, str], descriptions: dict[str, 
     keys = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_coverage", "leaf_precision", "aurc")
     lines = [f"# LinNét evaluation: {result['n']} products, {result['n_labelled']} labelled", "",
              f"model `{result['model_version']}`, taxonomy `{result['taxonomy_version']}`, "
-             f"thresholds `{result['thresholds_version']}`.", "",
-             "## Systems side by side (default decision of each)", ""]
+             f"thresholds `{result['thresholds_version']}`.", ""]
+    if result.get("unseen_label_share") is not None:
+        lines += [f"{_fmt(100 * result['unseen_label_share'], 1)}% of the evaluated labels never occur in "
+                  "the training split: no leaf classifier can get those exactly right.", ""]
+    lines += ["## Systems side by side (default decision of each)", ""]
     lines += [f"- **{titles.get(n, n)}**: {descriptions[n]}" for n in names if n in descriptions]
     lines += ["", f"Compared on the same {result['n_compared']} products; unlabelled products count in "
                   "coverage only.", ""]
