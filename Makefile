@@ -58,6 +58,9 @@ BENCH_EMBED_ARGS ?=
 bench-embed: install  ## Embedding throughput: bare encoders vs EmbedProducts (DirectRunner), peak RSS at N and 4N.
 	$(BIN)/python bench/embed_throughput.py $(BENCH_EMBED_ARGS)
 
+bench-score: install  ## End-to-end scoring (DirectRunner, 2 workers) vs the bare text encoder; RSS at N and 4N.
+	$(BIN)/python bench/score_throughput.py --model $(OUT)/model
+
 MODEL ?= $(OUT)/model
 SUBMIT_ARGS ?=
 dataflow-submit: install  ## Stage MODEL to BUCKET, package setup.py, run `linnet score` on Dataflow (PROJECT, REGION, BUCKET).
