@@ -251,3 +251,15 @@ def test_parent_indexes(tiny):
 
     # Level 2 is [2, 5, 11, 12] under [1, 10]; level 3 is [3, 4, 13] under [2, 2, 12].
     assert [p.tolist() for p in parent_indexes(tiny)] == [[-1, -1], [0, 0, 1, 1], [0, 0, 3]]
+
+
+def test_level1_confusion_counts_decoded_branches(tmp_path, tiny):
+    table = metrics.AncestorTable(tiny)
+    system = baselines.SystemOutput("ours", np.array(["a", "b", "c"], dtype=object), np.array([-1, 3, 12]),
+                                    np.array([[10, 11, -1, -1, -1, -1, -1], [1, 2, 3, -1, -1, -1, -1],
+                                              [-1] * 7]), np.zeros((3, 7)))
+    labels = report.Labels(system.product_ids, np.array([3, 4, 13]), np.array(["en"] * 3, dtype=object),
+                           np.array(["s"] * 3, dtype=object))
+    names, matrix = report.level1_confusion(system, labels, table)
+    # Rows and columns: Animals, Toys, then (none). An abstention still shows its decoded branch.
+    assert names == ["Animals", "Toys"] and matrix.tolist() == [[1, 1, 0], [0, 0, 1]]

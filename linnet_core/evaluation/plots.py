@@ -83,16 +83,16 @@ def operating_curves_plot(curves: dict[str, list[OperatingPoint]], defaults: dic
 
 
 def confusion_plot(names: list[str], matrix: np.ndarray, path: Path) -> str:
-    """Row-normalised confusion between level-1 branches (last column: abstained)."""
+    """Row-normalised confusion between level-1 branches (last column: no decoded path)."""
     rows = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
     figure, axis = plt.subplots(figsize=(9, 8))
     image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     short = [name[:18] for name in names]
-    axis.set_xticks(range(len(names) + 1), short + ["(abstained)"], rotation=90, fontsize=7)
+    axis.set_xticks(range(len(names) + 1), short + ["(none)"], rotation=90, fontsize=7)
     axis.set_yticks(range(len(names)), [f"{n} ({int(r)})" for n, r in zip(short, rows[:, 0], strict=True)],
                     fontsize=7)
-    axis.set(xlabel="predicted level-1 branch", ylabel="true level-1 branch (labelled products)",
-             title="Level-1 confusion (row share)")
+    axis.set(xlabel="decoded level-1 branch (before thresholds)",
+             ylabel="true level-1 branch (labelled products)", title="Level-1 confusion (row share)")
     figure.colorbar(image, ax=axis, fraction=0.04)
     return _save(figure, path)

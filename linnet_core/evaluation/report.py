@@ -87,11 +87,12 @@ def breakdown(systems: Sequence[SystemOutput], labels: Labels, table: metrics.An
 
 def level1_confusion(system: SystemOutput, labels: Labels,
                      table: metrics.AncestorTable) -> tuple[list[str], np.ndarray]:
-    """Counts [true level-1 branch, predicted branch]; the last column counts abstentions."""
+    """Counts [true level-1 branch, decoded level-1 branch before thresholds] (thresholds only decide
+    whether it is shown, so this is what the model believes); the last column counts empty paths."""
     roots = [node.id for node in table.taxonomy.roots]
     index = {root: i for i, root in enumerate(roots)}
     true = table.path_of(labels.gpt_id)[:, 0]
-    predicted = table.path_of(system.gpt_id)[:, 0]
+    predicted = system.level_ids[:, 0]
     matrix = np.zeros((len(roots), len(roots) + 1), dtype=np.int64)
     for t, p in zip(true, predicted, strict=True):
         if t != metrics.NONE:

@@ -1,6 +1,7 @@
 """Calibrate a model directory and give it precision-target thresholds (`linnet tune-thresholds`).
 
-1. fit one temperature per level on the calibration split's raw logits (NLL);
+1. fit one temperature per level on the calibration split's raw logits (NLL), jointly with the weight
+   of the taxonomy prior when the model has category embeddings (fused logits L/T + λ·P);
 2. re-export with those temperatures, so the model's own decoding yields calibrated path confidences
    (exact decoding depends on the temperatures, so paths are decoded again, never re-derived here);
 3. per level, the smallest Clopper–Pearson-certified threshold for the target, sensitive floors as
@@ -54,6 +55,22 @@ def fit_temperatures(predictor, split: Mapping[str, np.ndarray], taxonomy: Taxon
     return tuple(fitted) + (1.0,) * (LEVELS - depth)
 
 
+def fit_temperatures_and_priors(predictor, split: Mapping[str, np.ndarray],
+                                taxonomy: Taxonomy) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-level (temperatures, prior weights) of the fused logits, fit as `fit_temperatures` fits
+    temperatures; a model without category embeddings gets temperatures alone and weights 0."""
+    if not predictor.metadata.get("category_encoder_id"):
+        return fit_temperatures(predictor, split, taxonomy), (0.0,) * LEVELS
+    inputs = model_inputs(split)
+    logits, priors = predictor.level_logits(*inputs), predictor.level_priors(*inputs)
+    labels = class_labels(split["gpt_id"], taxonomy)
+    depth = taxonomy.max_depth
+    names = [f"level_{k}" for k in range(1, depth + 1)]
+    temperatures, weights = calibration.fit_temperatures_and_priors(
+        [logits[n] for n in names], [priors[n] for n in names], labels[:, :depth], parent_indexes(taxonomy))
+    return tuple(temperatures) + (1.0,) * (LEVELS - depth), tuple(weights) + (0.0,) * (LEVELS - depth)
+
+
 def _calibration_summary(outputs: Mapping[str, np.ndarray], split: Mapping[str, np.ndarray],
                          table: metrics.AncestorTable) -> list[float]:
     known = np.where(np.isin(split["gpt_id"], table.ids), split["gpt_id"], NO_LABEL)
@@ -81,13 +98,15 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     predictor = Predictor(model_dir, taxonomy)
     before = predictor.thresholds
     ece_before = _calibration_summary(predictor.predict(*model_inputs(split)), split, table)
-    temperatures = fit_temperatures(predictor, split, taxonomy)
-    logger.info("temperatures fitted on %d calibration products: %s", len(split["gpt_id"]), temperatures)
+    temperatures, prior_weights = fit_temperatures_and_priors(predictor, split, taxonomy)
+    logger.info("temperatures %s and prior weights %s fitted on %d calibration products", temperatures,
+                prior_weights, len(split["gpt_id"]))
 
     history = model_dir / HISTORY
     history.mkdir(exist_ok=True)
-    staged_version = content_version(before.levels, temperatures, before.overrides, None)
-    staged = Thresholds(staged_version, before.levels, temperatures, dict(before.overrides))
+    staged_version = content_version(before.levels, temperatures, before.overrides, None, prior_weights)
+    staged = Thresholds(staged_version, before.levels, temperatures, dict(before.overrides),
+                        prior_weights=prior_weights)
     save_thresholds(staged, history / f"{staged.version}.json")
     export_inference_model(model_dir, history / f"{staged.version}.json")
 
@@ -96,13 +115,14 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     known = np.where(np.isin(split["gpt_id"], table.ids), split["gpt_id"], NO_LABEL)
     tuned, evidence = tune(outputs["level_ids"], outputs["level_confidences"], table.path_of(known),
                            target_precision, temperatures=temperatures, floors=dict(floors or {}),
-                           per_subtree=per_subtree, delta=delta)
+                           per_subtree=per_subtree, delta=delta, prior_weights=prior_weights)
     path = history / f"{tuned.version}.json"
     save_thresholds(tuned, path)
     export_inference_model(model_dir, path)
     evidence.update({
         "thresholds_version": tuned.version, "previous_thresholds_version": before.version,
-        "temperatures": list(temperatures), "n_calibration": int(len(known)),
+        "temperatures": list(temperatures), "prior_weights": list(prior_weights),
+        "n_calibration": int(len(known)),
         "ece_before": ece_before, "ece_after": _calibration_summary(outputs, split, table),
         "floors": {str(k): v for k, v in sorted((floors or {}).items())},
     })
