@@ -263,3 +263,15 @@ def test_level1_confusion_counts_decoded_branches(tmp_path, tiny):
     names, matrix = report.level1_confusion(system, labels, table)
     # Rows and columns: Animals, Toys, then (none). An abstention still shows its decoded branch.
     assert names == ["Animals", "Toys"] and matrix.tolist() == [[1, 1, 0], [0, 0, 1]]
+
+
+def test_parquet_files_of_a_scoring_output_skip_staging_and_dead_letters(tmp_path):
+    from linnet_core.evaluation.systems import parquet_files
+
+    for relative in ("categorized/date=2026-11-24/part-0.parquet", "categorized/_staging/x/part-0.parquet",
+                     "dead_letters/date=2026-11-24/part-0.parquet", "categorized/.hidden.parquet"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    assert parquet_files(str(tmp_path)) == [str(tmp_path / "categorized/date=2026-11-24/part-0.parquet")]
+    with pytest.raises(EvaluationError, match="no Parquet files"):
+        parquet_files(str(tmp_path / "nothing-*.parquet"))

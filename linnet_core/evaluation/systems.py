@@ -70,14 +70,15 @@ class Labels:
 
 
 def parquet_files(pattern: str) -> list[str]:
-    """Parquet files of a glob, or of a directory tree (skipping dead letters and hidden/temp parts)."""
+    """Parquet files of a glob, or of a directory tree such as a scoring output: below the directory,
+    `dead_letters` and `_`/`.`-prefixed (staging, trash, hidden) folders and files are skipped."""
     if Path(pattern).is_dir():
-        candidates = sorted(str(p) for p in Path(pattern).rglob("*.parquet"))
+        root = Path(pattern)
+        files = sorted(str(path) for path in root.rglob("*.parquet")
+                       if not any(part == "dead_letters" or part[:1] in "._"
+                                  for part in path.relative_to(root).parts))
     else:
-        candidates = sorted(glob.glob(pattern, recursive=True))
-    files = [path for path in candidates
-             if not any(part == "dead_letters" or part[:1] in "._" for part in Path(path).parts[-4:-1])
-             and not Path(path).name.startswith((".", "_"))]
+        files = sorted(glob.glob(pattern, recursive=True))
     if not files:
         raise EvaluationError(f"no Parquet files in {pattern!r}")
     return files
