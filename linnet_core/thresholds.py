@@ -42,10 +42,13 @@ class Thresholds:
     overrides: dict[int, float] = field(default_factory=dict)
     confidence: str = "path"
     target_precision: float | None = None
+    # λ_k, the weight of the taxonomy prior in the fused logits L_k / T_k + λ_k · P_k (0: no prior)
+    prior_weights: tuple[float, ...] = (0.0,) * LEVELS
 
     def __post_init__(self) -> None:
         _check_vector("levels", self.levels, low=0.0, high=CLOSED)
         _check_vector("temperatures", self.temperatures, low=0.0, high=math.inf, strict_low=True)
+        _check_vector("prior_weights", self.prior_weights, low=0.0, high=math.inf)
         if self.confidence not in CONFIDENCES:
             raise ThresholdsError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
         for node_id, floor in self.overrides.items():
@@ -60,6 +63,7 @@ class Thresholds:
         data = asdict(self)
         data["levels"] = list(self.levels)
         data["temperatures"] = list(self.temperatures)
+        data["prior_weights"] = list(self.prior_weights)
         data["overrides"] = {str(node_id): floor for node_id, floor in sorted(self.overrides.items())}
         return data
 
@@ -76,6 +80,7 @@ class Thresholds:
                 overrides=overrides,
                 confidence=str(data.get("confidence", "path")),
                 target_precision=None if target is None else float(target),
+                prior_weights=tuple(float(v) for v in data.get("prior_weights") or (0.0,) * LEVELS),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ThresholdsError(f"{source}: not a thresholds file: {error}") from error
@@ -113,9 +118,12 @@ def save_thresholds(thresholds: Thresholds, path: str | Path) -> None:
 
 # -- versions ----------------------------------------------------------------------------------------
 def content_version(levels: tuple[float, ...], temperatures: tuple[float, ...], overrides: dict[int, float],
-                    target_precision: float | None) -> str:
-    """A version that names the content: equal thresholds give equal versions, run after run."""
-    payload = json.dumps([list(levels), list(temperatures), sorted(overrides.items()), target_precision])
+                    target_precision: float | None,
+                    prior_weights: tuple[float, ...] = (0.0,) * LEVELS) -> str:
+    """A version that names the content: equal thresholds give equal versions, run after run (zero
+    prior weights leave the payload, and so the versions of files without a prior, as they were)."""
+    content = [list(levels), list(temperatures), sorted(overrides.items()), target_precision]
+    payload = json.dumps(content + ([list(prior_weights)] if any(prior_weights) else []))
     prefix = "manual" if target_precision is None else f"p{target_precision:g}"
     return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
@@ -330,7 +338,8 @@ def _subtree_floor(level_ids: np.ndarray, confidences: np.ndarray, correct: np.n
 def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: np.ndarray,
          target_precision: float, temperatures: tuple[float, ...] = (1.0,) * LEVELS,
          floors: dict[int, float] | None = None, per_subtree: bool = False, delta: float = DELTA,
-         min_subtree_nodes: int = 50) -> tuple[Thresholds, dict]:
+         min_subtree_nodes: int = 50, prior_weights: tuple[float, ...] = (0.0,) * LEVELS
+         ) -> tuple[Thresholds, dict]:
     """Precision-target thresholds from decoded paths on a calibration split.
 
     Per level k, over labelled products whose decoded path reaches level k, θ_k is the smallest
@@ -377,8 +386,9 @@ def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: n
             overrides[int(root)] = max(overrides.get(int(root), 0.0), choice.threshold)
             report["subtrees"][str(int(root))] = asdict(choice) | {"coverage": choice.coverage}
     levels = tuple(s.threshold for s in selections)
-    version = content_version(levels, tuple(temperatures), overrides, target_precision)
-    tuned = Thresholds(version, levels, tuple(temperatures), overrides, target_precision=target_precision)
+    version = content_version(levels, tuple(temperatures), overrides, target_precision, tuple(prior_weights))
+    tuned = Thresholds(version, levels, tuple(temperatures), overrides, target_precision=target_precision,
+                       prior_weights=tuple(prior_weights))
     return tuned, report
 
 

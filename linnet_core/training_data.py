@@ -174,21 +174,66 @@ def to_example(embedded: Mapping[str, Any], taxonomy: Taxonomy) -> dict[str, Any
     return example
 
 
+DEFAULT_STORE_CAP = 150.0
+
+
 @dataclass(frozen=True)
 class WeightConfig:
-    """Parameters of the class-weight formula (see `class_weights`).
+    """Parameters of the example-weight formulas (see `class_weights` and `store_factors`).
+
+    `store_cap` None turns the store factor off (every factor 1).
 
     Raises:
-        TrainingDataError: power < 0, smoothing <= 0 or cap <= 0.
+        TrainingDataError: power < 0, smoothing <= 0, cap <= 0 or store_cap <= 0.
     """
 
     power: float = 0.5
     smoothing: float = 1.0
     cap: float = 10.0
+    store_cap: float | None = DEFAULT_STORE_CAP
 
     def __post_init__(self) -> None:
         if self.power < 0 or self.smoothing <= 0 or self.cap <= 0:
             raise TrainingDataError(f"class weights need power >= 0, smoothing > 0, cap > 0; got {self}")
+        if self.store_cap is not None and not self.store_cap > 0:
+            raise TrainingDataError(f"store_cap must be > 0 (or None to disable), got {self.store_cap}")
+
+
+def parse_store_cap(text: str | float | None) -> float | None:
+    """The `--store_cap` flag: a positive number, or 0 / "none" for no store factor.
+
+    Raises:
+        TrainingDataError: not a number, or negative.
+    """
+    if text is None or str(text).strip().lower() in ("", "none", "0", "0.0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise TrainingDataError(f"--store_cap must be a number or 'none', got {text!r}") from None
+    if value < 0:
+        raise TrainingDataError(f"--store_cap must be >= 0 (0 or 'none' disables it), got {text!r}")
+    return value or None
+
+
+def store_factors(store_counts: Any, store_cap: float | None, xp: Any = np) -> Any:
+    """Per-example factor that caps each store's total weight, from its store's train-split count:
+
+        f = min(1, store_cap / n_store)
+
+    Stores are very unequal (one has a third of the train split, mostly one category), and the
+    model is judged on unseen stores, so a store beyond `store_cap` examples counts as `store_cap`
+    examples in the loss: its examples share that total. n_store = 0 (a store the train split lacks:
+    validation and calibration stores) gives 1, as does `store_cap` None (factor off).
+
+    Args:
+        store_counts: the train-split example count of each example's store.
+        xp: numpy, or `tensorflow.experimental.numpy` inside the tf.Transform graph (one formula).
+    """
+    counts = xp.asarray(store_counts, dtype=xp.float64)
+    if store_cap is None:
+        return xp.ones_like(counts)
+    return xp.where(counts > store_cap, store_cap / xp.maximum(counts, 1.0), 1.0)
 
 
 def class_weights(counts: Any, config: WeightConfig, xp: Any = np) -> Any:
@@ -298,6 +343,10 @@ def class_weights_report(train: SplitStats, taxonomy: Taxonomy, config: WeightCo
         "power": config.power,
         "smoothing": config.smoothing,
         "cap": config.cap,
+        "example_weight": "weight_level_k = w_c(label_k) * min(1, store_cap / n_store), n_store = the "
+                          "store's train-split examples (0 for other stores: factor 1); store_cap null = "
+                          "factor 1",
+        "store_cap": config.store_cap,
         "taxonomy_version": taxonomy.version,
         "taxonomy_fingerprint": taxonomy.fingerprint,
         "levels": levels,

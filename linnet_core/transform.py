@@ -24,7 +24,7 @@ from tfx_bsl.tfxio.tensor_adapter import TensorAdapterConfig
 
 from linnet_core.features import label_feature, weight_feature
 from linnet_core.model.data import feature_spec
-from linnet_core.training_data import WeightConfig, class_weights
+from linnet_core.training_data import WeightConfig, class_weights, store_factors
 
 _ARROW_VALUES = {tf.float32: pa.float32(), tf.int64: pa.int64(), tf.string: pa.large_binary()}
 _NUMPY_VALUES = {tf.float32: np.float32, tf.int64: np.int64}
@@ -92,12 +92,27 @@ def _level_weights(labels: tf.Tensor, size: int, config: WeightConfig) -> tf.Ten
     return tf.where(labelled, tf.gather(table, tf.where(labelled, labels, 0)), 0.0)
 
 
+def _store_factors(stores: tf.Tensor, config: WeightConfig) -> tf.Tensor:
+    """Each example's store factor, min(1, store_cap / n_store), n_store counted on the analysed data
+    (`tft.count_per_key`); a store it lacks counts 0 (factor 1)."""
+    if config.store_cap is None:
+        return tf.ones(tf.shape(stores), tf.float32)
+    keys, counts = tft.count_per_key(stores)
+    # Stores are few (tens to thousands), so a dense match needs no lookup table in the graph.
+    matches = tf.equal(stores[:, tf.newaxis], keys[tf.newaxis, :])
+    n_store = tf.reduce_sum(tf.where(matches, counts[tf.newaxis, :], tf.zeros_like(counts)[tf.newaxis, :]),
+                            axis=1)
+    return tf.cast(store_factors(n_store, config.store_cap, xp=tnp), tf.float32)
+
+
 def make_preprocessing_fn(level_sizes: Sequence[int], config: WeightConfig) -> Callable:
     """The TFT `preprocessing_fn`: raw features unchanged plus `weight_level_k` per level.
 
-    Per-level class counts are a `tft.sum` over one-hot labels of the analysed (train) data, so
-    validation and calibration examples get the weights learned on train. Embeddings are left raw:
-    the serving SavedModel takes raw embeddings, so normalizing them here would skew train and serve.
+    weight_level_k = class weight of the level-k label × the example's store factor
+    (`training_data.store_factors`). Per-level class counts are a `tft.sum` over one-hot labels and
+    store counts a `tft.count_per_key` of the analysed (train) data, so validation and calibration
+    examples get the weights learned on train. Embeddings are left raw: the serving SavedModel takes
+    raw embeddings, so normalizing them here would skew train and serve.
 
     Args:
         level_sizes: classes per level in class-index order (`training_data.level_sizes`).
@@ -105,9 +120,11 @@ def make_preprocessing_fn(level_sizes: Sequence[int], config: WeightConfig) -> C
     """
     def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         outputs = dict(inputs)
+        with tf.name_scope("store_factors"):
+            factors = _store_factors(tf.reshape(inputs["store"], [-1]), config)
         for level, size in enumerate(level_sizes, start=1):
             with tf.name_scope(f"class_weights_level_{level}"):
-                outputs[weight_feature(level)] = _level_weights(
+                outputs[weight_feature(level)] = factors * _level_weights(
                     inputs[label_feature(level)], max(size, 1), config)
         return outputs
 

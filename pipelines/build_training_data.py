@@ -1,8 +1,9 @@
 """`linnet build-training-data`: labelled products → embeddings → tf.Transform → sharded TFRecords.
 
 Writes the training data directory of docs/ARCHITECTURE.md: gzip TFRecords per split, the
-transform_fn (class weights learned on the train split), class_weights.json, stats.json and dead
-letters. A local output appears whole or not at all (written beside it, then renamed).
+transform_fn (class weights and store factors learned on the train split), class_weights.json,
+stats.json, category_embeddings.npz and dead letters. A local output appears whole or not at all
+(written beside it, then renamed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tensorflow_transform.tf_metadata import metadata_io
 from tfx_bsl.public import tfxio
 
 from linnet_core import transform
+from linnet_core.category_prior import CATEGORY_EMBEDDINGS, embed_categories
 from linnet_core.features import IMAGE_EMBEDDING, TEXT_EMBEDDING
 from linnet_core.records import RecordError, dead_letter
 from linnet_core.taxonomy import Taxonomy
@@ -50,7 +52,7 @@ from linnet_core.training_data import (
     to_example,
 )
 from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery
-from pipelines.embed import EMBEDDED, EmbedProducts
+from pipelines.embed import EMBEDDED, EmbedConfig, EmbedProducts, load_embedder
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, require
 
@@ -408,6 +410,18 @@ def check(stats: dict[str, Any]) -> None:
             raise RuntimeError(f"split {name}: {split['examples']} examples but {split['written']} written")
 
 
+def write_category_embeddings(taxonomy_path: str, embed: EmbedConfig, output: str) -> None:
+    """DATA/category_embeddings.npz: every node's full path encoded by the text encoder the
+    products' embeddings come from (the same `EmbedConfig`), with its encoder_id, for the taxonomy
+    prior (`linnet_core.category_prior`). A few thousand short texts: the driver encodes them."""
+    text = load_embedder(embed).text
+    embeddings = embed_categories(Taxonomy.load(taxonomy_path), text.encode, text.encoder_id, text.dim,
+                                  embed.cache_dir)
+    with FileSystems.create(f"{output}/{CATEGORY_EMBEDDINGS}") as handle:
+        handle.write(embeddings.to_bytes())
+    LOGGER.info("wrote %d category embeddings (%s)", len(embeddings.ids), embeddings.encoder_id)
+
+
 def _publish(staging: Path, output: Path) -> None:
     """Replaces `output` with the finished `staging` folder by renames, so no reader sees half."""
     previous = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
@@ -447,6 +461,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         with FileSystems.open(f"{staging}/stats.json") as handle:
             stats = json.loads(handle.read())
         check(stats)
+        write_category_embeddings(cfg.taxonomy, EmbedConfig.from_options(options), staging)
     except BaseException:
         if local:
             shutil.rmtree(staging, ignore_errors=True)

@@ -143,3 +143,66 @@ def test_every_decoded_path_is_valid_in_the_real_taxonomy(gpt: Taxonomy, gpt_tab
         ends[mode] = result["level_confidences"][np.arange(4), (result["level_ids"] >= 0).sum(axis=1) - 1]
     # Exact decoding finds the most probable leaf path, so it never scores below greedy's.
     assert np.all(ends["exact"] >= ends["greedy"] * (1 - 1e-4))
+
+
+# -- the taxonomy prior ----------------------------------------------------------------------------
+# Hand-made 2-D node vectors (cos θ, sin θ): against the text embedding (1, 0) the cosine of a node is
+# its first coordinate. Subtree maxima by hand: Animals max(.1, .2, .9, .3, .5) = .9, Toys
+# max(0, .4, -.2, .6) = .6; Pets max(.2, .9, .3) = .9, Farm .5, Dolls .4, Puzzles max(-.2, .6) = .6;
+# Dogs .9, Cats .3, Jigsaw .6.
+NODE_COSINES = {1: 0.1, 2: 0.2, 3: 0.9, 4: 0.3, 5: 0.5, 10: 0.0, 11: 0.4, 12: -0.2, 13: 0.6}
+EXPECTED_PRIORS = ([0.9, 0.6], [0.9, 0.5, 0.4, 0.6], [0.9, 0.3, 0.6])
+
+
+def _prior_tables(taxonomy: Taxonomy) -> decoding.PriorTables:
+    from linnet_core.category_prior import CategoryEmbeddings, node_ids
+
+    ids = node_ids(taxonomy)
+    cosines = np.array([NODE_COSINES[i] for i in ids])
+    vectors = np.stack([cosines, np.sqrt(1.0 - cosines**2)], axis=1).astype(np.float32)
+    embeddings = CategoryEmbeddings(np.array(ids), vectors, "hand", taxonomy.fingerprint)
+    return decoding.PriorTables.build(taxonomy, embeddings)
+
+
+def test_taxonomy_prior_is_the_subtree_max_of_cosines_by_hand(tiny: Taxonomy) -> None:
+    tables = _prior_tables(tiny)
+    # Row 2 is row 1 scaled: the prior uses cosines, so the embedding's length does not matter.
+    priors = decoding.taxonomy_priors(tf.constant([[1.0, 0.0], [3.0, 0.0]]), tables)
+    for level, expected in zip(priors, EXPECTED_PRIORS, strict=True):
+        np.testing.assert_allclose(level.numpy(), [expected, expected], atol=1e-6)
+
+
+def test_prior_embeddings_of_another_taxonomy_are_refused(tiny: Taxonomy, gpt: Taxonomy) -> None:
+    from linnet_core.category_prior import CategoryEmbeddings, CategoryEmbeddingsError
+
+    embeddings = CategoryEmbeddings(np.arange(3), np.eye(3, dtype=np.float32), "hand", tiny.fingerprint)
+    with pytest.raises(CategoryEmbeddingsError):
+        decoding.PriorTables.build(tiny, embeddings)
+
+
+def test_fused_logits_weigh_the_prior_after_temperatures(tiny: Taxonomy) -> None:
+    tables = _prior_tables(tiny)
+    priors = decoding.taxonomy_priors(tf.constant([[1.0, 0.0]]), tables)
+    temperatures = tf.constant([2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    weights = tf.constant([5.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    probabilities = decoding.level_probabilities(_logits(), temperatures, priors, weights)
+    level_1 = np.log(SCORES[0]) / 2.0 + 5.0 * np.array(EXPECTED_PRIORS[0])
+    np.testing.assert_allclose(probabilities[0].numpy()[0], np.exp(level_1) / np.exp(level_1).sum(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(probabilities[1].numpy()[0], np.array(SCORES[1]) / sum(SCORES[1]), rtol=1e-5)
+    # Level 1 fused: Animals 0.6^(1/2)·e^4.5 vs Toys 0.4^(1/2)·e^3 → Animals 0.846. Level 3 among
+    # Pets' children: Dogs 0.6·e^0.9 vs Cats 0.4·e^0.3 → Dogs 0.732. Leaves: Animals > Farm
+    # 0.846·0.45 = 0.381 beats Animals > Pets > Dogs 0.846·0.55·0.732 = 0.341 and Toys > Dolls
+    # 0.154·0.9 = 0.139: the prior moved the exact answer from Toys > Dolls to Animals > Farm.
+    outputs = decoding.decode(_logits(), DecodingTables.build(tiny), temperatures, tf.constant("exact"),
+                              tf.zeros([7]), tf.constant(True), priors, weights)
+    animals_score, toys_score = math.sqrt(0.6) * math.exp(4.5), math.sqrt(0.4) * math.exp(3.0)
+    animals = animals_score / (animals_score + toys_score)
+    assert outputs["level_ids"].numpy()[0, :2].tolist() == [1, 5]
+    np.testing.assert_allclose(outputs["level_confidences"].numpy()[0, :2], [animals, animals * 0.45],
+                               rtol=1e-5)
+    # Zero weights are plain temperature scaling.
+    plain = decoding.level_probabilities(_logits(), temperatures)
+    zero = decoding.level_probabilities(_logits(), temperatures, priors, tf.zeros([7]))
+    for a, b in zip(plain, zero, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

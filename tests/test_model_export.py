@@ -96,15 +96,7 @@ def test_saved_model_runs_in_a_fresh_process_without_project_code(trained: tuple
     model_dir, _ = trained
     copy = shutil.copytree(model_dir / "saved_model", tmp_path / "exported")
     text, image, present = _inputs(16)
-    np.savez(tmp_path / "inputs.npz", text=text, image=image, present=present)
-    root = str(Path(__file__).resolve().parent.parent)
-    script = tmp_path / "load.py"
-    script.write_text(FRESH_PROCESS.format(root=root))
-    done = subprocess.run([sys.executable, str(script), str(copy), str(tmp_path / "inputs.npz")],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = _fresh_process_outputs(Path(copy), (text, image, present), tmp_path)
     assert result["modules"] == [] and result["taxonomy_fingerprint"] == gpt.fingerprint
     assert result["decoding"] == ["exact"] * 16
     fresh = {name: np.array(value) for name, value in result["outputs"].items()}
@@ -176,3 +168,66 @@ def test_predictor_rejects_bad_inputs_and_accepts_none(trained: tuple[Path, Path
         predictor.predict(text, image, present)
     empty = predictor.predict(np.zeros((0, 384)), np.zeros((0, 1280)), np.zeros(0))
     assert empty["level_ids"].shape == (0, 7) and empty["gpt_id"].shape == (0,)
+
+
+def _fresh_process_outputs(saved_model: Path, inputs: tuple[np.ndarray, ...], tmp_path: Path) -> dict:
+    text, image, present = inputs
+    np.savez(tmp_path / "inputs.npz", text=text, image=image, present=present)
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS.format(root=str(Path(__file__).resolve().parent.parent)))
+    done = subprocess.run([sys.executable, str(script), str(saved_model), str(tmp_path / "inputs.npz")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_taxonomy_prior_is_baked_in_and_fused(trained: tuple[Path, Path], gpt: Taxonomy,
+                                              tmp_path: Path) -> None:
+    """Category embeddings in the model directory plus prior weights in the thresholds: the SavedModel
+    computes P_k (checked against a numpy subtree max), fuses L/T + λP everywhere, and still runs
+    in a fresh process without project code."""
+    from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings, node_ids
+
+    model_dir = Path(shutil.copytree(trained[0], tmp_path / "model"))
+    ids = node_ids(gpt)
+    vectors = np.random.default_rng(3).normal(size=(len(ids), 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    (model_dir / CATEGORY_EMBEDDINGS).write_bytes(
+        CategoryEmbeddings(np.array(ids), vectors, "random/1", gpt.fingerprint).to_bytes())
+    weights = (6.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+    fused = Thresholds(version="fused-1", levels=(0.0,) * 7, temperatures=(1.5,) * 7, prior_weights=weights)
+    save_thresholds(fused, tmp_path / "fused.json")
+    export_inference_model(model_dir, tmp_path / "fused.json")
+    predictor = Predictor(model_dir, gpt)
+    inputs = _inputs(12, seed=4)
+    priors = predictor.level_priors(*inputs)
+    logits = predictor.level_logits(*inputs)
+    probabilities = predictor.level_probabilities(*inputs)
+    cosines = inputs[0] @ vectors.T
+    for level in (1, 2, 3):
+        classes = gpt.level_ids(level)
+        expected = np.full((12, len(classes)), -np.inf)
+        for column, node_id in enumerate(ids):
+            ancestors = gpt.ancestors(node_id, include_self=True)
+            if len(ancestors) >= level:
+                j = gpt.level_index(ancestors[level - 1].id)
+                expected[:, j] = np.maximum(expected[:, j], cosines[:, column])
+        np.testing.assert_allclose(priors[f"level_{level}"], expected, atol=1e-5)
+        scores = logits[f"level_{level}"] / 1.5 + weights[level - 1] * expected
+        softmax = np.exp(scores - scores.max(axis=1, keepdims=True))
+        softmax /= softmax.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(probabilities[f"level_{level}"], softmax, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(predictor.metadata["prior_weights"], weights)
+    assert predictor.metadata["category_encoder_id"] == "random/1"
+    fresh = _fresh_process_outputs(model_dir / "saved_model", inputs, tmp_path)
+    here = predictor.predict(*inputs)
+    _assert_valid_paths(gpt, here)
+    for name in ("level_ids", "gpt_id", "depth", "decision"):
+        np.testing.assert_array_equal(np.array(fresh["outputs"][name]), here[name])
+    plain = Predictor(trained[0], gpt).predict(*inputs, thresholds=[0.0] * 7)
+    assert not np.array_equal(plain["level_confidences"], here["level_confidences"])
+    # Prior weights without category embeddings cannot be exported.
+    (model_dir / CATEGORY_EMBEDDINGS).unlink()
+    with pytest.raises(ValueError, match="category embeddings"):
+        export_inference_model(model_dir, tmp_path / "fused.json")

@@ -175,3 +175,23 @@ def test_floors_file_errors(tmp_path, tiny):
     bad_path.write_text("[]")
     with pytest.raises(th.ThresholdsError, match="not a floors file"):
         th.load_floors(bad_path)
+
+
+def test_prior_weights_are_optional_and_named_by_the_version(tmp_path):
+    levels, temperatures = (0.5,) * 7, (1.3,) * 7
+    weights = (6.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0)
+    plain = th.content_version(levels, temperatures, {}, 0.9)
+    # Zero weights keep the versions files without a prior always had; non-zero weights change it.
+    assert th.content_version(levels, temperatures, {}, 0.9, (0.0,) * 7) == plain
+    assert th.content_version(levels, temperatures, {}, 0.9, weights) != plain
+    fused = th.Thresholds("v", levels, temperatures, prior_weights=weights)
+    th.save_thresholds(fused, tmp_path / "t.json")
+    assert th.load_thresholds(tmp_path / "t.json") == fused
+    assert json.loads((tmp_path / "t.json").read_text())["prior_weights"] == list(weights)
+    (tmp_path / "old.json").write_text(json.dumps({"version": "old", "levels": list(levels)}))
+    assert th.load_thresholds(tmp_path / "old.json").prior_weights == (0.0,) * 7
+    with pytest.raises(th.ThresholdsError, match="prior_weights"):
+        th.Thresholds("v", levels, prior_weights=(-1.0,) + (0.0,) * 6)
+    tuned, _ = th.tune(np.array([[1, 2, -1, -1, -1, -1, -1]]), np.array([[0.9, 0.8, 0, 0, 0, 0, 0]]),
+                       np.array([[1, 2, -1, -1, -1, -1, -1]]), 0.5, temperatures, prior_weights=weights)
+    assert tuned.prior_weights == weights

@@ -35,8 +35,10 @@ from linnet_core.training_data import (
     class_weights_report,
     hash_unit,
     level_labels,
+    parse_store_cap,
     resolve_label,
     split_key,
+    store_factors,
     to_example,
 )
 from pipelines import build_training_data
@@ -175,6 +177,37 @@ def test_weight_config_rejects_bad_settings(power, smoothing, cap):
         WeightConfig(power, smoothing, cap)
 
 
+def test_store_factors_by_hand():
+    # cap 150: a store of 2,955 train examples weighs 150/2955 each (150 in all); 150 or fewer: 1;
+    # a store absent from train (n = 0, e.g. a validation store): 1.
+    counts = np.array([2955, 300, 150, 149, 1, 0])
+    np.testing.assert_allclose(store_factors(counts, 150.0), [150 / 2955, 0.5, 1.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(store_factors(counts, None), np.ones(6))
+    assert (counts * store_factors(counts, 150.0))[:2].tolist() == pytest.approx([150.0, 150.0])
+
+
+def test_store_factors_are_the_same_formula_in_tensorflow():
+    import tensorflow.experimental.numpy as tnp
+
+    counts = np.array([0, 3, 4, 5, 6, 1000], np.int64)
+    graph = tf.function(lambda c: store_factors(c, 4.0, xp=tnp))
+    np.testing.assert_allclose(graph(tf.constant(counts)).numpy(), [1, 1, 1, 0.8, 4 / 6, 0.004], rtol=1e-6)
+
+
+@pytest.mark.parametrize("text, cap", [("150", 150.0), ("2.5", 2.5), ("0", None), ("none", None),
+                                       ("None", None), (None, None)])
+def test_parse_store_cap(text, cap):
+    assert parse_store_cap(text) == cap
+
+
+@pytest.mark.parametrize("text", ["-1", "lots"])
+def test_parse_store_cap_rejects(text):
+    with pytest.raises(TrainingDataError):
+        parse_store_cap(text)
+    with pytest.raises(TrainingDataError):
+        WeightConfig(store_cap=-1.0)
+
+
 def test_split_stats_add_merge_and_report(tiny):
     first, second = SplitStats(), SplitStats()
     first.add(to_example(_embedded("a", "s1", 13), tiny)).add(to_example(_embedded("b", "s1", 5), tiny))
@@ -292,9 +325,20 @@ def crafted_run(taxonomy_file, tmp_path_factory) -> tuple[Path, dict]:
     (folder / "products.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = folder / "data"
     argv = ["--input", str(folder / "products.jsonl"), "--taxonomy", taxonomy_file, "--output", str(output),
-            "--shards", "2", "--run_id", "crafted"]
+            "--shards", "2", "--run_id", "crafted", "--store_cap", str(CRAFTED_STORE_CAP)]
     stats = build_training_data.run(argv, test_pipeline=TestPipeline(argv=argv), embed=VectorsFromIds())
     return output, stats
+
+
+CRAFTED_STORE_CAP = 4  # the crafted stores hold 3 to 6 products: the 5- and 6-product ones get capped
+
+
+def _crafted_store_factor(store: str) -> float:
+    """By hand: min(1, cap / n), n = the store's good products when the store's split is train
+    (the bad records that share s2/s3 are dead letters and never reach the transform), else 1."""
+    n = sum(record["store"] == store for record in _good_records())
+    in_train = assign_split({"store": store, "product_id": "x"}, SplitConfig()) == "train"
+    return min(1.0, CRAFTED_STORE_CAP / n) if in_train else 1.0
 
 
 def test_run_writes_every_dead_letter_reason_and_counts_add_up(crafted_run):
@@ -336,7 +380,7 @@ def test_tfrecords_hold_the_labels_splits_and_train_weights(crafted_run, tiny):
     weights = json.loads((output / "class_weights.json").read_text())
     by_level = [{w["index"]: w["weight"] for w in level["weights"]} for level in weights["levels"]]
     records = {r["product_id"]: r for r in _good_records()}
-    seen = set()
+    seen, factors = set(), set()
     for split in SPLITS:
         examples = _read_split(output, split)
         assert len(examples) == stats["splits"][split]["examples"] == stats["splits"][split]["written"]
@@ -348,16 +392,27 @@ def test_tfrecords_hold_the_labels_splits_and_train_weights(crafted_run, tiny):
             assert example["gpt_id"] == record["gpt_id"]
             labels = [int(example[label_feature(k)]) for k in range(1, LEVELS + 1)]
             assert labels == level_labels(record["gpt_id"], tiny)
+            factor = _crafted_store_factor(record["store"])
             for level, label in enumerate(labels, start=1):
                 weight = float(example[f"weight_level_{level}"])
                 if label == NO_LABEL:
                     assert weight == 0.0
                 elif label in by_level[level - 1]:
-                    assert weight == pytest.approx(by_level[level - 1][label], rel=1e-5)
+                    assert weight == pytest.approx(factor * by_level[level - 1][label], rel=1e-5)
                 else:  # a class seen only outside train gets the unseen weight
-                    assert weight == pytest.approx(weights["levels"][level - 1]["unseen_weight"], rel=1e-5)
+                    assert weight == pytest.approx(
+                        factor * weights["levels"][level - 1]["unseen_weight"], rel=1e-5)
             seen.add(product_id)
+            factors.add(factor)
     assert len(seen) == stats["examples"]
+    assert factors == {1.0, 0.8, 4 / 6}, "the crafted split should exercise capped and uncapped stores"
+    assert weights["store_cap"] == CRAFTED_STORE_CAP
+    # The taxonomy prior's node embeddings come with the data, one per node of the taxonomy.
+    from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
+
+    embeddings = CategoryEmbeddings.load(output / CATEGORY_EMBEDDINGS)
+    embeddings.check(tiny)
+    assert embeddings.encoder_id.startswith("text/") and embeddings.vectors.shape == (9, TEXT_DIM)
 
 
 def test_transform_fn_is_self_contained_and_matches_class_weights(crafted_run):

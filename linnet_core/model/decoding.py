@@ -1,5 +1,10 @@
 """Constrained decoding and thresholds as TensorFlow ops over per-level logits.
 
+Before anything else the logits are *fused*: L'_k = L_k / T_k + λ_k · P_k, where P_k is the taxonomy
+prior (per level-k class, the highest cosine between the product's text embedding and the path
+embedding of any node in the class's subtree, `linnet_core.category_prior`). λ_k = 0 is plain
+temperature scaling. Every probability below (sibling, per-level, path) is a softmax of fused logits.
+
 Confidence is the *path probability*: the product, from level 1 down to a node, of each node's
 probability renormalised over its siblings (softmax of the temperature-scaled logits over the
 children of its parent). It is the model's probability that the product lies in the node's subtree,
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from linnet_core.category_prior import CategoryEmbeddings, level_segments
 from linnet_core.features import LEVELS, NO_LABEL
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import Thresholds
@@ -75,16 +81,63 @@ class DecodingTables:
                    tuple(has_children), leaf_paths.reshape(-1, depth), tuple(floors))
 
 
-def sibling_log_probs(logits: list[tf.Tensor], tables: DecodingTables,
-                      temperatures: tf.Tensor) -> list[tf.Tensor]:
-    """Per level, log of each class's probability renormalised over its siblings, float32[B, n_k].
+@dataclass(frozen=True)
+class PriorTables:
+    """What the taxonomy prior needs: every node's path embedding and, per level, each node's
+    segment (its level-k ancestor's class index; n_k, a dummy, for nodes shallower than k).
 
-    Renormalising softmax(z/T) over a sibling group equals a softmax over that group alone, so this
-    is z/T minus the group's logsumexp, computed stably with segment max and sum.
+    Attributes:
+        vectors: float32[num_nodes, dim], L2-normalised.
+        segments: per level, int32[num_nodes].
+        sizes: classes per level.
     """
-    result = []
+
+    vectors: np.ndarray
+    segments: tuple[np.ndarray, ...]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def build(cls, taxonomy: Taxonomy, embeddings: CategoryEmbeddings) -> PriorTables:
+        """Raises CategoryEmbeddingsError when the embeddings are not of this taxonomy's nodes."""
+        embeddings.check(taxonomy)
+        depth = taxonomy.max_depth
+        return cls(embeddings.vectors.astype(np.float32),
+                   tuple(level_segments(taxonomy, embeddings.ids, k) for k in range(1, depth + 1)),
+                   tuple(taxonomy.level_sizes()))
+
+
+def taxonomy_priors(text_embedding: tf.Tensor, prior: PriorTables) -> list[tf.Tensor]:
+    """Per level k, P_k float32[B, n_k]: max over the class's subtree (the node and its descendants)
+    of cos(text embedding, node path embedding), as one matmul and a segment max per level."""
+    text = tf.math.l2_normalize(tf.cast(text_embedding, tf.float32), axis=-1)
+    by_node = tf.transpose(tf.matmul(text, tf.constant(prior.vectors), transpose_b=True))  # [nodes, B]
+    return [tf.transpose(tf.math.unsorted_segment_max(by_node, tf.constant(segments), size + 1)[:size])
+            for segments, size in zip(prior.segments, prior.sizes, strict=True)]
+
+
+def fused_logits(logits: list[tf.Tensor], temperatures: tf.Tensor, priors: list[tf.Tensor] | None = None,
+                 prior_weights: tf.Tensor | None = None) -> list[tf.Tensor]:
+    """Per level L_k / T_k + λ_k · P_k (just L_k / T_k without priors)."""
+    fused = []
     for k, level_logits in enumerate(logits):
         scaled = tf.cast(level_logits, tf.float32) / temperatures[k]
+        if priors is not None:
+            scaled += prior_weights[k] * priors[k]
+        fused.append(scaled)
+    return fused
+
+
+def sibling_log_probs(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Tensor,
+                      priors: list[tf.Tensor] | None = None,
+                      prior_weights: tf.Tensor | None = None) -> list[tf.Tensor]:
+    """Per level, log of each class's probability renormalised over its siblings, float32[B, n_k].
+
+    Renormalising softmax of the fused logits over a sibling group equals a softmax over that group
+    alone, so this is the fused logit minus the group's logsumexp, computed stably with segment max
+    and sum.
+    """
+    result = []
+    for k, scaled in enumerate(fused_logits(logits, temperatures, priors, prior_weights)):
         if k == 0:
             result.append(tf.nn.log_softmax(scaled, axis=-1))
             continue
@@ -98,9 +151,11 @@ def sibling_log_probs(logits: list[tf.Tensor], tables: DecodingTables,
     return result
 
 
-def level_probabilities(logits: list[tf.Tensor], temperatures: tf.Tensor) -> list[tf.Tensor]:
-    """Per level, the calibrated softmax over all classes of the level (no parent constraint)."""
-    return [tf.nn.softmax(tf.cast(z, tf.float32) / temperatures[k], axis=-1) for k, z in enumerate(logits)]
+def level_probabilities(logits: list[tf.Tensor], temperatures: tf.Tensor,
+                        priors: list[tf.Tensor] | None = None,
+                        prior_weights: tf.Tensor | None = None) -> list[tf.Tensor]:
+    """Per level, the softmax of the fused logits over all classes of the level (no parent constraint)."""
+    return [tf.nn.softmax(z, axis=-1) for z in fused_logits(logits, temperatures, priors, prior_weights)]
 
 
 def greedy_paths(log_probs: list[tf.Tensor], tables: DecodingTables) -> tf.Tensor:
@@ -154,7 +209,9 @@ def cut_depth(paths: tf.Tensor, confidences: tf.Tensor, tables: DecodingTables,
 
 
 def decode(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Tensor,
-           mode: tf.Tensor, level_thresholds: tf.Tensor, use_overrides: tf.Tensor) -> dict[str, tf.Tensor]:
+           mode: tf.Tensor, level_thresholds: tf.Tensor, use_overrides: tf.Tensor,
+           priors: list[tf.Tensor] | None = None,
+           prior_weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """Decode, score and cut: the inference model's outputs (docs/ARCHITECTURE.md), padded to LEVELS.
 
     Args:
@@ -163,8 +220,10 @@ def decode(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Ten
         mode: string scalar, "exact" or "greedy" (anything else fails with InvalidArgumentError).
         level_thresholds: float32[>= D] per-level thresholds on path probability.
         use_overrides: bool scalar; False ignores the per-node floors.
+        priors, prior_weights: per level float32[B, n_k] taxonomy priors and float32[>= D] their
+            weights λ_k (None: no prior).
     """
-    log_probs = sibling_log_probs(logits, tables, temperatures)
+    log_probs = sibling_log_probs(logits, tables, temperatures, priors, prior_weights)
     check = tf.debugging.Assert(tf.reduce_any(tf.equal(mode, MODES)),
                                 ["decoding must be 'exact' or 'greedy', got", mode])
     with tf.control_dependencies([check]):
@@ -191,5 +250,5 @@ def decode(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Ten
 
 
 def thresholds_vector(thresholds: Thresholds, name: str) -> np.ndarray:
-    """`levels` or `temperatures` of a thresholds file as float32[LEVELS]."""
+    """`levels`, `temperatures` or `prior_weights` of a thresholds file as float32[LEVELS]."""
     return np.asarray(getattr(thresholds, name), np.float32)

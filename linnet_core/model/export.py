@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.inference_model import InferenceModel
 from linnet_core.model.training_model import build_training_model
@@ -51,6 +52,7 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
         model_dir: a directory `linnet train` wrote.
         thresholds_path: a thresholds file to bake in; it replaces MODEL/thresholds.json and
             model.json's thresholds_version. None re-exports with MODEL/thresholds.json.
+            MODEL/category_embeddings.npz, when present, gives the taxonomy prior.
 
     Returns:
         The SavedModel directory.
@@ -74,8 +76,10 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
                                    source=str(model_dir / CONFIG_JSON))
     network = build_training_model(config, taxonomy.level_sizes())
     network.load_weights(str(model_dir / WEIGHTS))
+    embeddings_path = model_dir / CATEGORY_EMBEDDINGS
+    embeddings = CategoryEmbeddings.load(embeddings_path) if embeddings_path.exists() else None
     module = InferenceModel(network, taxonomy, thresholds, info["model_version"],
-                            info.get("default_decoding", "exact"))
+                            info.get("default_decoding", "exact"), embeddings)
     target = model_dir / SAVED_MODEL
     staging = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=model_dir))
     try:

@@ -109,6 +109,12 @@ class Predictor:
         return self._batched(self._model.signatures["level_logits"], text_embedding, image_embedding,
                              image_present, {})
 
+    def level_priors(self, text_embedding: np.ndarray, image_embedding: np.ndarray,
+                     image_present: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-level taxonomy prior P_k (zeros without category embeddings): `level_k` → float32[N, n_k]."""
+        return self._batched(self._model.signatures["level_priors"], text_embedding, image_embedding,
+                             image_present, {})
+
     def _batched(self, signature, text_embedding, image_embedding, image_present, extra) -> dict:
         text, image, present = check_inputs(text_embedding, image_embedding, image_present)
         parts: dict[str, list[np.ndarray]] = {}

@@ -16,6 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras
 
+from linnet_core.category_prior import CATEGORY_EMBEDDINGS
 from linnet_core.model import report
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import DataError, count_examples, make_dataset, split_files
@@ -131,7 +132,8 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
 
 def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxonomy: Taxonomy,
                      thresholds: Thresholds, curves: dict, training: dict) -> None:
-    """Weights, config, taxonomy copy, thresholds, model.json, curves; then export and the model card.
+    """Weights, config, taxonomy copy, category embeddings (when the data has them), thresholds,
+    model.json, curves; then export and the model card.
 
     The weights go through a fresh model built outside the strategy, so saving needs no collective
     op the other workers would have to join.
@@ -142,6 +144,9 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
     network.save_weights(str(output_dir / WEIGHTS))
     (output_dir / CONFIG_JSON).write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(taxonomy.source, output_dir / TAXONOMY_COPY)
+    embeddings = Path(training["data_dir"], CATEGORY_EMBEDDINGS)
+    if embeddings.exists():  # the taxonomy prior's node embeddings travel with the model
+        shutil.copyfile(embeddings, output_dir / CATEGORY_EMBEDDINGS)
     save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
     digest = hashlib.sha256((output_dir / WEIGHTS).read_bytes()).hexdigest()[:8]
     write_model_json(output_dir, {
