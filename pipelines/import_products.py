@@ -20,12 +20,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, require
+from pipelines.sources import default_image_root
 
 LOGGER = logging.getLogger(__name__)
-
-
-class ImportProductsOptions(ProductInputOptions, OutputOptions):
-    """Flags of `linnet import-products`."""
 
 
 def build(pipeline: beam.Pipeline, input_pattern: str, output: str, image_root: str | None) -> None:
@@ -74,14 +71,12 @@ def _clear(output: str) -> None:
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Runs the import and returns (and prints) its summary. Raises RuntimeError if counts disagree."""
     options = PipelineOptions(argv)
-    flags = options.view_as(ImportProductsOptions)
-    require(flags, "output")
-    first_input = flags.input.split(",")[0]
-    image_root = flags.image_root or (
-        str(Path(first_input).parent) if "://" in first_input else str(Path(first_input).parent.resolve()))
-    _clear(flags.output)
+    flags, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
+    require(outputs, "output")
+    image_root = flags.image_root or default_image_root(flags.input)
+    _clear(outputs.output)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, flags.input, flags.output, image_root)
+    build(pipeline, flags.input, outputs.output, image_root)
     result = pipeline.run()
     result.wait_until_finish()
     try:
@@ -89,10 +84,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     except (TaxonomyError, OSError) as error:
         LOGGER.warning("label depths not computed: %s", error)
         taxonomy = None
-    summary = summarize(flags.output, taxonomy)
+    summary = summarize(outputs.output, taxonomy)
     summary["records_in"] = _counter(result, "records_read")
-    Path(flags.output).mkdir(parents=True, exist_ok=True)
-    (Path(flags.output) / "summary.json").write_text(json.dumps(summary, indent=2))
+    Path(outputs.output).mkdir(parents=True, exist_ok=True)
+    (Path(outputs.output) / "summary.json").write_text(json.dumps(summary, indent=2))
     json.dump(summary, sys.stdout, indent=2, ensure_ascii=False)
     print()
     if summary["records_in"] != summary["rows"] + summary["dead_letters"]:

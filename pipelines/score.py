@@ -41,8 +41,9 @@ DEAD_LETTERS = "dead_letters"
 SCORE_STAGE = "score"
 
 
-class ScoreOptions(ProductInputOptions, OutputOptions):
-    """Flags of `linnet score` (embedding flags come from `EmbeddingOptions`)."""
+class ScoreOptions(PipelineOptions):
+    """Flags of `linnet score` beyond input (`ProductInputOptions`), output (`OutputOptions`) and
+    embedding (`EmbeddingOptions`). Beam parses only direct subclasses of PipelineOptions."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
@@ -225,13 +226,14 @@ def _write_summary(output: str | None, summary: dict) -> None:
 def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, watermark: str | None,
                   only_updated_on_day: bool, test_pipeline: beam.Pipeline | None) -> beam.Pipeline:
     flags = options.view_as(ScoreOptions)
+    inputs, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(flags, "model")
-    if not (flags.output or flags.output_dataset):
+    if not (outputs.output or outputs.output_dataset):
         raise ValueError("give --output (files) or --output_dataset (BigQuery)")
     info = read_model_json(flags.model)
-    taxonomy = Taxonomy.load(flags.taxonomy)
+    taxonomy = Taxonomy.load(inputs.taxonomy)
     if taxonomy.fingerprint != info["taxonomy_fingerprint"]:
-        raise ValueError(f"taxonomy {flags.taxonomy} (version {taxonomy.version}, fingerprint "
+        raise ValueError(f"taxonomy {inputs.taxonomy} (version {taxonomy.version}, fingerprint "
                          f"{taxonomy.fingerprint}) is not the model's ({info['taxonomy_version']}, "
                          f"{info['taxonomy_fingerprint']})")
     levels, thresholds_version = None, info["thresholds_version"]
@@ -243,7 +245,7 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
     products = pipeline | "ReadProducts" >> product_source(options, day)
-    categorize = Categorize(flags.model, flags.taxonomy, flags.shopify_taxonomy or None, lineage,
+    categorize = Categorize(flags.model, inputs.taxonomy, flags.shopify_taxonomy or None, lineage,
                             flags.decoding, levels, flags.max_batch_size)
     write = {"rows": table_sink(options, CATEGORIZED, "categorized", partition, run_id),
              DEAD_LETTER: table_sink(options, DEAD_LETTERS, "dead_letters", partition, run_id)}
@@ -270,14 +272,14 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         ValueError: missing flags, or a taxonomy that is not the model's.
     """
     options = PipelineOptions(argv)
-    flags = options.view_as(ScoreOptions)
-    run_id = flags.run_id or new_attempt()
+    flags, outputs = options.view_as(ScoreOptions), options.view_as(OutputOptions)
+    run_id = outputs.run_id or new_attempt()
     partition = Partition.parse(flags.partition or dt.datetime.now(dt.UTC).date().isoformat())
     pipeline = _pipeline_for(options, partition, run_id, flags.watermark, only_updated_on_day, test_pipeline)
     result = pipeline.run()
     result.wait_until_finish()
     summary = run_summary(result, run_id, partition)
-    _write_summary(flags.output, summary)
+    _write_summary(outputs.output, summary)
     print(json.dumps(summary, indent=2))
     if not summary["balanced"]:
         raise RuntimeError(f"records lost in run {run_id}: {summary}")
