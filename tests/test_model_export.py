@@ -231,3 +231,33 @@ def test_taxonomy_prior_is_baked_in_and_fused(trained: tuple[Path, Path], gpt: T
     (model_dir / CATEGORY_EMBEDDINGS).unlink()
     with pytest.raises(ValueError, match="category embeddings"):
         export_inference_model(model_dir, tmp_path / "fused.json")
+
+
+def test_tune_thresholds_fits_prior_weights_when_the_model_has_category_embeddings(
+        trained: tuple[Path, Path], gpt: Taxonomy, tmp_path: Path) -> None:
+    """`linnet tune-thresholds` fits (T_k, λ_k) jointly and bakes prior_weights in. The category
+    vectors of the labelled nodes are their calibration products' mean text embedding, so the prior
+    is informative and λ_1 must come out positive."""
+    from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings, node_ids
+    from linnet_core.evaluation.baselines import read_split
+
+    model_dir = Path(shutil.copytree(trained[0], tmp_path / "model"))
+    write_training_data(tmp_path / "data", gpt, sizes={"calibration": 400})
+    split = read_split(tmp_path / "data", "calibration")
+    ids = node_ids(gpt)
+    vectors = np.random.default_rng(5).normal(size=(len(ids), 384)).astype(np.float32)
+    row = {node_id: i for i, node_id in enumerate(ids)}
+    for label in np.unique(split["gpt_id"]):
+        vectors[row[int(label)]] = split["text_embedding"][split["gpt_id"] == label].mean(axis=0)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    (model_dir / CATEGORY_EMBEDDINGS).write_bytes(
+        CategoryEmbeddings(np.array(ids), vectors, "means/1", gpt.fingerprint).to_bytes())
+    export_inference_model(model_dir)
+    assert cli.main(["tune-thresholds", "--model", str(model_dir), "--data", str(tmp_path / "data"),
+                     "--target-precision", "0.5", "--sensitive", "none"]) == 0
+    tuned = load_thresholds(model_dir / "thresholds.json")
+    assert tuned.prior_weights[0] > 1.0 and tuned.prior_weights[5:] == (0.0, 0.0)
+    report = json.loads((model_dir / "thresholds_report.json").read_text())
+    assert report["prior_weights"] == list(tuned.prior_weights)
+    np.testing.assert_allclose(Predictor(model_dir, gpt).metadata["prior_weights"], tuned.prior_weights,
+                               rtol=1e-6)
