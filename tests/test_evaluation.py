@@ -203,7 +203,7 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     assert set(result["systems"]) == {"tfidf", "published", "ours"} and result["n"] == 300
     assert result["thresholds_version"] == tuned.version and result["cut_rule_mismatches"] == 0
     assert result["systems"]["tfidf"]["coverage"] == 1.0 and 0.0 <= result["unseen_label_share"] <= 1.0
-    assert set(result["operating_curves"]) == {"tfidf", "published", "ours"}
+    assert set(result["operating_curves"]) == {"tfidf", "published", "ours", "ours_uniform"}
     assert len(result["operating_curves"]["ours"]) == 12  # one point per precision target of the grid
     text = (tmp_path / "first" / "report.md").read_text()
     assert all(title in text for title in baselines.TITLES.values())

@@ -22,8 +22,9 @@ from linnet_core.features import LEVELS, NO_LABEL, product_text
 from linnet_core.metrics import AncestorTable
 
 TFIDF, PUBLISHED, OURS = "tfidf", "published", "ours"
+OURS_UNIFORM = "ours_uniform"  # ours with one hand-set threshold for every level: a curve, not a system
 TITLES = {TFIDF: "(a) TF-IDF + LR, flat", PUBLISHED: "(b) greedy + per-level thresholds",
-          OURS: "(c) exact + calibrated + back-off"}
+          OURS: "(c) exact + calibrated + back-off", OURS_UNIFORM: "(c) with one threshold for all levels"}
 DESCRIPTIONS = {
     TFIDF: "TF-IDF (word 1–2 grams) + logistic regression over the label nodes of the train split; "
            "always answers its most probable node; confidence = probability mass under a node.",

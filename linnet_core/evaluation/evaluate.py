@@ -152,6 +152,9 @@ def run(config: EvaluationConfig) -> dict:
             compared, compared_labels, table,
             _target_settings(ours_calibration, calibration_labels, table, predictor.thresholds,
                              config.target_grid), back_off=True)
+        uniform = report.uniform_settings(overrides=predictor.thresholds.overrides)
+        curves[baselines.OURS_UNIFORM] = report.operating_curve(compared, compared_labels, table, uniform,
+                                                                back_off=True)
     else:
         compared_labels = labels
         curves[baselines.OURS] = report.operating_curve(ours, labels, table, report.uniform_settings(),
@@ -236,7 +239,9 @@ def _comparison(result: dict, curves: dict[str, list[report.OperatingPoint]],
         best[name] = None if point is None else asdict(point)
     ours_f1 = result["systems"][baselines.OURS]["hF1"]
     others = [s for s in result["systems"] if s != baselines.OURS]
-    ours_best, published_best = best.get(baselines.OURS), best.get(baselines.PUBLISHED)
+    ours_points = [best[n] for n in (baselines.OURS, baselines.OURS_UNIFORM) if best.get(n)]
+    ours_best = max(ours_points, key=lambda p: p["coverage"]) if ours_points else None
+    published_best = best.get(baselines.PUBLISHED)
     # NaN when either never reaches the floor (published_reaches_floor tells which).
     ratio = float("nan")
     if ours_best and published_best:
