@@ -19,7 +19,6 @@ import json
 import logging
 import multiprocessing
 import os
-import resource
 import statistics
 import threading
 import time
@@ -137,7 +136,9 @@ def pipeline_run(products: list[dict], cfg: EmbedConfig, rss: PeakRss) -> dict:
 
 def _pipeline_peak_rss(products: list[dict], cfg: EmbedConfig) -> int:
     pipeline_run(products, cfg, PeakRss())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    # VmHWM belongs to this process's own address space (ru_maxrss would carry the parent's over exec).
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) // 1024
 
 
 def fresh_process_peak_rss(products: list[dict], cfg: EmbedConfig) -> int:
