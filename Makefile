@@ -13,7 +13,7 @@ PROJECT ?=
 REGION ?= us-central1
 BUCKET ?=
 OUT ?= out
-TARGET_PRECISION ?= 0.9
+TARGET_PRECISION ?= 0.7
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint run-local bench-embed bench-score evaluate dataflow-submit clean
@@ -40,7 +40,7 @@ test: lint  ## Lint, then the whole test suite (slow end-to-end tests included).
 	$(BIN)/python -m pytest -q tests
 
 run-local: install  ## The whole job on the DirectRunner: import, training data, train, thresholds, score, evaluate.
-	$(LINNET) run-local --output $(OUT) $(if $(SAMPLE),--sample $(SAMPLE))
+	$(LINNET) run-local --output $(OUT) $(if $(SAMPLE),--sample $(SAMPLE)) --target-precision $(TARGET_PRECISION)
 
 $(OUT)/training_data/stats.json: | install
 	$(LINNET) build-training-data --output $(OUT)/training_data
