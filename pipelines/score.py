@@ -22,13 +22,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from linnet_core import __version__
 from linnet_core.categorization import DECISIONS, Lineage, categorized_row
 from linnet_core.features import IMAGE_EMBEDDING, IMAGE_PRESENT, TEXT_EMBEDDING
-from linnet_core.model.export import read_model_json
+from linnet_core.model import MODEL_JSON
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import load_thresholds
 from pipelines import defaults
-from pipelines.embed import IMAGE_STATUSES, EmbedProducts
+from pipelines.embed import IMAGE_STATUSES, EmbedProducts, local_models_dir, read_uri
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, require
 from pipelines.partitions import Partition, new_attempt
@@ -79,7 +79,7 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
     def load_model(self) -> Any:
         from linnet_core.model.predictor import Predictor  # TensorFlow loads on workers only
 
-        return Predictor(self.model_dir, batch_size=self.max_batch_size)
+        return Predictor(local_models_dir(self.model_dir), batch_size=self.max_batch_size)
 
     def run_inference(self, batch: Sequence[dict], model: Any,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
@@ -230,7 +230,10 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     require(flags, "model")
     if not (outputs.output or outputs.output_dataset):
         raise ValueError("give --output (files) or --output_dataset (BigQuery)")
-    info = read_model_json(flags.model)
+    try:
+        info = json.loads(read_uri(FileSystems.join(flags.model, MODEL_JSON)))
+    except FileNotFoundError:
+        raise ValueError(f"--model {flags.model} is not a model directory: it has no {MODEL_JSON}") from None
     taxonomy = Taxonomy.load(inputs.taxonomy)
     if taxonomy.fingerprint != info["taxonomy_fingerprint"]:
         raise ValueError(f"taxonomy {inputs.taxonomy} (version {taxonomy.version}, fingerprint "

@@ -3,3 +3,6 @@
 
 TensorFlow lives here and nowhere else in `linnet_core`; import the submodules you need.
 """
+
+MODEL_JSON = "model.json"
+"""The model directory's metadata file; named here so launchers can read it without TensorFlow."""

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
+from linnet_core.model import MODEL_JSON
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.inference_model import InferenceModel
 from linnet_core.model.training_model import build_training_model
@@ -20,7 +21,6 @@ from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
 
 SAVED_MODEL = "saved_model"
-MODEL_JSON = "model.json"
 THRESHOLDS_JSON = "thresholds.json"
 CONFIG_JSON = "config.json"
 WEIGHTS = "training_model.weights.h5"
