@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from bigquery_emulator import Emulator, running_emulator
+from faults import FailOn
 
 import schemas
 from pipelines import bigquery as bq
@@ -117,16 +118,11 @@ def test_reads_a_query_result(connection, dataset):
 
 def write_partition(connection, table: str, rows: list[dict], day: dt.date, temp: Path,
                     fail_on: str | None = None) -> None:
-    def maybe_fail(row: dict) -> dict:
-        if row["product_id"] == fail_on:
-            raise RuntimeError(f"injected failure on {fail_on}")
-        return row
-
     with TestPipeline() as pipeline:
         manifest = (
             pipeline
             | "Rows" >> beam.Create(rows)
-            | "MaybeFail" >> beam.Map(maybe_fail)
+            | "MaybeFail" >> beam.Map(FailOn(fail_on))
             | "Write" >> bq.WriteBigQueryPartition(connection, table, "categorized", day, str(temp), "run-1")
         )
         assert_that(manifest | beam.Map(lambda value: (value["partition"], value["rows"])),

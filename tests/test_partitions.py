@@ -10,6 +10,7 @@ import pyarrow.dataset as ds
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from faults import FailOn
 from gcs_emulator import run_scenario
 
 from pipelines import partitions
@@ -24,16 +25,11 @@ def product(product_id: str, day: dt.date = dt.date(2026, 11, 24)) -> dict:
 
 
 def write(root: Path, rows: list[dict], partition: Partition = DAY, fail_on: str | None = None) -> None:
-    def maybe_fail(row: dict) -> dict:
-        if row["product_id"] == fail_on:
-            raise RuntimeError(f"injected failure on {fail_on}")
-        return row
-
     with TestPipeline() as pipeline:
         manifests = (
             pipeline
             | "Rows" >> beam.Create(rows)
-            | "MaybeFail" >> beam.Map(maybe_fail)
+            | "MaybeFail" >> beam.Map(FailOn(fail_on))
             | "Write" >> WritePartition(str(root), "products", partition, run_id="run-1")
         )
         assert_that(manifests | beam.Map(lambda manifest: manifest["rows"]), equal_to([len(rows)]))
