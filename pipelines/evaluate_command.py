@@ -15,6 +15,7 @@ import sys
 
 from linnet_core.evaluation.evaluate import BASELINES, EvaluationConfig, run
 from linnet_core.evaluation.report import HP_FLOOR, to_json_safe
+from linnet_core.store_cap import STORE_CAP
 from pipelines import defaults
 
 HEADLINE = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_precision", "aurc", "n", "n_labelled")
@@ -45,11 +46,14 @@ def parse_config(argv: list[str] | None) -> EvaluationConfig:
                              f"(default {defaults.PRODUCTS_JSONL})")
     parser.add_argument("--hp-floor", type=float, default=HP_FLOOR,
                         help="hierarchical precision at which coverages are compared")
+    parser.add_argument("--store-cap", type=int, default=STORE_CAP,
+                        help="also report the headline metrics on at most this many products per store, "
+                             f"as the acceptance set is capped (default {STORE_CAP})")
     args = parser.parse_args(argv)
     return EvaluationConfig(taxonomy_file=args.taxonomy, output=args.output, predictions=args.predictions,
                             labels=args.labels, model=args.model, training_data=args.training_data,
                             split=args.split, baselines=args.baselines, products=args.products,
-                            hp_floor=args.hp_floor)
+                            hp_floor=args.hp_floor, store_cap=args.store_cap)
 
 
 def main(argv: list[str] | None = None) -> int:

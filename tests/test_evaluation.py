@@ -12,6 +12,7 @@ import pytest
 from linnet_core import metrics
 from linnet_core.evaluation import baselines, report
 from linnet_core.evaluation.systems import EvaluationError, read_labels, read_predictions
+from linnet_core.store_cap import capped_rows
 from pipelines import cli, evaluate_command
 
 # Same cases as test_metrics: exact, back-off, wrong sibling, abstained, wrong level 2, unlabelled
@@ -24,7 +25,7 @@ TRUE = [3, 3, 3, 13, 13, "no row", None, 12]
 LANGS = ["en", "en", "fr", "fr", "en", "en", "de", "en"]
 
 
-def _write_inputs(tmp_path, predicted=PREDICTED):
+def _write_inputs(tmp_path, predicted=PREDICTED, stores=None):
     ids = [f"s1-{i}" for i in range(len(PATHS))]
     predictions = pa.table({
         "product_id": ids,
@@ -43,7 +44,7 @@ def _write_inputs(tmp_path, predicted=PREDICTED):
         "product_id": [ids[i] for i in rows],
         "gpt_id": pa.array([TRUE[i] for i in rows], pa.int64()),
         "lang": [LANGS[i] for i in rows],
-        "store": ["s1"] * len(rows),
+        "store": stores or ["s1"] * len(rows),
         "title": [f"product {i}" for i in rows],
     })
     pq.write_table(labels, tmp_path / "labels.parquet")
@@ -78,6 +79,41 @@ def test_evaluate_command_writes_every_key_and_the_report(tmp_path, tiny_taxonom
         assert (output / plot).read_bytes()[:4] == b"\x89PNG", plot
         assert f"({plot})" in text
     assert json.loads(capsys.readouterr().out)["n_labelled"] == 6
+
+
+def test_capped_per_store_block_on_a_crafted_example(tmp_path, tiny_taxonomy_file):
+    """Cap 2: store a (rows 0–3) keeps the two smallest sha256(product_id), s1-0 and s1-3; store b
+    (rows 4, 6, 7) keeps s1-6 and s1-4; s1-5 has no label row, hence no store ("unknown"), and stays.
+    Kept: exact (|α∩β| 3 of 3), abstained on 13 (β 3), 11 for 13 (1 of α 2, β 3), two unlabelled."""
+    predictions, labels = _write_inputs(tmp_path, stores=["a", "a", "a", "a", "b", "b", "b"])
+    output = tmp_path / "evaluation"
+    assert cli.main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
+                     str(tiny_taxonomy_file), "--output", str(output), "--store-cap", "2"]) == 0
+    result = json.loads((output / "metrics.json").read_text())
+    capped = result["capped_per_store"]
+    assert (capped["store_cap"], capped["n_stores"], capped["n"], capped["n_labelled"]) == (2, 3, 5, 3)
+    assert capped["hP"] == pytest.approx(4 / 5) and capped["hR"] == pytest.approx(4 / 9)
+    assert capped["hF1"] == pytest.approx(4 / 7) and capped["coverage"] == pytest.approx(3 / 5)
+    assert capped["exact_accuracy"] == pytest.approx(1 / 3)
+    assert capped["level_accuracy"] == pytest.approx([2 / 3, 1 / 3, 1 / 3])
+    assert capped["systems"]["ours"]["hF1"] == pytest.approx(4 / 7)
+    assert result["hF1"] == pytest.approx(2 / 3)  # the uncapped figures are unchanged
+    text = (output / "report.md").read_text()
+    assert "## At most 2 products per store (as the acceptance set)" in text and "hF1 0.571" in text
+    assert cli.main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
+                     str(tiny_taxonomy_file), "--output", str(output), "--store-cap", "0"]) == 1
+
+
+def test_capped_rows_are_deterministic_and_keep_small_stores_whole():
+    ids = np.array([f"p{i}" for i in range(1000)])
+    store = np.array(["big"] * 900 + ["small"] * 100)
+    rows = capped_rows(ids, store, 150)
+    assert len(rows) == 250 and (store[rows] == "big").sum() == 150
+    assert set(range(900, 1000)) <= set(rows.tolist()) and np.all(np.diff(rows) > 0)
+    shuffled = np.random.default_rng(0).permutation(1000)
+    assert set(ids[shuffled][capped_rows(ids[shuffled], store[shuffled], 150)]) == set(ids[rows])
+    with pytest.raises(ValueError, match="cap"):
+        capped_rows(ids, store, 0)
 
 
 def test_evaluate_is_reproducible(tmp_path, tiny_taxonomy_file):

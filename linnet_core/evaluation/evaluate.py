@@ -27,6 +27,7 @@ from linnet_core.evaluation.systems import (
     read_predictions,
 )
 from linnet_core.features import NO_LABEL
+from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, cut_paths, tune
 
@@ -49,6 +50,7 @@ class EvaluationConfig:
         baselines: which of BASELINES to add; None adds those whose inputs are given.
         products: raw products (JSONL) or products Parquet with the texts for (a).
         hp_floor: the hierarchical precision at which coverages are compared.
+        store_cap: products per store in the `capped_per_store` block (the acceptance set's cap).
     """
 
     taxonomy_file: str
@@ -62,8 +64,11 @@ class EvaluationConfig:
     products: str | None = None
     hp_floor: float = report.HP_FLOOR
     target_grid: tuple[float, ...] = field(default=TARGET_GRID)
+    store_cap: int = STORE_CAP
 
     def __post_init__(self) -> None:
+        if self.store_cap <= 0:
+            raise EvaluationError(f"--store-cap must be a positive number of products, got {self.store_cap}")
         if self.predictions is None and not (self.model and self.training_data):
             raise EvaluationError("give --predictions, or --model and --training-data to run the model")
         if self.predictions is not None and self.labels is None:
@@ -175,6 +180,8 @@ def run(config: EvaluationConfig) -> dict:
                                              != ours.gpt_id).sum())
     result["systems"] = {s.name: report.system_metrics(s, compared_labels, table) for s in systems}
     result["n_compared"] = int(len(compared.product_ids))
+    result["capped_per_store"] = capped_per_store(ours, labels, systems, compared_labels, table,
+                                                  config.store_cap)
     defaults = {name: report.OperatingPoint("default", *(m[k] for k in ("coverage", "hP", "hR", "hF1")))
                 for name, m in result["systems"].items()}
     result["operating_curves"] = {name: report.points_as_dicts(points) for name, points in curves.items()}
@@ -196,6 +203,25 @@ def run(config: EvaluationConfig) -> dict:
     markdown = report.render_report(report.to_json_safe(result), titles, baselines.DESCRIPTIONS, plot_files)
     (output / "report.md").write_text(markdown, encoding="utf-8")
     return result
+
+
+CAPPED_KEYS = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_coverage", "leaf_precision",
+               "level_accuracy", "n", "n_labelled")
+
+
+def capped_per_store(ours: SystemOutput, labels: Labels, systems: list[SystemOutput], compared_labels: Labels,
+                     table: metrics.AncestorTable, cap: int) -> dict:
+    """The headline metrics on at most `cap` products per store (`store_cap.capped_rows`: by product-id
+    hash, so the same products every run), as the acceptance set is capped: ours on every evaluated
+    product, and each system on the compared ones. Products without a store count as one store."""
+    def headline(system: SystemOutput, of: Labels) -> dict:
+        rows = capped_rows(of.product_ids, of.store, cap)
+        measured = report.system_metrics(system.take(rows), of.take(rows), table)
+        return {key: measured[key] for key in CAPPED_KEYS}
+
+    return {"store_cap": cap, "n_stores": int(len(np.unique(labels.store.astype(str)))),
+            **headline(ours, labels),
+            "systems": {system.name: headline(system, compared_labels) for system in systems}}
 
 
 def _tfidf(config: EvaluationConfig, table: metrics.AncestorTable, compared: SystemOutput) -> SystemOutput:

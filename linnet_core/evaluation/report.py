@@ -167,6 +167,18 @@ def render_report(result: dict, titles: dict[str, str], descriptions: dict[str, 
     lines += [f"- hF1 of ours beats every baseline: **{comparison['ours_beats_baselines_on_hF1']}**",
               f"- coverage of ours / coverage of the published design at hP ≥ {comparison['hp_floor']:.2f}: "
               f"**{_fmt(comparison['coverage_ratio_vs_published'], 2)}** (target ≥ 2)", ""]
+    capped = result.get("capped_per_store")
+    if capped:
+        lines += [f"## At most {capped['store_cap']} products per store (as the acceptance set)", "",
+                  f"Ours on {capped['n']} of the {result['n']} products ({capped['n_stores']} stores; each "
+                  f"keeps the {capped['store_cap']} with the smallest sha256 of product_id): hF1 "
+                  f"{_fmt(capped['hF1'])}, hP {_fmt(capped['hP'])}, coverage {_fmt(capped['coverage'])}. "
+                  "Systems side by side on the compared products, capped the same way:", ""]
+        capped_names = [n for n in names if n in capped["systems"]]
+        rows = [[k] + [capped["systems"][n].get(k) for n in capped_names] for k in keys if k != "aurc"]
+        rows += [["level-1 accuracy"] + [capped["systems"][n]["level_accuracy"][0] for n in capped_names],
+                 ["n"] + [capped["systems"][n]["n"] for n in capped_names]]
+        lines += _table(["metric"] + [titles.get(n, n) for n in capped_names], rows)
     lines += ["## Per level (ours)", ""]
     ours = result["systems"][names[-1]]
     lines += _table(["level", "accuracy", "depth coverage", "ECE"], [
