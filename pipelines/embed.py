@@ -203,7 +203,7 @@ class RouteEmbeddedFn(beam.DoFn):
         if outcome.error is not None:
             self.dead.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-                STAGE, Reason.EMBEDDING_FAILED, outcome.error, _without_vectors(result.example),
+                STAGE, Reason.EMBEDDING_FAILED, outcome.error, without_vectors(result.example),
                 product_id=product_id, run_id=self.run_id))
             return
         self.embedded.inc()
@@ -213,7 +213,8 @@ class RouteEmbeddedFn(beam.DoFn):
         yield outcome.record
 
 
-def _without_vectors(record: Mapping[str, Any]) -> dict[str, Any]:
+def without_vectors(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record without its embedding vectors: what a dead letter keeps of an embedded record."""
     return {key: value for key, value in record.items() if not key.endswith("_embedding")}
 
 

@@ -28,7 +28,7 @@ from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import load_thresholds
 from pipelines import defaults
-from pipelines.embed import IMAGE_STATUSES, EmbedProducts, local_models_dir, read_uri
+from pipelines.embed import IMAGE_STATUSES, EmbedProducts, local_models_dir, read_uri, without_vectors
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, require
 from pipelines.partitions import Partition, new_attempt
@@ -130,7 +130,7 @@ def _failed_batches_to_dead_letters(element: tuple[Sequence[tuple[str, dict]], E
     batch, error = element
     for _, record in batch:
         yield dead_letter(SCORE_STAGE, Reason.SCORING_FAILED, f"{type(error).__name__}: {error}",
-                          {k: v for k, v in record.items() if not isinstance(v, np.ndarray)})
+                          without_vectors(record))
 
 
 class Categorize(beam.PTransform):
