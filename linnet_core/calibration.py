@@ -1,9 +1,12 @@
-"""Per-level temperature scaling: one scalar T per head, fit on the calibration split by minimising NLL.
+"""Calibration of the fused logits: per level one temperature for the network's logits and one weight
+per evidence beside it, fit on held-out products by minimising NLL.
 
-Dividing logits by T keeps every argmax within a level and makes confidences honest, which the
-precision-target thresholds rely on. Confidences are path probabilities, products of each node's
-probability renormalised over its siblings, so level k > 1 is fit on exactly those factors: the NLL
-of the label among the children of the label's parent (`allowed`). Pure numpy.
+The model's level-k logits are L_k / T_k + Σ_e w_e,k · E_e,k (model/decoding.py). Fitting T and the
+weights by NLL on products the network never saw makes confidences honest, which the
+precision-target thresholds rely on, and lets the data say how far to trust the network against the
+evidence on unseen stores. Confidences are path probabilities, products of each node's probability
+renormalised over its siblings, so level k > 1 is fit on exactly those factors: the NLL of the label
+among the children of the label's parent. Pure numpy.
 """
 
 from __future__ import annotations
@@ -12,20 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-T_MIN, T_MAX = 0.05, 20.0
-MIN_EXAMPLES = 50  # fewer labelled examples at a level leave its temperature at 1.0
-_TINY = 1e-30
+T_MIN, T_MAX = 0.05, 1000.0  # T up to 1000: on unseen stores the network may deserve almost no weight
+WEIGHT_MAX = 1000.0  # e5 cosines span a narrow band (~0.7–0.9): evidence weights of 100–200 are typical
+MIN_EXAMPLES = 50  # a level with fewer labelled examples takes the fit of the level above
 _MASKED = -1e30
-
-
-def _softmax(scaled: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def logits_from_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """Log-probabilities, which are logits up to a per-row constant (softmax ignores it)."""
-    return np.log(np.maximum(np.asarray(probabilities, dtype=np.float64), _TINY))
+_CHUNK = 2048  # rows per step of the NLL's derivatives (bounded memory for large levels)
 
 
 def _labelled(logits: np.ndarray, labels: np.ndarray,
@@ -58,36 +52,6 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
     return float(np.mean(log_norm - scaled[np.arange(len(labels)), labels]))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, allowed: np.ndarray | None = None,
-                    iterations: int = 60, min_examples: int = 1) -> float:
-    """The T in [T_MIN, T_MAX] minimising NLL over the labelled rows (1.0 with < min_examples rows).
-
-    NLL is convex in β = 1/T with derivative E_softmax(βz)[z] − z_label, so bisection on the sign of
-    the derivative (in log β) finds the minimum without step sizes to tune.
-    """
-    logits, labels, allowed = _labelled(logits, labels, allowed)
-    if len(labels) < max(min_examples, 1):
-        return 1.0
-    target = logits[np.arange(len(labels)), labels].mean()
-    finite = np.where(allowed, logits, 0.0)
-
-    def slope(beta: float) -> float:
-        return float((_softmax(beta * logits) * finite).sum(axis=1).mean() - target)
-
-    low, high = np.log(1.0 / T_MAX), np.log(1.0 / T_MIN)
-    if slope(np.exp(low)) >= 0:
-        return T_MAX
-    if slope(np.exp(high)) <= 0:
-        return T_MIN
-    for _ in range(iterations):
-        middle = (low + high) / 2.0
-        if slope(np.exp(middle)) < 0:
-            low = middle
-        else:
-            high = middle
-    return float(1.0 / np.exp((low + high) / 2.0))
-
-
 def _siblings_of_label(level_labels: np.ndarray, parents: Sequence[np.ndarray] | None,
                        k: int) -> np.ndarray | None:
     """bool[N, C_k]: the classes sharing the label's parent (None: level 1, or no parents given)."""
@@ -97,76 +61,71 @@ def _siblings_of_label(level_labels: np.ndarray, parents: Sequence[np.ndarray] |
     return np.asarray(parents[k])[None, :] == parent_of_label[:, None]
 
 
-def fit_temperatures(level_logits: Sequence[np.ndarray], level_labels: np.ndarray,
-                     parents: Sequence[np.ndarray] | None = None,
-                     min_examples: int = MIN_EXAMPLES) -> tuple[float, ...]:
-    """One temperature per level head.
-
-    Args:
-        level_logits: per level, float[N, C_k] logits (or log-probabilities) of that head.
-        level_labels: int[N, L] class index of the label's ancestor per level, -1 where none.
-        parents: per level, int[C_k] class index of each class's parent at level k-1 (level 1: any).
-            Given, level k > 1 is fit among the label's siblings only (the factors of path
-            confidence); None fits every level over all its classes.
-        min_examples: levels with fewer labelled rows keep T = 1.0 (too little evidence).
-    """
-    level_labels = np.asarray(level_labels, dtype=np.int64)
-    if level_labels.shape[1] != len(level_logits):
-        raise ValueError(f"{len(level_logits)} heads but labels for {level_labels.shape[1]} levels")
-    temperatures = []
-    for k, logits in enumerate(level_logits):
-        allowed = _siblings_of_label(level_labels, parents, k)
-        temperatures.append(fit_temperature(logits, level_labels[:, k], allowed, min_examples=min_examples))
-    return tuple(temperatures)
-
-
-# -- temperatures fitted jointly with the weight of the taxonomy prior ----------------------------------
-PRIOR_WEIGHT_MAX = 1000.0  # e5 cosines span a narrow band (~0.7–0.9): λ of 100–200 is typical
+def _compact(features: np.ndarray, allowed: np.ndarray, labels: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Only each row's allowed classes, left-packed: features [N, G, F], allowed [N, G], the label's
+    position; G is the largest allowed group (a level-k row allows only its label's siblings)."""
+    counts = allowed.sum(axis=1)
+    width = int(counts.max())
+    columns = np.argsort(~allowed, axis=1, kind="stable")[:, :width]
+    valid = np.arange(width)[None, :] < counts[:, None]
+    packed = np.take_along_axis(features, columns[:, :, None], axis=1) * valid[:, :, None]
+    position = np.argmax(columns == labels[:, None], axis=1)
+    return packed, valid, position
 
 
 def _fused_nll_and_derivatives(features: np.ndarray, allowed: np.ndarray, labels: np.ndarray,
                                theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean NLL of softmax(θ · f) over allowed classes, its gradient and Hessian in θ.
 
-    features: [N, C, 2] per class (logit, prior). The NLL is convex in θ (a log-sum-exp of linear
+    features: [N, C, F] per class (logit, evidence...). The NLL is convex in θ (a log-sum-exp of linear
     functions minus a linear one): gradient E_p[f] − f_label, Hessian E_p[f fᵀ] − E_p[f] E_p[f]ᵀ.
     """
-    scores = np.where(allowed, features @ theta, -np.inf)
-    top = scores.max(axis=1, keepdims=True)
-    weights = np.exp(scores - top)
-    norm = weights.sum(axis=1, keepdims=True)
-    probabilities = weights / norm
-    rows = np.arange(len(labels))
-    value = float(np.mean(top[:, 0] + np.log(norm[:, 0]) - scores[rows, labels]))
-    mean = np.einsum("nc,nci->ni", probabilities, features)
-    gradient = (mean - features[rows, labels]).mean(axis=0)
-    second = np.einsum("nc,nci,ncj->nij", probabilities, features, features)
-    hessian = (second - mean[:, :, None] * mean[:, None, :]).mean(axis=0)
-    return value, gradient, hessian
+    n, dims = len(labels), features.shape[2]
+    value, gradient, hessian = 0.0, np.zeros(dims), np.zeros((dims, dims))
+    for start in range(0, n, _CHUNK):
+        f, a, y = features[start:start + _CHUNK], allowed[start:start + _CHUNK], labels[start:start + _CHUNK]
+        scores = np.where(a, f @ theta, -np.inf)
+        top = scores.max(axis=1, keepdims=True)
+        weights = np.exp(scores - top)
+        norm = weights.sum(axis=1, keepdims=True)
+        probabilities = weights / norm
+        rows = np.arange(len(y))
+        value += float(np.sum(top[:, 0] + np.log(norm[:, 0]) - scores[rows, y]))
+        mean = np.einsum("nc,nci->ni", probabilities, f)
+        gradient += (mean - f[rows, y]).sum(axis=0)
+        second = np.einsum("nc,nci,ncj->ij", probabilities, f, f)
+        hessian += second - mean.T @ mean
+    return value / n, gradient / n, hessian / n
 
 
-def fit_temperature_and_prior(logits: np.ndarray, priors: np.ndarray, labels: np.ndarray,
-                              allowed: np.ndarray | None = None, iterations: int = 50,
-                              min_examples: int = 1) -> tuple[float, float]:
-    """(T, λ) minimising the NLL of softmax(logits / T + λ · priors) over the `allowed` classes of the
-    labelled rows, T in [T_MIN, T_MAX] and λ in [0, PRIOR_WEIGHT_MAX]; (1.0, 0.0) with < min_examples.
+def fit_fusion(logits: np.ndarray, evidence: Sequence[np.ndarray], labels: np.ndarray,
+               allowed: np.ndarray | None = None, iterations: int = 50,
+               min_examples: int = 1) -> tuple[float, tuple[float, ...]] | None:
+    """(T, weights) minimising the NLL of softmax(logits / T + Σ_e w_e · evidence_e) over the `allowed`
+    classes of the labelled rows, T in [T_MIN, T_MAX], each w_e in [0, WEIGHT_MAX]; None with fewer
+    than `min_examples` labelled rows.
 
-    In θ = (1/T, λ) the NLL is convex, so a projected, damped Newton step from (1, 0) finds the
+    In θ = (1/T, w) the NLL is convex, so a projected, damped Newton step from (1, 0, ...) finds the
     minimum in a few iterations without step sizes to tune.
     """
-    priors = np.asarray(priors, dtype=np.float64)
-    if priors.shape != np.shape(logits):
-        raise ValueError(f"priors {priors.shape} must match logits {np.shape(logits)}")
+    for scores in evidence:
+        if np.shape(scores) != np.shape(logits):
+            raise ValueError(f"evidence {np.shape(scores)} must match logits {np.shape(logits)}")
     keep = np.asarray(labels) >= 0
     logits, labels, allowed = _labelled(logits, labels, allowed)
     if len(labels) < max(min_examples, 1):
-        return 1.0, 0.0
-    features = np.stack([np.where(allowed, logits, 0.0), np.where(allowed, priors[keep], 0.0)], axis=-1)
-    low, high = np.array([1.0 / T_MAX, 0.0]), np.array([1.0 / T_MIN, PRIOR_WEIGHT_MAX])
-    theta = np.array([1.0, 0.0])
+        return None
+    columns = [logits] + [np.asarray(scores, np.float64)[keep] for scores in evidence]
+    features = np.stack([np.where(allowed, column, 0.0) for column in columns], axis=-1)
+    features, allowed, labels = _compact(features, allowed, labels)
+    dims = features.shape[2]
+    low = np.array([1.0 / T_MAX] + [0.0] * (dims - 1))
+    high = np.array([1.0 / T_MIN] + [WEIGHT_MAX] * (dims - 1))
+    theta = np.array([1.0] + [0.0] * (dims - 1))
     value, gradient, hessian = _fused_nll_and_derivatives(features, allowed, labels, theta)
     for _ in range(iterations):
-        step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
+        step = np.linalg.solve(hessian + 1e-9 * np.eye(dims), gradient)
         scale = 1.0
         while scale > 1e-6:
             trial = np.clip(theta - scale * step, low, high)
@@ -181,26 +140,37 @@ def fit_temperature_and_prior(logits: np.ndarray, priors: np.ndarray, labels: np
         theta, value, gradient, hessian = trial, trial_value, trial_gradient, trial_hessian
         if converged:
             break
-    return float(1.0 / theta[0]), float(theta[1])
+    return float(1.0 / theta[0]), tuple(float(w) for w in theta[1:])
 
 
-def fit_temperatures_and_priors(level_logits: Sequence[np.ndarray], level_priors: Sequence[np.ndarray],
-                                level_labels: np.ndarray, parents: Sequence[np.ndarray] | None = None,
-                                min_examples: int = MIN_EXAMPLES
-                                ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per level (T_k, λ_k) of the fused logits L_k / T_k + λ_k · P_k, each level k > 1 fit among the
-    label's siblings as `fit_temperatures` does (the factors of path confidence).
+def fit_fusions(level_logits: Sequence[np.ndarray], level_evidence: Sequence[Sequence[np.ndarray]],
+                level_labels: np.ndarray, parents: Sequence[np.ndarray] | None = None,
+                min_examples: int = MIN_EXAMPLES) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
+    """Per level (T_k, w_k) of the fused logits, level k > 1 fit among the label's siblings.
+
+    Args:
+        level_logits: per level, float[N, C_k] raw logits of that head.
+        level_evidence: per evidence, per level, float[N, C_k] scores (may be empty: temperatures only).
+        level_labels: int[N, L] class index of the label's ancestor per level, -1 where none.
+        parents: per level, int[C_k] class index of each class's parent at level k-1; given, level
+            k > 1 is fit among the label's siblings only (the factors of path confidence).
+        min_examples: a level with fewer labelled rows takes the fit of the level above (level 1:
+            T = 1 and weights 0).
 
     Returns:
-        (temperatures, prior weights), one per head.
+        (temperatures per level, per evidence the weights per level).
     """
     level_labels = np.asarray(level_labels, dtype=np.int64)
-    if level_labels.shape[1] != len(level_logits) or len(level_priors) != len(level_logits):
-        raise ValueError(f"{len(level_logits)} heads, {len(level_priors)} priors, labels for "
-                         f"{level_labels.shape[1]} levels")
-    fitted = []
-    for k, (logits, priors) in enumerate(zip(level_logits, level_priors, strict=True)):
+    depths = [len(scores) for scores in level_evidence]
+    if level_labels.shape[1] != len(level_logits) or any(d != len(level_logits) for d in depths):
+        raise ValueError(f"{len(level_logits)} heads, evidence for {depths} levels, "
+                         f"labels for {level_labels.shape[1]} levels")
+    fitted: list[tuple[float, tuple[float, ...]]] = []
+    for k, logits in enumerate(level_logits):
         allowed = _siblings_of_label(level_labels, parents, k)
-        fitted.append(fit_temperature_and_prior(logits, priors, level_labels[:, k], allowed,
-                                                min_examples=min_examples))
-    return tuple(t for t, _ in fitted), tuple(w for _, w in fitted)
+        fit = fit_fusion(logits, [e[k] for e in level_evidence], level_labels[:, k], allowed,
+                         min_examples=min_examples)
+        fitted.append(fit or (fitted[-1] if fitted else (1.0, (0.0,) * len(level_evidence))))
+    temperatures = tuple(t for t, _ in fitted)
+    weights = tuple(tuple(w[e] for _, w in fitted) for e in range(len(level_evidence)))
+    return temperatures, weights

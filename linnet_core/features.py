@@ -1,7 +1,7 @@
-"""Feature names and the one function that turns a product record into encoder text.
+"""Feature names and the two functions that turn a product record into encoder texts.
 
-Training and scoring both call `product_text`, so what the text encoder sees never differs between
-them. Feature names here are the keys of `schemas/training_features.json`.
+Training and scoring both call `product_text` and `title_text`, so what the text encoder sees never
+differs between them. Feature names here are the keys of `schemas/training_features.json`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,15 @@ from collections.abc import Mapping
 from typing import Any
 
 TEXT_EMBEDDING = "text_embedding"
+TITLE_EMBEDDING = "title_embedding"
 IMAGE_EMBEDDING = "image_embedding"
 IMAGE_PRESENT = "image_present"
 TEXT_DIM = 384
 IMAGE_DIM = 1280
+# The model's inputs, in signature order, with their shapes per product.
+MODEL_INPUTS = (TEXT_EMBEDDING, TITLE_EMBEDDING, IMAGE_EMBEDDING, IMAGE_PRESENT)
+INPUT_SHAPES = {TEXT_EMBEDDING: (TEXT_DIM,), TITLE_EMBEDDING: (TEXT_DIM,), IMAGE_EMBEDDING: (IMAGE_DIM,),
+                IMAGE_PRESENT: ()}
 LEVELS = 7
 NO_LABEL = -1
 DESCRIPTION_CHARS = 600
@@ -55,4 +60,17 @@ def product_text(record: Mapping[str, Any], description_chars: int = DESCRIPTION
         description = cut[: cut.rfind(" ")] if " " in cut else cut
     if description:
         parts.append(description)
+    return " | ".join(parts)
+
+
+def title_text(record: Mapping[str, Any]) -> str:
+    """The short text of what the product is: `title | type: product_type` (either part may be empty).
+
+    Embedded beside `product_text`: vendor, tags, collections and description are written in each
+    store's own way, so a second vector of the title and type alone is what carries across stores
+    (measured on unseen stores: level-1 accuracy 0.55 → 0.64 with both vectors, docs/training.md).
+    """
+    parts = [str(record["title"])] if record.get("title") else []
+    if record.get("product_type"):
+        parts.append(f"type: {record['product_type']}")
     return " | ".join(parts)

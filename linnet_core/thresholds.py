@@ -17,6 +17,10 @@ import numpy as np
 
 LEVELS = 7
 CONFIDENCES = ("path",)
+# The evidence fused into the model's logits besides its own heads (docs/ARCHITECTURE.md): the taxonomy
+# prior of the full text and of the title, and the exemplar memory's neighbour shares.
+TEXT_PRIOR, TITLE_PRIOR, EXEMPLAR_SHARES = "text_prior", "title_prior", "exemplars"
+EVIDENCE = (TEXT_PRIOR, TITLE_PRIOR, EXEMPLAR_SHARES)
 DEFAULT_LEVEL_THRESHOLD = 0.5
 DELTA = 0.05
 # The threshold of a level or subtree that no threshold could certify: the float32 just above 1.0, so
@@ -42,13 +46,17 @@ class Thresholds:
     overrides: dict[int, float] = field(default_factory=dict)
     confidence: str = "path"
     target_precision: float | None = None
-    # λ_k, the weight of the taxonomy prior in the fused logits L_k / T_k + λ_k · P_k (0: no prior)
-    prior_weights: tuple[float, ...] = (0.0,) * LEVELS
+    # w_e,k: the weight of evidence e at level k in the fused logits L_k / T_k + Σ_e w_e,k · E_e,k
+    # (an evidence left out weighs 0)
+    evidence_weights: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_vector("levels", self.levels, low=0.0, high=CLOSED)
         _check_vector("temperatures", self.temperatures, low=0.0, high=math.inf, strict_low=True)
-        _check_vector("prior_weights", self.prior_weights, low=0.0, high=math.inf)
+        for name, weights in self.evidence_weights.items():
+            if name not in EVIDENCE:
+                raise ThresholdsError(f"unknown evidence {name!r} in evidence_weights; known: {EVIDENCE}")
+            _check_vector(f"evidence_weights[{name}]", weights, low=0.0, high=math.inf)
         if self.confidence not in CONFIDENCES:
             raise ThresholdsError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
         for node_id, floor in self.overrides.items():
@@ -58,12 +66,17 @@ class Thresholds:
         if self.target_precision is not None and not 0.0 < self.target_precision <= 1.0:
             raise ThresholdsError(f"target_precision must be in (0, 1], got {self.target_precision!r}")
 
+    def weights(self, name: str) -> tuple[float, ...]:
+        """The per-level weights of evidence `name` (zeros when the file gives none)."""
+        return self.evidence_weights.get(name, (0.0,) * LEVELS)
+
     def to_json(self) -> dict:
         """The file's JSON object (override keys as strings, as JSON requires)."""
         data = asdict(self)
         data["levels"] = list(self.levels)
         data["temperatures"] = list(self.temperatures)
-        data["prior_weights"] = list(self.prior_weights)
+        data["evidence_weights"] = {name: list(self.evidence_weights[name]) for name in EVIDENCE
+                                    if name in self.evidence_weights}
         data["overrides"] = {str(node_id): floor for node_id, floor in sorted(self.overrides.items())}
         return data
 
@@ -80,9 +93,10 @@ class Thresholds:
                 overrides=overrides,
                 confidence=str(data.get("confidence", "path")),
                 target_precision=None if target is None else float(target),
-                prior_weights=tuple(float(v) for v in data.get("prior_weights") or (0.0,) * LEVELS),
+                evidence_weights={str(name): tuple(float(v) for v in weights)
+                                  for name, weights in (data.get("evidence_weights") or {}).items()},
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ThresholdsError(f"{source}: not a thresholds file: {error}") from error
 
 
@@ -119,11 +133,12 @@ def save_thresholds(thresholds: Thresholds, path: str | Path) -> None:
 # -- versions ----------------------------------------------------------------------------------------
 def content_version(levels: tuple[float, ...], temperatures: tuple[float, ...], overrides: dict[int, float],
                     target_precision: float | None,
-                    prior_weights: tuple[float, ...] = (0.0,) * LEVELS) -> str:
-    """A version that names the content: equal thresholds give equal versions, run after run (zero
-    prior weights leave the payload, and so the versions of files without a prior, as they were)."""
+                    evidence_weights: dict[str, tuple[float, ...]] | None = None) -> str:
+    """A version that names the content: equal thresholds give equal versions, run after run (all-zero
+    evidence weights leave the payload, and so the versions of files without evidence, as they were)."""
     content = [list(levels), list(temperatures), sorted(overrides.items()), target_precision]
-    payload = json.dumps(content + ([list(prior_weights)] if any(prior_weights) else []))
+    weights = {name: list(w) for name, w in sorted((evidence_weights or {}).items()) if any(w)}
+    payload = json.dumps(content + ([weights] if weights else []))
     prefix = "manual" if target_precision is None else f"p{target_precision:g}"
     return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
@@ -338,7 +353,7 @@ def _subtree_floor(level_ids: np.ndarray, confidences: np.ndarray, correct: np.n
 def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: np.ndarray,
          target_precision: float, temperatures: tuple[float, ...] = (1.0,) * LEVELS,
          floors: dict[int, float] | None = None, per_subtree: bool = False, delta: float = DELTA,
-         min_subtree_nodes: int = 50, prior_weights: tuple[float, ...] = (0.0,) * LEVELS
+         min_subtree_nodes: int = 50, evidence_weights: dict[str, tuple[float, ...]] | None = None
          ) -> tuple[Thresholds, dict]:
     """Precision-target thresholds from decoded paths on a calibration split.
 
@@ -386,9 +401,10 @@ def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: n
             overrides[int(root)] = max(overrides.get(int(root), 0.0), choice.threshold)
             report["subtrees"][str(int(root))] = asdict(choice) | {"coverage": choice.coverage}
     levels = tuple(s.threshold for s in selections)
-    version = content_version(levels, tuple(temperatures), overrides, target_precision, tuple(prior_weights))
+    evidence_weights = dict(evidence_weights or {})
+    version = content_version(levels, tuple(temperatures), overrides, target_precision, evidence_weights)
     tuned = Thresholds(version, levels, tuple(temperatures), overrides, target_precision=target_precision,
-                       prior_weights=tuple(prior_weights))
+                       evidence_weights=evidence_weights)
     return tuned, report
 
 

@@ -25,6 +25,7 @@ from linnet_core.features import (
     NO_LABEL,
     TEXT_DIM,
     TEXT_EMBEDDING,
+    TITLE_EMBEDDING,
     label_feature,
 )
 from linnet_core.records import Reason, RecordError
@@ -33,6 +34,7 @@ from linnet_core.taxonomy import Node, Taxonomy, TaxonomyError
 TRAIN, VALIDATION, CALIBRATION = "train", "validation", "calibration"
 SPLITS = (TRAIN, VALIDATION, CALIBRATION)
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+CLASS_WEIGHTS = "class_weights.json"
 DEFAULT_SPLIT_BY = ("store",)
 LAST_RESORT_SPLIT_FIELD = "product_id"
 UNKNOWN_LANG = "und"
@@ -165,6 +167,7 @@ def to_example(embedded: Mapping[str, Any], taxonomy: Taxonomy) -> dict[str, Any
         "store": embedded.get("store") or "",
         "lang": embedded.get("lang") or UNKNOWN_LANG,
         TEXT_EMBEDDING: _vector(embedded.get(TEXT_EMBEDDING), TEXT_DIM, TEXT_EMBEDDING, product_id),
+        TITLE_EMBEDDING: _vector(embedded.get(TITLE_EMBEDDING), TEXT_DIM, TITLE_EMBEDDING, product_id),
         IMAGE_EMBEDDING: _vector(embedded.get(IMAGE_EMBEDDING), IMAGE_DIM, IMAGE_EMBEDDING, product_id),
         IMAGE_PRESENT: float(embedded.get(IMAGE_PRESENT) or 0.0),
         "gpt_id": node.id,

@@ -32,10 +32,10 @@ from tfx_bsl.public import tfxio
 
 from linnet_core import transform
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, embed_categories
-from linnet_core.features import IMAGE_EMBEDDING, TEXT_EMBEDDING
 from linnet_core.records import RecordError, dead_letter
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import (
+    CLASS_WEIGHTS,
     DEFAULT_STORE_CAP,
     SPLITS,
     TRAIN,
@@ -52,7 +52,7 @@ from linnet_core.training_data import (
     to_example,
 )
 from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery
-from pipelines.embed import EMBEDDED, EmbedConfig, EmbedProducts, load_embedder
+from pipelines.embed import EMBEDDED, EmbedConfig, EmbedProducts, load_embedder, without_vectors
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, require
 
@@ -61,7 +61,6 @@ EXAMPLES = "examples"
 LABEL_STAGE = "label"
 EMBED_STAGE = "embed"
 BATCH_SIZE = 500
-_NOT_RAW = (TEXT_EMBEDDING, IMAGE_EMBEDDING)
 
 
 class TrainingDataOptions(PipelineOptions):
@@ -154,8 +153,8 @@ class _CoreFn(beam.DoFn):
             yield self.convert(record)
         except RecordError as error:
             self.rejected.inc()
-            raw = {key: value for key, value in record.items() if key not in _NOT_RAW}
-            yield TaggedOutput(DEAD_LETTER, dead_letter(self.stage, error.reason, str(error), raw,
+            yield TaggedOutput(DEAD_LETTER, dead_letter(self.stage, error.reason, str(error),
+                                                        without_vectors(record),
                                                         run_id=self.run_id))
 
     def convert(self, record: dict[str, Any]) -> Any:
@@ -329,7 +328,7 @@ def _reports(split_stats: list[tuple[str, SplitStats]], dead: dict[str, int], in
     yield "stats.json", json.dumps(stats_report(stats, dead, inputs, written, split, taxonomy),
                                    indent=2, ensure_ascii=False)
     train = stats.get(TRAIN) or SplitStats()
-    yield "class_weights.json", json.dumps(class_weights_report(train, taxonomy, weights),
+    yield CLASS_WEIGHTS, json.dumps(class_weights_report(train, taxonomy, weights),
                                            indent=2, ensure_ascii=False)
 
 

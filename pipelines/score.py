@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from linnet_core import __version__
 from linnet_core.categorization import DECISIONS, Lineage, categorized_row
-from linnet_core.features import IMAGE_EMBEDDING, IMAGE_PRESENT, TEXT_EMBEDDING
+from linnet_core.features import MODEL_INPUTS
 from linnet_core.model import MODEL_JSON
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
@@ -83,11 +83,9 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
 
     def run_inference(self, batch: Sequence[dict], model: Any,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
-        outputs = model.predict(
-            np.stack([record[TEXT_EMBEDDING] for record in batch]),
-            np.stack([record[IMAGE_EMBEDDING] for record in batch]),
-            np.array([record[IMAGE_PRESENT] for record in batch], np.float32),
-            decoding=self.decoding, thresholds=self.thresholds)
+        inputs = {name: np.stack([np.asarray(record[name], np.float32) for record in batch])
+                  for name in MODEL_INPUTS}
+        outputs = model.predict(inputs, decoding=self.decoding, thresholds=self.thresholds)
         for index, record in enumerate(batch):
             yield PredictionResult(record, {name: value[index] for name, value in outputs.items()},
                                    model_id=model.model_version)

@@ -1,12 +1,13 @@
 """Small training-data directories in the layout of `linnet build-training-data`, for model tests.
 
 Embeddings are random but learnable: each label node has a prototype text vector and examples are
-noisy copies of it. Labels are real taxonomy nodes (leaves and inner nodes), encoded with the
-feature spec of schemas/training_features.json.
+noisy copies of it (their title vectors other noisy copies). Labels are real taxonomy nodes (leaves
+and inner nodes), encoded with the feature spec of schemas/training_features.json.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf
 from linnet_core.features import IMAGE_DIM, LEVELS, TEXT_DIM
 from linnet_core.model.data import feature_spec
 from linnet_core.taxonomy import Taxonomy
+from linnet_core.training_data import CLASS_WEIGHTS, DEFAULT_STORE_CAP
 
 
 def _feature(value, dtype: tf.DType) -> tf.train.Feature:
@@ -43,11 +45,13 @@ def write_training_data(directory: Path, taxonomy: Taxonomy, sizes: dict[str, in
         for n in range(size):
             gpt_id = labels[int(rng.integers(len(labels)))]
             text = prototypes[gpt_id] + 0.7 * rng.normal(size=TEXT_DIM)
+            title = prototypes[gpt_id] + 0.7 * rng.normal(size=TEXT_DIM)
             present = float(rng.random() < 0.3)
             level_labels = taxonomy.level_labels(gpt_id)
             values = {
                 "product_id": f"{split}-{n}", "store": f"store-{n % 7}", "lang": "en",
                 "text_embedding": text / np.linalg.norm(text),
+                "title_embedding": title / np.linalg.norm(title),
                 "image_embedding": present * np.abs(rng.normal(size=IMAGE_DIM)),
                 "image_present": present, "gpt_id": gpt_id,
             }
@@ -60,4 +64,6 @@ def write_training_data(directory: Path, taxonomy: Taxonomy, sizes: dict[str, in
             writers[n % files_per_split].write(example.SerializeToString())
         for writer in writers:
             writer.close()
+    # What the model reads of class_weights.json: the store cap the example weights were built with.
+    Path(directory, CLASS_WEIGHTS).write_text(json.dumps({"store_cap": DEFAULT_STORE_CAP}), encoding="utf-8")
     return labels

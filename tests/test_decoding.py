@@ -185,7 +185,7 @@ def test_fused_logits_weigh_the_prior_after_temperatures(tiny: Taxonomy) -> None
     priors = decoding.taxonomy_priors(tf.constant([[1.0, 0.0]]), tables)
     temperatures = tf.constant([2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     weights = tf.constant([5.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    probabilities = decoding.level_probabilities(_logits(), temperatures, priors, weights)
+    probabilities = decoding.level_probabilities(_logits(), temperatures, ((priors, weights),))
     level_1 = np.log(SCORES[0]) / 2.0 + 5.0 * np.array(EXPECTED_PRIORS[0])
     np.testing.assert_allclose(probabilities[0].numpy()[0], np.exp(level_1) / np.exp(level_1).sum(),
                                rtol=1e-5)
@@ -195,14 +195,52 @@ def test_fused_logits_weigh_the_prior_after_temperatures(tiny: Taxonomy) -> None
     # 0.846·0.45 = 0.381 beats Animals > Pets > Dogs 0.846·0.55·0.732 = 0.341 and Toys > Dolls
     # 0.154·0.9 = 0.139: the prior moved the exact answer from Toys > Dolls to Animals > Farm.
     outputs = decoding.decode(_logits(), DecodingTables.build(tiny), temperatures, tf.constant("exact"),
-                              tf.zeros([7]), tf.constant(True), priors, weights)
+                              tf.zeros([7]), tf.constant(True), ((priors, weights),))
     animals_score, toys_score = math.sqrt(0.6) * math.exp(4.5), math.sqrt(0.4) * math.exp(3.0)
     animals = animals_score / (animals_score + toys_score)
     assert outputs["level_ids"].numpy()[0, :2].tolist() == [1, 5]
     np.testing.assert_allclose(outputs["level_confidences"].numpy()[0, :2], [animals, animals * 0.45],
                                rtol=1e-5)
-    # Zero weights are plain temperature scaling.
+    # Zero weights are plain temperature scaling; two evidence terms add.
     plain = decoding.level_probabilities(_logits(), temperatures)
-    zero = decoding.level_probabilities(_logits(), temperatures, priors, tf.zeros([7]))
+    zero = decoding.level_probabilities(_logits(), temperatures, ((priors, tf.zeros([7])),))
     for a, b in zip(plain, zero, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    halves = decoding.level_probabilities(_logits(), temperatures,
+                                          ((priors, weights / 2), (priors, weights / 2)))
+    for a, b in zip(probabilities, halves, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+
+
+def test_exemplar_shares_by_hand(tiny: Taxonomy) -> None:
+    """Three exemplars: Dogs at cos 1, Farm at cos 0.8 with store factor 0.5, Toys > Dolls at cos 0.
+    Weights exp((cos − 1) / SHARPNESS) × factor: 1, 0.5·e^-4, e^-20; shares are their normalised sums
+    per class, and a level an exemplar's label does not reach gets nothing from it."""
+    from linnet_core.exemplars import SHARPNESS, Exemplars
+
+    vectors = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)
+    labels = np.array([[0, 0, 0], [0, 1, -1], [1, 2, -1]], np.int32)  # class indexes per level
+    memory = decoding.ExemplarTables.build(
+        tiny, Exemplars(vectors, labels, np.array([1.0, 0.5, 1.0], np.float32), tiny.fingerprint))
+    shares = decoding.exemplar_shares(tf.constant([[2.0, 0.0]]), memory)
+    dogs, farm, dolls = 1.0, 0.5 * math.exp(-0.2 / SHARPNESS), math.exp(-1.0 / SHARPNESS)
+    total = dogs + farm + dolls
+    np.testing.assert_allclose(shares[0].numpy()[0], [(dogs + farm) / total, dolls / total], rtol=1e-5)
+    np.testing.assert_allclose(shares[1].numpy()[0], [dogs / total, farm / total, dolls / total, 0.0],
+                               rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(shares[2].numpy()[0], [dogs / total, 0.0, 0.0], rtol=1e-5, atol=1e-12)
+    empty = decoding.exemplar_shares(tf.zeros([0, 2]), memory)
+    assert [level.shape.as_list() for level in empty] == [[0, 2], [0, 4], [0, 3]]
+
+
+def test_exemplars_of_another_taxonomy_or_malformed_are_refused(tiny: Taxonomy, gpt: Taxonomy) -> None:
+    from linnet_core.exemplars import Exemplars, ExemplarsError
+
+    memory = Exemplars(np.eye(2, dtype=np.float32), np.zeros((2, 3), np.int32), np.ones(2, np.float32),
+                       tiny.fingerprint)
+    with pytest.raises(ExemplarsError):
+        decoding.ExemplarTables.build(gpt, memory)
+    with pytest.raises(ExemplarsError, match="disagree"):
+        Exemplars(np.eye(2, dtype=np.float32), np.zeros((3, 3), np.int32), np.ones(2, np.float32), "x")
+    with pytest.raises(ExemplarsError, match="weights"):
+        Exemplars(np.eye(2, dtype=np.float32), np.zeros((2, 3), np.int32), np.zeros(2, np.float32), "x")

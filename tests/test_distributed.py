@@ -79,9 +79,10 @@ def test_two_workers_train_to_the_same_model_shape_as_one(data_root: Path, gpt: 
     assert two["epochs"] == one["epochs"] == [1, 2]
     assert set(two["levels"]) == set(one["levels"])
     rng = np.random.default_rng(0)
-    inputs = (rng.normal(size=(5, 384)), np.zeros((5, 1280)), np.zeros(5))
+    inputs = {"text_embedding": rng.normal(size=(5, 384)), "title_embedding": rng.normal(size=(5, 384)),
+              "image_embedding": np.zeros((5, 1280)), "image_present": np.zeros(5)}
     for method in ("predict", "level_probabilities"):
-        shapes = [{k: v.shape for k, v in getattr(Predictor(d, gpt), method)(*inputs).items()}
+        shapes = [{k: v.shape for k, v in getattr(Predictor(d, gpt), method)(inputs).items()}
                   for d in (chief, single)]
         assert shapes[0] == shapes[1]
 

@@ -51,7 +51,13 @@ EXPECTED = [("ok", "ok", 1.0), ("by-content", "ok", 1.0), ("missing", "missing_f
 
 def _summary(record: dict) -> tuple:
     text, image = record[features.TEXT_EMBEDDING], record[features.IMAGE_EMBEDDING]
-    assert text.shape == (384,) and text.dtype == np.float32 and abs(np.linalg.norm(text) - 1) < 1e-4
+    title = record[features.TITLE_EMBEDDING]
+    for vector in (text, title):
+        assert vector.shape == (384,) and vector.dtype == np.float32
+        assert abs(np.linalg.norm(vector) - 1) < 1e-4
+    # A record with tags has a full text beyond its title; one with a title only embeds it twice.
+    same_text = features.product_text(record) == features.title_text(record)
+    assert np.allclose(text, title, atol=1e-6) == same_text
     assert image.shape == (1280,) and image.dtype == np.float32 and np.isfinite(image).all()
     assert bool(image.any()) == (record[features.IMAGE_PRESENT] == 1.0)
     return record["product_id"], record["image_status"], record[features.IMAGE_PRESENT]
@@ -121,12 +127,16 @@ def test_reference_engines_by_flag_agree_with_the_fast_path(models_dir: str) -> 
     batch = [records.normalize({"product_id": "a", "title": "Edelstahl-Wasserkocher 1,7 l, kabellos",
                                 "description": "Schnellkochend, mit Kalkfilter. " * 20,
                                 "image_uris": [JPEG]})]
-    fast = load_embedder(EmbedConfig(models_dir=models_dir, threads=2)).embed(batch, read_uri)[0].record
+    fast_embedder = load_embedder(EmbedConfig(models_dir=models_dir, threads=2))
+    fast = fast_embedder.embed(batch, read_uri)[0].record
     options = PipelineOptions([f"--models_dir={models_dir}", "--text_engine=torch", "--image_engine=torch",
                                "--embedding_cache=none", "--encoder_threads=2"])
     reference_embedder = load_embedder(EmbedConfig.from_options(options))
     assert "torch-fp32" in reference_embedder.text.encoder_id
     reference = reference_embedder.embed(batch, read_uri)[0].record
     assert float(fast["text_embedding"] @ reference["text_embedding"]) >= 0.98
+    assert float(fast["title_embedding"] @ reference["title_embedding"]) >= 0.98
+    title_alone = fast_embedder.text.encode([features.title_text(batch[0])])[0]
+    np.testing.assert_allclose(fast["title_embedding"], title_alone, atol=1e-6)
     image_a, image_b = fast["image_embedding"], reference["image_embedding"]
     assert float(image_a @ image_b / np.linalg.norm(image_a) / np.linalg.norm(image_b)) > 0.9999

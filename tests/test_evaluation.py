@@ -12,6 +12,7 @@ import pytest
 from linnet_core import metrics
 from linnet_core.evaluation import baselines, report
 from linnet_core.evaluation.systems import EvaluationError, read_labels, read_predictions
+from linnet_core.model.data import read_split
 from linnet_core.store_cap import capped_rows
 from pipelines import cli, evaluate_command
 
@@ -204,7 +205,7 @@ def trained_model(tmp_path_factory, gpt):
     rng = np.random.default_rng(0)
     with open(root / "products.jsonl", "w", encoding="utf-8") as handle:
         for split in ("train", "validation", "calibration"):
-            arrays = baselines.read_split(root / "data", split)
+            arrays = read_split(root / "data", split)
             for pid, gpt_id in zip(arrays["product_id"], arrays["gpt_id"], strict=True):
                 words = gpt.node(int(gpt_id)).name if rng.random() < 0.7 else "misc item"
                 handle.write(json.dumps({"product_id": pid, "store": "s", "title": f"{words} {pid}"}) + "\n")
@@ -226,8 +227,13 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     assert read_model_json(model)["thresholds_version"] == tuned.version
     assert Predictor(model).thresholds_version == tuned.version
     evidence = json.loads((model / "thresholds_report.json").read_text())
-    assert len(evidence["ece_before"]) == len(evidence["ece_after"]) == 7
+    assert len(evidence["ece_unfused"]) == len(evidence["ece_after"]) == 7
     assert all(level["upper_bound"] <= 0.2 or level["threshold"] == CLOSED for level in evidence["levels"])
+    # Cross-fitted over the train and calibration stores (7 synthetic stores), capped per store.
+    assert evidence["calibration"]["folds"] == 5 and evidence["calibration"]["stores"] == 7
+    assert evidence["calibration"]["products"] == evidence["n_labelled"] <= 7 * 150
+    assert set(tuned.evidence_weights) == {"exemplars"}  # no category embeddings: no priors
+    assert (model / "calibration_paths.npz").exists()
 
     outputs = []
     for name in ("first", "second"):
@@ -236,10 +242,13 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
         outputs.append((tmp_path / name / "metrics.json").read_text())
     assert outputs[0] == outputs[1]  # reproducible run to run
     result = json.loads(outputs[0])
-    assert set(result["systems"]) == {"tfidf", "published", "ours"} and result["n"] == 300
+    assert set(result["systems"]) == {"tfidf", "published", "published_on_ours", "ours"}
+    assert result["n"] == 300
     assert result["thresholds_version"] == tuned.version and result["cut_rule_mismatches"] == 0
     assert result["systems"]["tfidf"]["coverage"] == 1.0 and 0.0 <= result["unseen_label_share"] <= 1.0
-    assert set(result["operating_curves"]) == {"tfidf", "published", "ours", "ours_uniform"}
+    assert set(result["operating_curves"]) == {"tfidf", "published", "published_on_ours", "ours",
+                                               "ours_uniform"}
+    assert isinstance(result["comparison"]["ours_doubles_published_coverage"], bool)
     assert len(result["operating_curves"]["ours"]) == 12  # one point per precision target of the grid
     text = (tmp_path / "first" / "report.md").read_text()
     assert all(title in text for title in baselines.TITLES.values())
@@ -250,7 +259,7 @@ def test_evaluating_a_categorized_table_equals_evaluating_the_model(trained_mode
     from linnet_core.model.predictor import Predictor
 
     model, data = trained_model / "model", trained_model / "data"
-    split = baselines.read_split(data, "validation")
+    split = read_split(data, "validation")
     ours = baselines.model_system(Predictor(model), split)
     n = len(ours.product_ids)
     pq.write_table(pa.table({
@@ -273,13 +282,6 @@ def test_evaluating_a_categorized_table_equals_evaluating_the_model(trained_mode
     for key in ("hP", "hR", "hF1", "coverage", "level_accuracy", "aurc", "ece", "n", "n_labelled",
                 "thresholds_version", "systems", "comparison"):
         assert from_table[key] == from_model[key], key
-
-
-def test_class_labels_for_temperature_fitting(tiny):
-    from linnet_core.evaluation.tuning import class_labels
-
-    labels = class_labels(np.array([3, 13, -1, 999]), tiny)
-    assert labels.tolist() == [[0, 0, 0, -1, -1, -1, -1], [1, 3, 2, -1, -1, -1, -1], [-1] * 7, [-1] * 7]
 
 
 def test_parent_indexes(tiny):

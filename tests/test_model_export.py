@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from synthetic_training_data import write_training_data
 
+from linnet_core.exemplars import Exemplars
 from linnet_core.model.export import export_inference_model, read_model_json
 from linnet_core.model.predictor import Predictor, TaxonomyMismatchError
 from linnet_core.taxonomy import Taxonomy
@@ -30,9 +31,7 @@ FRESH_PROCESS = textwrap.dedent("""
     import tensorflow as tf
     model = tf.saved_model.load(sys.argv[1])
     inputs = np.load(sys.argv[2])
-    out = model.signatures["serving_default"](
-        text_embedding=tf.constant(inputs["text"]), image_embedding=tf.constant(inputs["image"]),
-        image_present=tf.constant(inputs["present"]))
+    out = model.signatures["serving_default"](**{{name: tf.constant(inputs[name]) for name in inputs.files}})
     meta = model.signatures["metadata"]()
     print(json.dumps({{
         "outputs": {{k: v.numpy().tolist() for k, v in out.items() if k != "decoding"}},
@@ -54,11 +53,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, gpt: Taxonomy) -> tuple[Pa
     return root / "model", root / "data"
 
 
-def _inputs(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _inputs(n: int, seed: int = 1) -> dict[str, np.ndarray]:
+    """Model inputs by name: unit text and title vectors, no image."""
     rng = np.random.default_rng(seed)
-    text = rng.normal(size=(n, 384)).astype(np.float32)
-    return (text / np.linalg.norm(text, axis=1, keepdims=True), np.zeros((n, 1280), np.float32),
-            np.zeros(n, np.float32))
+    text, title = rng.normal(size=(2, n, 384)).astype(np.float32)
+    return {"text_embedding": text / np.linalg.norm(text, axis=1, keepdims=True),
+            "title_embedding": title / np.linalg.norm(title, axis=1, keepdims=True),
+            "image_embedding": np.zeros((n, 1280), np.float32), "image_present": np.zeros(n, np.float32)}
 
 
 def _assert_valid_paths(taxonomy: Taxonomy, outputs: dict) -> None:
@@ -74,9 +75,14 @@ def _assert_valid_paths(taxonomy: Taxonomy, outputs: dict) -> None:
 def test_train_writes_the_model_directory(trained: tuple[Path, Path], gpt: Taxonomy) -> None:
     model_dir, _ = trained
     for name in ("saved_model/saved_model.pb", "model.json", "thresholds.json", "config.json", "curves.json",
-                 "curves.png", "MODEL_CARD.md", "training_model.weights.h5"):
+                 "curves.png", "MODEL_CARD.md", "training_model.weights.h5", "exemplars.npz"):
         assert (model_dir / name).exists(), name
     info = read_model_json(model_dir)
+    # The exemplar memory is the train split: every product, its title vector and level labels.
+    memory = Exemplars.load(model_dir / "exemplars.npz")
+    assert memory.vectors.shape == (600, 384) and info["exemplars"] == 600
+    memory.check(gpt)
+    assert np.all(memory.labels[:, 0] >= 0) and np.allclose(np.linalg.norm(memory.vectors, axis=1), 1.0)
     assert info["taxonomy_fingerprint"] == gpt.fingerprint and info["taxonomy_version"] == "2021-09-21"
     assert info["thresholds_version"] == "default" and info["config"]["epochs"] == 3
     assert info["training"]["train_examples"] == 600 and info["training"]["workers"] == 1
@@ -95,13 +101,13 @@ def test_saved_model_runs_in_a_fresh_process_without_project_code(trained: tuple
                                                                   tmp_path: Path) -> None:
     model_dir, _ = trained
     copy = shutil.copytree(model_dir / "saved_model", tmp_path / "exported")
-    text, image, present = _inputs(16)
-    result = _fresh_process_outputs(Path(copy), (text, image, present), tmp_path)
+    inputs = _inputs(16)
+    result = _fresh_process_outputs(Path(copy), inputs, tmp_path)
     assert result["modules"] == [] and result["taxonomy_fingerprint"] == gpt.fingerprint
     assert result["decoding"] == ["exact"] * 16
     fresh = {name: np.array(value) for name, value in result["outputs"].items()}
     _assert_valid_paths(gpt, fresh)
-    here = Predictor(model_dir, gpt).predict(text, image, present)
+    here = Predictor(model_dir, gpt).predict(inputs)
     for name in ("level_ids", "gpt_id", "depth", "decision"):
         np.testing.assert_array_equal(fresh[name], here[name])
     np.testing.assert_allclose(fresh["level_confidences"], here["level_confidences"], rtol=1e-5)
@@ -109,8 +115,8 @@ def test_saved_model_runs_in_a_fresh_process_without_project_code(trained: tuple
 
 def test_predictor_modes_thresholds_and_probabilities(trained: tuple[Path, Path], gpt: Taxonomy) -> None:
     predictor = Predictor(trained[0], gpt, batch_size=7)
-    text, image, present = _inputs(20)
-    results = {mode: predictor.predict(text, image, present, decoding=mode, thresholds=[0.0] * 7)
+    inputs = _inputs(20)
+    results = {mode: predictor.predict(inputs, decoding=mode, thresholds=[0.0] * 7)
                for mode in ("greedy", "exact")}
     for mode, outputs in results.items():
         assert outputs["level_ids"].shape == (20, 7) and list(outputs["decoding"]) == [mode.encode()] * 20
@@ -119,13 +125,21 @@ def test_predictor_modes_thresholds_and_probabilities(trained: tuple[Path, Path]
     ends = {mode: r["level_confidences"][np.arange(20), (r["level_ids"] >= 0).sum(axis=1) - 1]
             for mode, r in results.items()}
     assert np.all(ends["exact"] >= ends["greedy"] * (1 - 1e-4))
-    strict = predictor.predict(text, image, present, thresholds=[0.999] * 7)
+    strict = predictor.predict(inputs, thresholds=[0.999] * 7)
     assert np.all(strict["depth"] <= results["exact"]["depth"])
-    probabilities = predictor.level_probabilities(text, image, present)
+    probabilities = predictor.level_probabilities(inputs)
     assert [probabilities[f"level_{k}"].shape[1] for k in range(1, 8)] == gpt.level_sizes()
     np.testing.assert_allclose(probabilities["level_3"].sum(axis=1), 1.0, rtol=1e-4)
-    logits = predictor.level_logits(text, image, present)
+    logits = predictor.level_logits(inputs)
     assert logits["level_1"].shape == (20, 21)
+    # The exemplar memory is in the model (the priors are not: no category embeddings here).
+    evidence = predictor.level_evidence(inputs)
+    assert predictor.evidence == ("exemplars",)
+    np.testing.assert_allclose(evidence["exemplars_level_1"].sum(axis=1), 1.0, rtol=1e-5)
+    assert not evidence["text_prior_level_1"].any() and evidence["exemplars_level_3"].shape == (20, 1349)
+    # fused=False decodes the network alone; with all weights 0 and T = 1 that is what fusion gives.
+    network = predictor.predict(inputs, decoding="exact", thresholds=[0.0] * 7, fused=False)
+    np.testing.assert_array_equal(network["level_ids"], results["exact"]["level_ids"])
 
 
 def test_predictor_refuses_another_taxonomy(trained: tuple[Path, Path], tiny: Taxonomy) -> None:
@@ -136,8 +150,8 @@ def test_predictor_refuses_another_taxonomy(trained: tuple[Path, Path], tiny: Ta
 def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, Path], gpt: Taxonomy,
                                                           tmp_path: Path) -> None:
     model_dir = shutil.copytree(trained[0], tmp_path / "model")
-    text, image, present = _inputs(30)
-    before = Predictor(model_dir, gpt).predict(text, image, present, thresholds=[0.0] * 7)
+    inputs = _inputs(30)
+    before = Predictor(model_dir, gpt).predict(inputs, thresholds=[0.0] * 7)
     root = before["level_ids"][0, 0]
     tuned = Thresholds(version="tuned-1", levels=(0.0,) * 7, overrides={int(root): 1.0})
     save_thresholds(tuned, tmp_path / "tuned.json")
@@ -145,7 +159,7 @@ def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, P
     predictor = Predictor(model_dir, gpt)
     assert predictor.thresholds_version == "tuned-1" == read_model_json(model_dir)["thresholds_version"]
     assert load_thresholds(model_dir / "thresholds.json") == tuned
-    after = predictor.predict(text, image, present)
+    after = predictor.predict(inputs)
     np.testing.assert_array_equal(after["level_ids"], before["level_ids"])
     in_subtree = before["level_ids"][:, 0] == root
     assert np.all(after["gpt_id"][in_subtree] == -1)
@@ -158,21 +172,22 @@ def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, P
 
 def test_predictor_rejects_bad_inputs_and_accepts_none(trained: tuple[Path, Path]) -> None:
     predictor = Predictor(trained[0])
-    text, image, present = _inputs(4)
+    inputs = _inputs(4)
     with pytest.raises(ValueError, match="text_embedding must have shape"):
-        predictor.predict(text[:, :128], image, present)
+        predictor.predict({**inputs, "text_embedding": inputs["text_embedding"][:, :128]})
     with pytest.raises(ValueError, match="disagree"):
-        predictor.predict(text, image[:3], present)
-    text[2, 5] = np.nan
+        predictor.predict({**inputs, "image_embedding": inputs["image_embedding"][:3]})
+    with pytest.raises(ValueError, match="missing model inputs"):
+        predictor.predict({name: value for name, value in inputs.items() if name != "title_embedding"})
+    inputs["title_embedding"][2, 5] = np.nan
     with pytest.raises(ValueError, match=r"non-finite values in 1 rows, first \[2\]"):
-        predictor.predict(text, image, present)
-    empty = predictor.predict(np.zeros((0, 384)), np.zeros((0, 1280)), np.zeros(0))
+        predictor.predict(inputs)
+    empty = predictor.predict(_inputs(0))
     assert empty["level_ids"].shape == (0, 7) and empty["gpt_id"].shape == (0,)
 
 
-def _fresh_process_outputs(saved_model: Path, inputs: tuple[np.ndarray, ...], tmp_path: Path) -> dict:
-    text, image, present = inputs
-    np.savez(tmp_path / "inputs.npz", text=text, image=image, present=present)
+def _fresh_process_outputs(saved_model: Path, inputs: dict[str, np.ndarray], tmp_path: Path) -> dict:
+    np.savez(tmp_path / "inputs.npz", **inputs)
     script = tmp_path / "load.py"
     script.write_text(FRESH_PROCESS.format(root=str(Path(__file__).resolve().parent.parent)))
     done = subprocess.run([sys.executable, str(script), str(saved_model), str(tmp_path / "inputs.npz")],
@@ -182,11 +197,10 @@ def _fresh_process_outputs(saved_model: Path, inputs: tuple[np.ndarray, ...], tm
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_taxonomy_prior_is_baked_in_and_fused(trained: tuple[Path, Path], gpt: Taxonomy,
-                                              tmp_path: Path) -> None:
-    """Category embeddings in the model directory plus prior weights in the thresholds: the SavedModel
-    computes P_k (checked against a numpy subtree max), fuses L/T + λP everywhere, and still runs
-    in a fresh process without project code."""
+def test_evidence_is_baked_in_and_fused(trained: tuple[Path, Path], gpt: Taxonomy, tmp_path: Path) -> None:
+    """Category embeddings and an exemplar memory in the model directory plus evidence weights in the
+    thresholds: the SavedModel computes the priors of both texts (checked against a numpy subtree max),
+    fuses L/T + Σ w·E everywhere, and still runs in a fresh process without project code."""
     from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings, node_ids
 
     model_dir = Path(shutil.copytree(trained[0], tmp_path / "model"))
@@ -195,69 +209,93 @@ def test_taxonomy_prior_is_baked_in_and_fused(trained: tuple[Path, Path], gpt: T
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     (model_dir / CATEGORY_EMBEDDINGS).write_bytes(
         CategoryEmbeddings(np.array(ids), vectors, "random/1", gpt.fingerprint).to_bytes())
-    weights = (6.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0)
-    fused = Thresholds(version="fused-1", levels=(0.0,) * 7, temperatures=(1.5,) * 7, prior_weights=weights)
+    weights = {"text_prior": (6.0, 3.0, 1.0, 0.0, 0.0, 0.0, 0.0), "title_prior": (2.0,) * 7,
+               "exemplars": (1.5,) * 7}
+    fused = Thresholds(version="fused-1", levels=(0.0,) * 7, temperatures=(1.5,) * 7,
+                       evidence_weights=weights)
     save_thresholds(fused, tmp_path / "fused.json")
     export_inference_model(model_dir, tmp_path / "fused.json")
     predictor = Predictor(model_dir, gpt)
+    assert predictor.evidence == ("text_prior", "title_prior", "exemplars")
     inputs = _inputs(12, seed=4)
-    priors = predictor.level_priors(*inputs)
-    logits = predictor.level_logits(*inputs)
-    probabilities = predictor.level_probabilities(*inputs)
-    cosines = inputs[0] @ vectors.T
+    evidence = predictor.level_evidence(inputs)
+    logits = predictor.level_logits(inputs)
+    probabilities = predictor.level_probabilities(inputs)
     for level in (1, 2, 3):
         classes = gpt.level_ids(level)
-        expected = np.full((12, len(classes)), -np.inf)
-        for column, node_id in enumerate(ids):
-            ancestors = gpt.ancestors(node_id, include_self=True)
-            if len(ancestors) >= level:
-                j = gpt.level_index(ancestors[level - 1].id)
-                expected[:, j] = np.maximum(expected[:, j], cosines[:, column])
-        np.testing.assert_allclose(priors[f"level_{level}"], expected, atol=1e-5)
-        scores = logits[f"level_{level}"] / 1.5 + weights[level - 1] * expected
+        expected = {}
+        for name, embedding in (("text_prior", "text_embedding"), ("title_prior", "title_embedding")):
+            cosines = inputs[embedding] @ vectors.T
+            expected[name] = np.full((12, len(classes)), -np.inf)
+            for column, node_id in enumerate(ids):
+                ancestors = gpt.ancestors(node_id, include_self=True)
+                if len(ancestors) >= level:
+                    j = gpt.level_index(ancestors[level - 1].id)
+                    expected[name][:, j] = np.maximum(expected[name][:, j], cosines[:, column])
+            np.testing.assert_allclose(evidence[f"{name}_level_{level}"], expected[name], atol=1e-5)
+        expected["exemplars"] = evidence[f"exemplars_level_{level}"]
+        scores = logits[f"level_{level}"] / 1.5 + sum(weights[name][level - 1] * expected[name]
+                                                      for name in weights)
         softmax = np.exp(scores - scores.max(axis=1, keepdims=True))
         softmax /= softmax.sum(axis=1, keepdims=True)
         np.testing.assert_allclose(probabilities[f"level_{level}"], softmax, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(predictor.metadata["prior_weights"], weights)
-    assert predictor.metadata["category_encoder_id"] == "random/1"
+    np.testing.assert_allclose(predictor.metadata["text_prior_weights"], weights["text_prior"])
+    assert predictor.metadata["category_encoder_id"] == "random/1" and predictor.metadata["exemplars"] == 600
     fresh = _fresh_process_outputs(model_dir / "saved_model", inputs, tmp_path)
-    here = predictor.predict(*inputs)
+    here = predictor.predict(inputs)
     _assert_valid_paths(gpt, here)
     for name in ("level_ids", "gpt_id", "depth", "decision"):
         np.testing.assert_array_equal(np.array(fresh["outputs"][name]), here[name])
-    plain = Predictor(trained[0], gpt).predict(*inputs, thresholds=[0.0] * 7)
+    plain = Predictor(trained[0], gpt).predict(inputs, thresholds=[0.0] * 7)
     assert not np.array_equal(plain["level_confidences"], here["level_confidences"])
-    # Prior weights without category embeddings cannot be exported.
+    # fused=False is the network alone, whatever the weights: the published design's decoding.
+    network = predictor.predict(inputs, decoding="exact", thresholds=[0.0] * 7, fused=False)
+    np.testing.assert_allclose(network["level_confidences"], plain["level_confidences"], rtol=1e-5)
+    # Weights on evidence the model lacks cannot be exported.
     (model_dir / CATEGORY_EMBEDDINGS).unlink()
-    with pytest.raises(ValueError, match="category embeddings"):
+    with pytest.raises(ValueError, match="text_prior"):
         export_inference_model(model_dir, tmp_path / "fused.json")
 
 
-def test_tune_thresholds_fits_prior_weights_when_the_model_has_category_embeddings(
+def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
         trained: tuple[Path, Path], gpt: Taxonomy, tmp_path: Path) -> None:
-    """`linnet tune-thresholds` fits (T_k, λ_k) jointly and bakes prior_weights in. The category
-    vectors of the labelled nodes are their calibration products' mean text embedding, so the prior
-    is informative and λ_1 must come out positive."""
+    """`linnet tune-thresholds` cross-fits over the train and calibration stores and bakes temperatures
+    and evidence weights in. The category vectors of the labelled nodes are their products' mean text
+    embedding, so the priors are informative and must get positive weight at level 1."""
     from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings, node_ids
-    from linnet_core.evaluation.baselines import read_split
+    from linnet_core.evaluation.tuning import CALIBRATION_PATHS, CalibrationPaths
+    from linnet_core.model.data import read_split
 
     model_dir = Path(shutil.copytree(trained[0], tmp_path / "model"))
-    write_training_data(tmp_path / "data", gpt, sizes={"calibration": 400})
-    split = read_split(tmp_path / "data", "calibration")
+    data = Path(shutil.copytree(trained[1], tmp_path / "data"))
+    write_training_data(tmp_path / "calibration", gpt, sizes={"calibration": 300}, seed=0)
+    shutil.copytree(tmp_path / "calibration" / "calibration", data / "calibration")
+    pool = read_split(data, "train")
     ids = node_ids(gpt)
     vectors = np.random.default_rng(5).normal(size=(len(ids), 384)).astype(np.float32)
     row = {node_id: i for i, node_id in enumerate(ids)}
-    for label in np.unique(split["gpt_id"]):
-        vectors[row[int(label)]] = split["text_embedding"][split["gpt_id"] == label].mean(axis=0)
+    for label in np.unique(pool["gpt_id"]):
+        vectors[row[int(label)]] = pool["text_embedding"][pool["gpt_id"] == label].mean(axis=0)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     (model_dir / CATEGORY_EMBEDDINGS).write_bytes(
         CategoryEmbeddings(np.array(ids), vectors, "means/1", gpt.fingerprint).to_bytes())
     export_inference_model(model_dir)
-    assert cli.main(["tune-thresholds", "--model", str(model_dir), "--data", str(tmp_path / "data"),
+    assert cli.main(["tune-thresholds", "--model", str(model_dir), "--data", str(data), "--folds", "3",
                      "--target-precision", "0.5", "--sensitive", "none"]) == 0
     tuned = load_thresholds(model_dir / "thresholds.json")
-    assert tuned.prior_weights[0] > 1.0 and tuned.prior_weights[5:] == (0.0, 0.0)
+    assert tuned.weights("text_prior")[0] + tuned.weights("title_prior")[0] > 1.0
+    # Level 7 has (almost) no labels: it takes the fit of level 6.
+    assert tuned.weights("exemplars")[6] == tuned.weights("exemplars")[5] and tuned.temperatures[6] == \
+        tuned.temperatures[5]
     report = json.loads((model_dir / "thresholds_report.json").read_text())
-    assert report["prior_weights"] == list(tuned.prior_weights)
-    np.testing.assert_allclose(Predictor(model_dir, gpt).metadata["prior_weights"], tuned.prior_weights,
-                               rtol=1e-6)
+    assert report["evidence_weights"] == {name: list(w) for name, w in tuned.evidence_weights.items()}
+    assert report["calibration"] == {"folds": 3, "store_cap": 150, "products": 900, "stores": 7}
+    paths = CalibrationPaths.load(model_dir / CALIBRATION_PATHS)
+    assert paths.level_ids.shape == (900, 7) and sorted(set(paths.store)) == [f"store-{i}" for i in range(7)]
+    np.testing.assert_allclose(Predictor(model_dir, gpt).metadata["text_prior_weights"],
+                               tuned.weights("text_prior"), rtol=1e-6)
+    # Without folds: the model itself on the calibration split.
+    assert cli.main(["tune-thresholds", "--model", str(model_dir), "--data", str(data), "--folds", "0",
+                     "--target-precision", "0.5", "--sensitive", "none"]) == 0
+    report = json.loads((model_dir / "thresholds_report.json").read_text())
+    assert report["calibration"] == {"folds": None, "store_cap": 150, "products": 300, "stores": 7}

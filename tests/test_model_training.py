@@ -44,6 +44,7 @@ def test_config_file_overrides_defaults_and_rejects_typos(tmp_path: Path) -> Non
 def test_feature_spec_follows_the_schema_file() -> None:
     spec = feature_spec()
     assert spec["text_embedding"].shape == [384] and spec["image_embedding"].shape == [1280]
+    assert spec["title_embedding"].shape == [384]
     assert spec["label_level_7"].dtype == tf.int64 and spec["weight_level_1"].dtype == tf.float32
     assert "weight_level_1" not in feature_spec(include_weights=False)
 
@@ -57,7 +58,7 @@ def test_input_fn_reads_synthetic_records(tmp_path: Path, gpt: Taxonomy) -> None
               for i in range(2)]
     assert sum(shards) == 50 and min(shards) > 0
     inputs, labels, weights = next(iter(make_dataset(files, 50)))
-    assert inputs["text_embedding"].shape == (50, 384)
+    assert inputs["text_embedding"].shape == (50, 384) and inputs["title_embedding"].shape == (50, 384)
     labelled = labels["level_3"].numpy() >= 0
     assert np.all(weights["level_3"].numpy()[~labelled] == 0.0)
     assert np.all(weights["level_3"].numpy()[labelled] > 0.0)
@@ -70,6 +71,7 @@ def test_training_model_has_one_head_per_level(gpt: Taxonomy) -> None:
     model = build_training_model(config, gpt.level_sizes())
     rng = np.random.default_rng(0)
     inputs = {"text_embedding": tf.constant(rng.normal(size=(2, 384)), tf.float32),
+              "title_embedding": tf.constant(rng.normal(size=(2, 384)), tf.float32),
               "image_embedding": tf.zeros((2, 1280)), "image_present": tf.zeros((2,))}
     outputs = model(inputs)
     assert {name: tuple(value.shape) for name, value in outputs.items()} == {

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from linnet_core.features import product_text
+from linnet_core.features import product_text, title_text
 from linnet_core.records import MAX_CHARS, Reason, RecordError, dead_letter, normalize
 
 
@@ -65,6 +65,15 @@ def test_product_text_order_and_truncation() -> None:
                          "collections": ["Home"], "tags": ["a", "b"], "description": "long " * 500})
     assert text.startswith("Mug | type: Kitchen | vendor: Acme | collections: Home | tags: a, b | long")
     assert len(text) < 700
+
+
+def test_title_text_is_title_and_type_only() -> None:
+    record = {"title": "Mug", "product_type": "Kitchen", "vendor": "Acme", "tags": ["a"],
+              "description": "x"}
+    assert title_text(record) == "Mug | type: Kitchen"
+    assert title_text({"title": "Mug"}) == "Mug"
+    assert title_text({"product_type": "Kitchen"}) == "type: Kitchen"
+    assert title_text({"description": "only a description"}) == ""
 
 
 def test_core_does_not_import_beam() -> None:

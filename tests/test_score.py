@@ -110,6 +110,7 @@ def test_categorize_routes_a_failing_batch_to_dead_letters(model_dir: Path, gpt:
     def embedded(product_id: str, dim: int = TEXT_DIM) -> dict:
         return {"product_id": product_id, "store": "s", "updated_at": None,
                 "text_embedding": np.full(dim, 0.05, np.float32),
+                "title_embedding": np.full(dim, 0.05, np.float32),
                 "image_embedding": np.zeros(IMAGE_DIM, np.float32), "image_present": 0.0}
 
     lineage = {"taxonomy_version": gpt.version, "thresholds_version": "t", "code_version": "test",

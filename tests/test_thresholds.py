@@ -177,21 +177,30 @@ def test_floors_file_errors(tmp_path, tiny):
         th.load_floors(bad_path)
 
 
-def test_prior_weights_are_optional_and_named_by_the_version(tmp_path):
+def test_evidence_weights_are_optional_and_named_by_the_version(tmp_path):
     levels, temperatures = (0.5,) * 7, (1.3,) * 7
-    weights = (6.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0)
+    weights = {th.TEXT_PRIOR: (6.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0), th.EXEMPLAR_SHARES: (1.0,) * 7}
     plain = th.content_version(levels, temperatures, {}, 0.9)
-    # Zero weights keep the versions files without a prior always had; non-zero weights change it.
-    assert th.content_version(levels, temperatures, {}, 0.9, (0.0,) * 7) == plain
+    # All-zero weights keep the versions files without evidence always had; non-zero weights change it.
+    assert th.content_version(levels, temperatures, {}, 0.9, {th.TITLE_PRIOR: (0.0,) * 7}) == plain
     assert th.content_version(levels, temperatures, {}, 0.9, weights) != plain
-    fused = th.Thresholds("v", levels, temperatures, prior_weights=weights)
+    fused = th.Thresholds("v", levels, temperatures, evidence_weights=weights)
+    assert fused.weights(th.TEXT_PRIOR) == weights[th.TEXT_PRIOR]
+    assert fused.weights(th.TITLE_PRIOR) == (0.0,) * 7
     th.save_thresholds(fused, tmp_path / "t.json")
     assert th.load_thresholds(tmp_path / "t.json") == fused
-    assert json.loads((tmp_path / "t.json").read_text())["prior_weights"] == list(weights)
+    written = json.loads((tmp_path / "t.json").read_text())["evidence_weights"]
+    assert written == {name: list(w) for name, w in weights.items()}
     (tmp_path / "old.json").write_text(json.dumps({"version": "old", "levels": list(levels)}))
-    assert th.load_thresholds(tmp_path / "old.json").prior_weights == (0.0,) * 7
-    with pytest.raises(th.ThresholdsError, match="prior_weights"):
-        th.Thresholds("v", levels, prior_weights=(-1.0,) + (0.0,) * 6)
+    assert th.load_thresholds(tmp_path / "old.json").evidence_weights == {}
+    with pytest.raises(th.ThresholdsError, match="evidence_weights"):
+        th.Thresholds("v", levels, evidence_weights={th.TEXT_PRIOR: (-1.0,) + (0.0,) * 6})
+    with pytest.raises(th.ThresholdsError, match="unknown evidence"):
+        th.Thresholds("v", levels, evidence_weights={"gut_feeling": (1.0,) * 7})
+    (tmp_path / "bad.json").write_text(json.dumps({"version": "b", "levels": list(levels),
+                                                   "evidence_weights": [1, 2]}))
+    with pytest.raises(th.ThresholdsError, match="not a thresholds file"):
+        th.load_thresholds(tmp_path / "bad.json")
     tuned, _ = th.tune(np.array([[1, 2, -1, -1, -1, -1, -1]]), np.array([[0.9, 0.8, 0, 0, 0, 0, 0]]),
-                       np.array([[1, 2, -1, -1, -1, -1, -1]]), 0.5, temperatures, prior_weights=weights)
-    assert tuned.prior_weights == weights
+                       np.array([[1, 2, -1, -1, -1, -1, -1]]), 0.5, temperatures, evidence_weights=weights)
+    assert tuned.evidence_weights == weights

@@ -121,9 +121,10 @@ def test_level_labels_are_per_level_class_indexes(tiny, gpt):
 
 def _embedded(product_id: str, store: str, gpt_id: int | None, **extra) -> dict:
     rng = np.random.default_rng(int(hash_unit(product_id) * 2**32))
-    text = rng.standard_normal(TEXT_DIM).astype(np.float32)
+    text, title = rng.standard_normal((2, TEXT_DIM)).astype(np.float32)
     return {"product_id": product_id, "store": store, "title": f"product {product_id}", "gpt_id": gpt_id,
             "gpt_path": None, "lang": "en", "text_embedding": text / np.linalg.norm(text),
+            "title_embedding": title / np.linalg.norm(title),
             "image_embedding": np.zeros(IMAGE_DIM, np.float32), "image_present": 0.0, **extra}
 
 
@@ -138,6 +139,7 @@ def test_to_example_has_exactly_the_raw_features(tiny):
 
 
 @pytest.mark.parametrize("field, value", [("text_embedding", None), ("text_embedding", np.zeros(10)),
+                                          ("title_embedding", None),
                                           ("image_embedding", np.full(IMAGE_DIM, np.nan))])
 def test_to_example_rejects_bad_embeddings(tiny, field, value):
     with pytest.raises(RecordError) as raised:

@@ -1,4 +1,4 @@
-"""Embedding of product records: text always, the first usable photo when there is one, with the cache.
+"""Embedding of product records: two texts always, the first usable photo when there is one, with the cache.
 
 The pipeline hands in a batch of records and a function that reads image bytes (Beam's FileSystems there,
 plain files in tests); this module decides every outcome, so batch and online paths cannot drift apart.
@@ -132,17 +132,22 @@ class ProductEmbedder:
         """Embed a batch of product records (products schema).
 
         Args:
-            records: product records; text comes from `features.product_text`, photos from `image_uris`.
+            records: product records; texts come from `features.product_text` and `features.title_text`,
+                photos from `image_uris`.
             read: returns a URI's bytes; raises FileNotFoundError when it does not exist and ImageError
                 when it can never be read (other errors propagate: a transient storage error must fail
                 the bundle so the runner retries it).
         Returns:
-            One `Embedded` per record, in order: the record plus `text_embedding` (float32[384],
-            L2-normalised), `image_embedding` (float32[1280], zeros without a usable photo),
-            `image_present` (0.0/1.0) and `image_status`; or an error for the dead-letter output.
+            One `Embedded` per record, in order: the record plus `text_embedding` and
+            `title_embedding` (float32[384], L2-normalised), `image_embedding` (float32[1280], zeros
+            without a usable photo), `image_present` (0.0/1.0) and `image_status`; or an error for the
+            dead-letter output.
         """
+        # Both texts of every record in one encoder call (a title often equals another product's).
         texts = [features.product_text(record) for record in records]
-        text_vectors, text_hits = self._text_vectors(texts)
+        texts += [features.title_text(record) for record in records]
+        vectors, text_hits = self._text_vectors(texts)
+        text_vectors, title_vectors = vectors[:len(records)], vectors[len(records):]
         photos = list(self._pool.map(lambda record: self._first_image(record.get("image_uris") or [], read),
                                      records))
         to_encode = [photo for photo in photos if photo.pixels is not None]
@@ -153,17 +158,20 @@ class ProductEmbedder:
         results = []
         for i, record in enumerate(records):
             photo = photos[i]
-            failure = next((v for v in (text_vectors[i], photo.vector) if isinstance(v, Exception)), None)
+            failure = next((v for v in (text_vectors[i], title_vectors[i], photo.vector)
+                            if isinstance(v, Exception)), None)
             if failure is not None:
                 results.append(Embedded(None, f"{type(failure).__name__}: {failure}", photo.status))
                 continue
             present = photo.vector is not None
             embedded = dict(record)
             embedded[features.TEXT_EMBEDDING] = np.asarray(text_vectors[i], np.float32)
+            embedded[features.TITLE_EMBEDDING] = np.asarray(title_vectors[i], np.float32)
             embedded[features.IMAGE_EMBEDDING] = (np.asarray(photo.vector, np.float32) if present
                                                   else np.zeros(features.IMAGE_DIM, np.float32))
             embedded[features.IMAGE_PRESENT] = 1.0 if present else 0.0
             embedded[IMAGE_STATUS] = photo.status
-            hits = [name for name, hit in (("text", text_hits[i]), ("image", photo.cached)) if hit]
+            text_hit = text_hits[i] and text_hits[len(records) + i]
+            hits = [name for name, hit in (("text", text_hit), ("image", photo.cached)) if hit]
             results.append(Embedded(embedded, None, photo.status, hits))
         return results

@@ -1,40 +1,59 @@
 """Calibrate a model directory and give it precision-target thresholds (`linnet tune-thresholds`).
 
-1. fit one temperature per level on the calibration split's raw logits (NLL), jointly with the weight
-   of the taxonomy prior when the model has category embeddings (fused logits L/T + λ·P);
-2. re-export with those temperatures, so the model's own decoding yields calibrated path confidences
-   (exact decoding depends on the temperatures, so paths are decoded again, never re-derived here);
-3. per level, the smallest Clopper–Pearson-certified threshold for the target, sensitive floors as
+1. the calibration set (`model.crossfit`): logits and evidence of labelled products from stores the
+   scoring networks never saw, cross-fitted over the train and calibration stores by default, at most
+   `store_cap` products per store (the acceptance set's cap, so no store decides the fit);
+2. per level, the temperature of the network's logits and the weight of each evidence by NLL;
+3. decode the set with the model's own decoding ops at that fusion (exact decoding depends on it);
+4. per level, the smallest Clopper–Pearson-certified threshold for the target, sensitive floors as
    overrides (optionally per level-1 subtree);
-4. write a versioned thresholds file and re-export the inference model with it.
+5. write a versioned thresholds file, re-export the inference model with it, and keep the decoded
+   calibration paths (MODEL/calibration_paths.npz) so `linnet evaluate` retunes on the same evidence.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from linnet_core import calibration, metrics
-from linnet_core.evaluation.baselines import model_inputs, read_split
 from linnet_core.features import LEVELS, NO_LABEL
+from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import DELTA, Thresholds, content_version, save_thresholds, tune
+from linnet_core.thresholds import DELTA, Thresholds, save_thresholds, tune
 
 logger = logging.getLogger(__name__)
 HISTORY = "thresholds_history"
 REPORT = "thresholds_report.json"
+CALIBRATION_PATHS = "calibration_paths.npz"
 
 
-def class_labels(gpt_ids: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
-    """int[N, LEVELS]: the label's class index per level (-1 past its depth, or when unknown)."""
-    rows = []
-    for gpt_id in gpt_ids:
-        labels = taxonomy.level_labels(int(gpt_id)) if int(gpt_id) in taxonomy else []
-        rows.append((list(labels) + [NO_LABEL] * LEVELS)[:LEVELS])
-    return np.array(rows, dtype=np.int64).reshape(-1, LEVELS)
+@dataclass(frozen=True)
+class CalibrationPaths:
+    """Decoded calibration products (before thresholds) and their labels: what thresholds are tuned on."""
+
+    product_id: np.ndarray
+    store: np.ndarray
+    gpt_id: np.ndarray
+    level_ids: np.ndarray
+    level_confidences: np.ndarray
+
+    def save(self, path: str | Path) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, product_id=self.product_id.astype(str), store=self.store.astype(str),
+                 gpt_id=self.gpt_id, level_ids=self.level_ids, level_confidences=self.level_confidences)
+        Path(path).write_bytes(buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationPaths:
+        with np.load(io.BytesIO(Path(path).read_bytes())) as npz:
+            return cls(npz["product_id"].astype(object), npz["store"].astype(object), npz["gpt_id"],
+                       npz["level_ids"], npz["level_confidences"])
 
 
 def parent_indexes(taxonomy: Taxonomy) -> list[np.ndarray]:
@@ -44,86 +63,84 @@ def parent_indexes(taxonomy: Taxonomy) -> list[np.ndarray]:
             for k in range(1, taxonomy.max_depth + 1)]
 
 
-def fit_temperatures(predictor, split: Mapping[str, np.ndarray], taxonomy: Taxonomy) -> tuple[float, ...]:
-    """Per-level temperatures, each level k > 1 fit among the label's siblings (1.0 for levels with
-    fewer than calibration.MIN_EXAMPLES labels or beyond the taxonomy's depth)."""
-    logits = predictor.level_logits(*model_inputs(split))
-    labels = class_labels(split["gpt_id"], taxonomy)
-    depth = taxonomy.max_depth
-    fitted = calibration.fit_temperatures([logits[f"level_{k}"] for k in range(1, depth + 1)],
-                                          labels[:, :depth], parent_indexes(taxonomy))
-    return tuple(fitted) + (1.0,) * (LEVELS - depth)
+def _padded(values: tuple[float, ...], fill: float) -> tuple[float, ...]:
+    return tuple(values) + (fill,) * (LEVELS - len(values))
 
 
-def fit_temperatures_and_priors(predictor, split: Mapping[str, np.ndarray],
-                                taxonomy: Taxonomy) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-level (temperatures, prior weights) of the fused logits, fit as `fit_temperatures` fits
-    temperatures; a model without category embeddings gets temperatures alone and weights 0."""
-    if not predictor.metadata.get("category_encoder_id"):
-        return fit_temperatures(predictor, split, taxonomy), (0.0,) * LEVELS
-    inputs = model_inputs(split)
-    logits, priors = predictor.level_logits(*inputs), predictor.level_priors(*inputs)
-    labels = class_labels(split["gpt_id"], taxonomy)
-    depth = taxonomy.max_depth
-    names = [f"level_{k}" for k in range(1, depth + 1)]
-    temperatures, weights = calibration.fit_temperatures_and_priors(
-        [logits[n] for n in names], [priors[n] for n in names], labels[:, :depth], parent_indexes(taxonomy))
-    return tuple(temperatures) + (1.0,) * (LEVELS - depth), tuple(weights) + (0.0,) * (LEVELS - depth)
+def fit_fusion(calibration_set, taxonomy: Taxonomy) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
+    """Per-level temperatures and evidence weights fitted on a `crossfit.CalibrationSet`."""
+    names = list(calibration_set.evidence)
+    temperatures, weights = calibration.fit_fusions(
+        calibration_set.logits, [calibration_set.evidence[name] for name in names], calibration_set.labels,
+        parent_indexes(taxonomy))
+    return _padded(temperatures, 1.0), {name: _padded(w, 0.0) for name, w in zip(names, weights, strict=True)}
 
 
-def _calibration_summary(outputs: Mapping[str, np.ndarray], split: Mapping[str, np.ndarray],
-                         table: metrics.AncestorTable) -> list[float]:
-    known = np.where(np.isin(split["gpt_id"], table.ids), split["gpt_id"], NO_LABEL)
-    return metrics.level_ece(outputs["level_ids"], outputs["level_confidences"], known, table)
+def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int, store_cap: int):
+    """The store-capped calibration set: cross-fitted with `folds` > 1, else the model on the calibration
+    split."""
+    from linnet_core.model import crossfit
+    from linnet_core.model.data import read_split
+    from linnet_core.model.predictor import Predictor
+
+    def cap(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        return capped_rows(arrays["product_id"], arrays["store"], store_cap)
+
+    if folds > 1:
+        return crossfit.cross_fitted(model_dir, data_dir, taxonomy, folds, keep=cap)
+    split = read_split(data_dir, "calibration")
+    rows = cap(split)
+    return crossfit.from_model(Predictor(model_dir, taxonomy), {k: v[rows] for k, v in split.items()},
+                               taxonomy.max_depth)
 
 
 def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_precision: float,
                        floors: Mapping[int, float] | None = None, per_subtree: bool = False,
-                       delta: float = DELTA) -> tuple[Thresholds, dict]:
-    """Steps 1–4 above on MODEL and DATA/calibration.
+                       delta: float = DELTA, folds: int = 5, store_cap: int = STORE_CAP
+                       ) -> tuple[Thresholds, dict]:
+    """Steps 1–5 above on MODEL and DATA.
 
     Returns:
         (the thresholds now baked into MODEL, the evidence written to MODEL/thresholds_report.json).
 
     Raises:
-        DataError (no calibration split), ModelDirError, TaxonomyMismatchError, ThresholdsError.
+        DataError (a split is missing), ModelDirError, ValueError (too few stores to cross-fit),
+        ThresholdsError.
     """
-    from linnet_core.model.export import TAXONOMY_COPY, export_inference_model
-    from linnet_core.model.predictor import Predictor
+    from linnet_core.model import crossfit
+    from linnet_core.model.export import TAXONOMY_COPY, export_inference_model, read_model_json
+    from linnet_core.thresholds import load_thresholds
 
     model_dir = Path(model_dir)
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
     table = metrics.AncestorTable(taxonomy)
-    split = read_split(data_dir, "calibration")
-    predictor = Predictor(model_dir, taxonomy)
-    before = predictor.thresholds
-    ece_before = _calibration_summary(predictor.predict(*model_inputs(split)), split, table)
-    temperatures, prior_weights = fit_temperatures_and_priors(predictor, split, taxonomy)
-    logger.info("temperatures %s and prior weights %s fitted on %d calibration products", temperatures,
-                prior_weights, len(split["gpt_id"]))
+    before = load_thresholds(model_dir / "thresholds.json")
+    mode = read_model_json(model_dir).get("default_decoding", "exact")
+    scored = calibration_set(model_dir, data_dir, taxonomy, folds, store_cap)
+    temperatures, weights = fit_fusion(scored, taxonomy)
+    logger.info("fitted on %d calibration products (%d stores): temperatures %s, evidence weights %s",
+                len(scored.gpt_id), len(np.unique(scored.store)), temperatures, weights)
 
+    known = np.where(np.isin(scored.gpt_id, table.ids), scored.gpt_id, NO_LABEL)
+    unfused_ids, unfused_confidences = crossfit.decode_paths(scored, taxonomy, (1.0,) * LEVELS, {}, mode)
+    level_ids, confidences = crossfit.decode_paths(scored, taxonomy, temperatures, weights, mode)
+    tuned, evidence = tune(level_ids, confidences, table.path_of(known), target_precision,
+                           temperatures=temperatures, floors=dict(floors or {}), per_subtree=per_subtree,
+                           delta=delta, evidence_weights=weights)
     history = model_dir / HISTORY
     history.mkdir(exist_ok=True)
-    staged_version = content_version(before.levels, temperatures, before.overrides, None, prior_weights)
-    staged = Thresholds(staged_version, before.levels, temperatures, dict(before.overrides),
-                        prior_weights=prior_weights)
-    save_thresholds(staged, history / f"{staged.version}.json")
-    export_inference_model(model_dir, history / f"{staged.version}.json")
-
-    predictor = Predictor(model_dir, taxonomy)
-    outputs = predictor.predict(*model_inputs(split))
-    known = np.where(np.isin(split["gpt_id"], table.ids), split["gpt_id"], NO_LABEL)
-    tuned, evidence = tune(outputs["level_ids"], outputs["level_confidences"], table.path_of(known),
-                           target_precision, temperatures=temperatures, floors=dict(floors or {}),
-                           per_subtree=per_subtree, delta=delta, prior_weights=prior_weights)
     path = history / f"{tuned.version}.json"
     save_thresholds(tuned, path)
     export_inference_model(model_dir, path)
+    CalibrationPaths(scored.product_id, scored.store, known, level_ids, confidences).save(
+        model_dir / CALIBRATION_PATHS)
     evidence.update({
         "thresholds_version": tuned.version, "previous_thresholds_version": before.version,
-        "temperatures": list(temperatures), "prior_weights": list(prior_weights),
-        "n_calibration": int(len(known)),
-        "ece_before": ece_before, "ece_after": _calibration_summary(outputs, split, table),
+        "temperatures": list(temperatures), "evidence_weights": {k: list(v) for k, v in weights.items()},
+        "calibration": {"folds": folds if folds > 1 else None, "store_cap": store_cap,
+                        "products": int(len(known)), "stores": int(len(np.unique(scored.store)))},
+        "ece_unfused": metrics.level_ece(unfused_ids, unfused_confidences, known, table),
+        "ece_after": metrics.level_ece(level_ids, confidences, known, table),
         "floors": {str(k): v for k, v in sorted((floors or {}).items())},
     })
     return tuned, evidence

@@ -5,22 +5,15 @@ The feature spec comes from schemas/training_features.json, the one place it is 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 import schemas
-from linnet_core.features import (
-    IMAGE_EMBEDDING,
-    IMAGE_PRESENT,
-    LEVELS,
-    TEXT_EMBEDDING,
-    label_feature,
-    weight_feature,
-)
+from linnet_core.features import LEVELS, MODEL_INPUTS, label_feature, weight_feature
 
-MODEL_INPUTS = (TEXT_EMBEDDING, IMAGE_EMBEDDING, IMAGE_PRESENT)
 SPLITS = ("train", "validation", "calibration")
 _DTYPES = {"string": tf.string, "float32": tf.float32, "int64": tf.int64}
 
@@ -109,6 +102,20 @@ def make_dataset(files: list[str], batch_size: int, *, shuffle_buffer: int = 0, 
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def array_dataset(arrays: Mapping[str, np.ndarray], batch_size: int, *, shuffle_buffer: int = 0,
+                  seed: int = 0, repeat: bool = False) -> tf.data.Dataset:
+    """Batched model examples from in-memory feature arrays (the names `make_dataset` parses), for
+    training on a subset of products held in memory, like the cross-fitted networks of tuning."""
+    spec = feature_spec()
+    dataset = tf.data.Dataset.from_tensor_slices({name: np.asarray(arrays[name]) for name in spec
+                                                  if name in arrays})
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size).map(to_model_example).prefetch(tf.data.AUTOTUNE)
+
+
 def read_arrays(files: list[str], names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Whole features of small splits as numpy arrays (validation metrics, model card)."""
     spec = feature_spec()
@@ -119,3 +126,27 @@ def read_arrays(files: list[str], names: tuple[str, ...]) -> dict[str, np.ndarra
         for name in names:
             parts[name].append(parsed[name].numpy())
     return {name: np.concatenate(chunks) if chunks else np.zeros((0,)) for name, chunks in parts.items()}
+
+
+def model_inputs(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model inputs (features.MODEL_INPUTS) of a dict of feature arrays."""
+    return {name: arrays[name] for name in MODEL_INPUTS}
+
+
+def decode_strings(values: np.ndarray) -> np.ndarray:
+    """TFRecord string features (bytes) as Python strings."""
+    return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def read_split(data_dir: str | Path, split: str, embeddings: bool = True,
+               weights: bool = False) -> dict[str, np.ndarray]:
+    """Ids, labels (gpt_id and `label_level_k`), store and language, unless `embeddings` is False the
+    model inputs, and with `weights` the `weight_level_k` features, of one training-data split."""
+    names = ("product_id", "gpt_id", "store", "lang") + tuple(label_feature(k) for k in range(1, LEVELS + 1))
+    names += MODEL_INPUTS if embeddings else ()
+    names += tuple(weight_feature(k) for k in range(1, LEVELS + 1)) if weights else ()
+    arrays = read_arrays(split_files(data_dir, split), names)
+    for name in ("product_id", "store", "lang"):
+        arrays[name] = decode_strings(arrays[name])
+    arrays["gpt_id"] = arrays["gpt_id"].astype(np.int64)
+    return arrays

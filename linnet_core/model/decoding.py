@@ -1,9 +1,11 @@
 """Constrained decoding and thresholds as TensorFlow ops over per-level logits.
 
-Before anything else the logits are *fused*: L'_k = L_k / T_k + λ_k · P_k, where P_k is the taxonomy
-prior (per level-k class, the highest cosine between the product's text embedding and the path
-embedding of any node in the class's subtree, `linnet_core.category_prior`). λ_k = 0 is plain
-temperature scaling. Every probability below (sibling, per-level, path) is a softmax of fused logits.
+Before anything else the logits are *fused* with the evidence beside the network:
+L'_k = L_k / T_k + Σ_e w_e,k · E_e,k, where each E_e,k holds one score per level-k class — the taxonomy
+prior of the full text and of the title (per class, the highest cosine between the product's embedding
+and the path embedding of any node in the class's subtree, `linnet_core.category_prior`) and the
+exemplar shares (`linnet_core.exemplars`). All weights 0 is plain temperature scaling. Every
+probability below (sibling, per-level, path) is a softmax of fused logits.
 
 Confidence is the *path probability*: the product, from level 1 down to a node, of each node's
 probability renormalised over its siblings (softmax of the temperature-scaled logits over the
@@ -14,15 +16,17 @@ exactly the deepest prefix that clears every threshold (back-off to a confident 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 from linnet_core.category_prior import CategoryEmbeddings, level_segments
-from linnet_core.features import LEVELS, NO_LABEL
+from linnet_core.exemplars import NEIGHBOURS, SHARPNESS, Exemplars
+from linnet_core.features import LEVELS, NO_LABEL, TEXT_EMBEDDING, TITLE_EMBEDDING
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
-from linnet_core.thresholds import Thresholds
+from linnet_core.thresholds import EVIDENCE, EXEMPLAR_SHARES, TEXT_PRIOR, TITLE_PRIOR, Thresholds
 
 GREEDY = "greedy"
 EXACT = "exact"
@@ -106,6 +110,29 @@ class PriorTables:
                    tuple(taxonomy.level_sizes()))
 
 
+@dataclass(frozen=True)
+class ExemplarTables:
+    """The exemplar memory as constants: unit vectors [M, dim], per level the class index of every
+    exemplar (-1 past its label's depth), weights [M], classes per level."""
+
+    vectors: np.ndarray
+    labels: tuple[np.ndarray, ...]
+    weights: np.ndarray
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def build(cls, taxonomy: Taxonomy, exemplars: Exemplars) -> ExemplarTables:
+        """Raises ExemplarsError when the memory does not index this taxonomy."""
+        exemplars.check(taxonomy)
+        return cls(exemplars.vectors.astype(np.float32),
+                   tuple(exemplars.labels[:, k].astype(np.int32) for k in range(taxonomy.max_depth)),
+                   exemplars.weights.astype(np.float32), tuple(taxonomy.level_sizes()))
+
+
+# Evidence: per level float32[B, n_k] scores and the level weights float32[>= D] that multiply them.
+Evidence = tuple[list[tf.Tensor], tf.Tensor]
+
+
 def taxonomy_priors(text_embedding: tf.Tensor, prior: PriorTables) -> list[tf.Tensor]:
     """Per level k, P_k float32[B, n_k]: max over the class's subtree (the node and its descendants)
     of cos(text embedding, node path embedding), as one matmul and a segment max per level."""
@@ -115,21 +142,53 @@ def taxonomy_priors(text_embedding: tf.Tensor, prior: PriorTables) -> list[tf.Te
             for segments, size in zip(prior.segments, prior.sizes, strict=True)]
 
 
-def fused_logits(logits: list[tf.Tensor], temperatures: tf.Tensor, priors: list[tf.Tensor] | None = None,
-                 prior_weights: tf.Tensor | None = None) -> list[tf.Tensor]:
-    """Per level L_k / T_k + λ_k · P_k (just L_k / T_k without priors)."""
+def exemplar_shares(title_embedding: tf.Tensor, memory: ExemplarTables) -> list[tf.Tensor]:
+    """Per level k, float32[B, n_k]: the weighted share of the product's NEIGHBOURS nearest exemplars
+    (cosine of title embeddings) labelled with each class, a neighbour weighing
+    exp((cos − best cos) / SHARPNESS) × its store factor (linnet_core.exemplars)."""
+    title = tf.math.l2_normalize(tf.cast(title_embedding, tf.float32), axis=-1)
+    similarity = tf.matmul(title, tf.constant(memory.vectors), transpose_b=True)  # [B, M]
+    nearest, index = tf.math.top_k(similarity, k=min(NEIGHBOURS, len(memory.weights)))
+    weight = tf.exp((nearest - nearest[:, :1]) / SHARPNESS) * tf.gather(tf.constant(memory.weights), index)
+    weight /= tf.reduce_sum(weight, axis=1, keepdims=True)
+    batch = tf.shape(index)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(index))
+    shares = []
+    for labels, size in zip(memory.labels, memory.sizes, strict=True):
+        label = tf.gather(tf.constant(labels), index)
+        segment = tf.where(label >= 0, rows * size + label, batch * size)  # unlabelled: a dummy segment
+        summed = tf.math.unsorted_segment_sum(weight, segment, batch * size + 1)[:-1]
+        shares.append(tf.reshape(summed, [batch, size]))
+    return shares
+
+
+def evidence_scores(inputs: Mapping[str, tf.Tensor], prior: PriorTables | None,
+                    memory: ExemplarTables | None) -> dict[str, list[tf.Tensor]]:
+    """Each evidence a model has (thresholds.EVIDENCE order), per level: the taxonomy prior of the
+    full text and of the title (with category embeddings), the exemplar shares (with a memory)."""
+    scores = {}
+    if prior is not None:
+        scores[TEXT_PRIOR] = taxonomy_priors(inputs[TEXT_EMBEDDING], prior)
+        scores[TITLE_PRIOR] = taxonomy_priors(inputs[TITLE_EMBEDDING], prior)
+    if memory is not None:
+        scores[EXEMPLAR_SHARES] = exemplar_shares(inputs[TITLE_EMBEDDING], memory)
+    return scores
+
+
+def fused_logits(logits: list[tf.Tensor], temperatures: tf.Tensor,
+                 evidence: tuple[Evidence, ...] = ()) -> list[tf.Tensor]:
+    """Per level L_k / T_k + Σ_e w_e,k · E_e,k (just L_k / T_k without evidence)."""
     fused = []
     for k, level_logits in enumerate(logits):
         scaled = tf.cast(level_logits, tf.float32) / temperatures[k]
-        if priors is not None:
-            scaled += prior_weights[k] * priors[k]
+        for scores, weights in evidence:
+            scaled += weights[k] * scores[k]
         fused.append(scaled)
     return fused
 
 
 def sibling_log_probs(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Tensor,
-                      priors: list[tf.Tensor] | None = None,
-                      prior_weights: tf.Tensor | None = None) -> list[tf.Tensor]:
+                      evidence: tuple[Evidence, ...] = ()) -> list[tf.Tensor]:
     """Per level, log of each class's probability renormalised over its siblings, float32[B, n_k].
 
     Renormalising softmax of the fused logits over a sibling group equals a softmax over that group
@@ -137,7 +196,7 @@ def sibling_log_probs(logits: list[tf.Tensor], tables: DecodingTables, temperatu
     and sum.
     """
     result = []
-    for k, scaled in enumerate(fused_logits(logits, temperatures, priors, prior_weights)):
+    for k, scaled in enumerate(fused_logits(logits, temperatures, evidence)):
         if k == 0:
             result.append(tf.nn.log_softmax(scaled, axis=-1))
             continue
@@ -152,10 +211,9 @@ def sibling_log_probs(logits: list[tf.Tensor], tables: DecodingTables, temperatu
 
 
 def level_probabilities(logits: list[tf.Tensor], temperatures: tf.Tensor,
-                        priors: list[tf.Tensor] | None = None,
-                        prior_weights: tf.Tensor | None = None) -> list[tf.Tensor]:
+                        evidence: tuple[Evidence, ...] = ()) -> list[tf.Tensor]:
     """Per level, the softmax of the fused logits over all classes of the level (no parent constraint)."""
-    return [tf.nn.softmax(z, axis=-1) for z in fused_logits(logits, temperatures, priors, prior_weights)]
+    return [tf.nn.softmax(z, axis=-1) for z in fused_logits(logits, temperatures, evidence)]
 
 
 def greedy_paths(log_probs: list[tf.Tensor], tables: DecodingTables) -> tf.Tensor:
@@ -210,8 +268,7 @@ def cut_depth(paths: tf.Tensor, confidences: tf.Tensor, tables: DecodingTables,
 
 def decode(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Tensor,
            mode: tf.Tensor, level_thresholds: tf.Tensor, use_overrides: tf.Tensor,
-           priors: list[tf.Tensor] | None = None,
-           prior_weights: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+           evidence: tuple[Evidence, ...] = ()) -> dict[str, tf.Tensor]:
     """Decode, score and cut: the inference model's outputs (docs/ARCHITECTURE.md), padded to LEVELS.
 
     Args:
@@ -220,10 +277,10 @@ def decode(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Ten
         mode: string scalar, "exact" or "greedy" (anything else fails with InvalidArgumentError).
         level_thresholds: float32[>= D] per-level thresholds on path probability.
         use_overrides: bool scalar; False ignores the per-node floors.
-        priors, prior_weights: per level float32[B, n_k] taxonomy priors and float32[>= D] their
-            weights λ_k (None: no prior).
+        evidence: (per level float32[B, n_k] scores, float32[>= D] their weights) pairs fused into the
+            logits (none: the network alone).
     """
-    log_probs = sibling_log_probs(logits, tables, temperatures, priors, prior_weights)
+    log_probs = sibling_log_probs(logits, tables, temperatures, evidence)
     check = tf.debugging.Assert(tf.reduce_any(tf.equal(mode, MODES)),
                                 ["decoding must be 'exact' or 'greedy', got", mode])
     with tf.control_dependencies([check]):
@@ -250,5 +307,6 @@ def decode(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Ten
 
 
 def thresholds_vector(thresholds: Thresholds, name: str) -> np.ndarray:
-    """`levels`, `temperatures` or `prior_weights` of a thresholds file as float32[LEVELS]."""
-    return np.asarray(getattr(thresholds, name), np.float32)
+    """`levels` or `temperatures` of a thresholds file, or the weights of an evidence, as float32[LEVELS]."""
+    values = thresholds.weights(name) if name in EVIDENCE else getattr(thresholds, name)
+    return np.asarray(values, np.float32)

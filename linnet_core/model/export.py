@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
+from linnet_core.exemplars import EXEMPLARS, Exemplars
 from linnet_core.model import MODEL_JSON
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.inference_model import InferenceModel
@@ -52,7 +53,8 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
         model_dir: a directory `linnet train` wrote.
         thresholds_path: a thresholds file to bake in; it replaces MODEL/thresholds.json and
             model.json's thresholds_version. None re-exports with MODEL/thresholds.json.
-            MODEL/category_embeddings.npz, when present, gives the taxonomy prior.
+            MODEL/category_embeddings.npz, when present, gives the taxonomy priors and
+            MODEL/exemplars.npz the exemplar memory.
 
     Returns:
         The SavedModel directory.
@@ -78,8 +80,9 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
     network.load_weights(str(model_dir / WEIGHTS))
     embeddings_path = model_dir / CATEGORY_EMBEDDINGS
     embeddings = CategoryEmbeddings.load(embeddings_path) if embeddings_path.exists() else None
+    exemplars = Exemplars.load(model_dir / EXEMPLARS) if (model_dir / EXEMPLARS).exists() else None
     module = InferenceModel(network, taxonomy, thresholds, info["model_version"],
-                            info.get("default_decoding", "exact"), embeddings)
+                            info.get("default_decoding", "exact"), embeddings, exemplars)
     target = model_dir / SAVED_MODEL
     staging = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=model_dir))
     try:

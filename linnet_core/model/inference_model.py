@@ -1,8 +1,8 @@
 """The inference model: the trained network plus decoding and thresholds, as one tf.Module.
 
 Saved with tf.saved_model.save, it needs neither the project's code nor Keras to run: the taxonomy
-tables, category embeddings (the taxonomy prior), thresholds, temperatures, prior weights and versions
-are constants inside its graph.
+tables, category embeddings (the taxonomy prior), the exemplar memory, thresholds, temperatures,
+evidence weights and versions are constants inside its graph.
 """
 
 from __future__ import annotations
@@ -12,58 +12,63 @@ import tensorflow as tf
 import tf_keras
 
 from linnet_core.category_prior import CategoryEmbeddings
-from linnet_core.features import (
-    IMAGE_DIM,
-    IMAGE_EMBEDDING,
-    IMAGE_PRESENT,
-    LEVELS,
-    TEXT_DIM,
-    TEXT_EMBEDDING,
-)
+from linnet_core.exemplars import Exemplars
+from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
 from linnet_core.model import decoding
 from linnet_core.model.data import level_name
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import Thresholds
+from linnet_core.thresholds import EVIDENCE, EXEMPLAR_SHARES, TEXT_PRIOR, TITLE_PRIOR, Thresholds
 
-EMBEDDING_SIGNATURE = (
-    tf.TensorSpec([None, TEXT_DIM], tf.float32, name=TEXT_EMBEDDING),
-    tf.TensorSpec([None, IMAGE_DIM], tf.float32, name=IMAGE_EMBEDDING),
-    tf.TensorSpec([None], tf.float32, name=IMAGE_PRESENT),
-)
+EMBEDDING_SIGNATURE = tuple(tf.TensorSpec([None, *INPUT_SHAPES[name]], tf.float32, name=name)
+                            for name in MODEL_INPUTS)
 DECODE_SIGNATURE = EMBEDDING_SIGNATURE + (
     tf.TensorSpec([], tf.string, name="decoding"),
     tf.TensorSpec([LEVELS], tf.float32, name="thresholds"),
     tf.TensorSpec([], tf.bool, name="use_overrides"),
+    tf.TensorSpec([], tf.bool, name="fused"),
 )
+
+
+def evidence_output(name: str, level: int) -> str:
+    """Output name of evidence `name` at `level` in the `level_evidence` signature."""
+    return f"{name}_{level_name(level)}"
 
 
 class InferenceModel(tf.Module):
     """Embeddings in; decoded path, confidences, thresholded prediction out (docs/ARCHITECTURE.md).
 
     Signatures once saved: `serving_default` (baked thresholds, default decoding), `decode` (decoding
-    mode, per-level thresholds and use_overrides chosen per call), `level_probabilities` (calibrated
-    per-level softmax), `level_logits` (raw logits, for temperature fitting), `level_priors` (the
-    taxonomy prior P_k, for fitting its weights; zeros without category embeddings) and `metadata`.
+    mode, per-level thresholds, use_overrides and fused chosen per call; fused False decodes the
+    network's own logits, the published design), `level_probabilities` (calibrated per-level
+    softmax), `level_logits` (raw logits), `level_evidence` (each evidence per level, zeros where the
+    model lacks it; with the logits, what fusion weights are fit on) and `metadata`.
     """
 
     def __init__(self, network: tf_keras.Model, taxonomy: Taxonomy, thresholds: Thresholds,
                  model_version: str, default_decoding: str = decoding.EXACT,
-                 category_embeddings: CategoryEmbeddings | None = None) -> None:
-        """Raises ValueError: unknown decoding, or prior weights > 0 without category embeddings;
-        CategoryEmbeddingsError: embeddings of another taxonomy."""
+                 category_embeddings: CategoryEmbeddings | None = None,
+                 exemplars: Exemplars | None = None) -> None:
+        """Raises ValueError: unknown decoding, or weight on evidence the model lacks;
+        CategoryEmbeddingsError / ExemplarsError: evidence of another taxonomy."""
         super().__init__(name="linnet_inference")
         if default_decoding not in decoding.MODES:
             raise ValueError(f"default_decoding must be one of {decoding.MODES}, got {default_decoding!r}")
-        if any(thresholds.prior_weights) and category_embeddings is None:
-            raise ValueError(f"thresholds {thresholds.version} weigh a taxonomy prior "
-                             f"{list(thresholds.prior_weights)} but the model has no category embeddings")
         self.network = network
         self._tables = decoding.DecodingTables.build(taxonomy, thresholds.overrides)
         self._prior = (decoding.PriorTables.build(taxonomy, category_embeddings)
                        if category_embeddings is not None else None)
+        self._memory = decoding.ExemplarTables.build(taxonomy, exemplars) if exemplars is not None else None
+        available = {TEXT_PRIOR: self._prior is not None, TITLE_PRIOR: self._prior is not None,
+                     EXEMPLAR_SHARES: self._memory is not None}
+        missing = [name for name in EVIDENCE if any(thresholds.weights(name)) and not available[name]]
+        if missing:
+            raise ValueError(f"thresholds {thresholds.version} weigh evidence {missing} that the model lacks "
+                             f"(category embeddings: {self._prior is not None}, exemplars: "
+                             f"{self._memory is not None})")
+        self._evidence_names = tuple(name for name in EVIDENCE if available[name])
         self._thresholds = decoding.thresholds_vector(thresholds, "levels")
         self._temperatures = decoding.thresholds_vector(thresholds, "temperatures")
-        self._prior_weights = decoding.thresholds_vector(thresholds, "prior_weights")
+        self._weights = {name: decoding.thresholds_vector(thresholds, name) for name in EVIDENCE}
         self._default_decoding = default_decoding
         sizes = taxonomy.level_sizes() + [0] * (LEVELS - taxonomy.max_depth)
         self._metadata = {
@@ -74,69 +79,74 @@ class InferenceModel(tf.Module):
             "default_decoding": default_decoding,
             "thresholds": self._thresholds,
             "temperatures": self._temperatures,
-            "prior_weights": self._prior_weights,
+            **{f"{name}_weights": weights for name, weights in self._weights.items()},
+            "evidence": ",".join(self._evidence_names),
             "category_encoder_id": category_embeddings.encoder_id if category_embeddings is not None else "",
+            "exemplars": np.int64(len(exemplars.weights) if exemplars is not None else 0),
             "level_sizes": np.array(sizes, np.int32),
         }
 
-    def _logits(self, text_embedding, image_embedding, image_present) -> list[tf.Tensor]:
-        outputs = self.network({TEXT_EMBEDDING: text_embedding, IMAGE_EMBEDDING: image_embedding,
-                                IMAGE_PRESENT: image_present}, training=False)
+    def _logits(self, inputs: tuple[tf.Tensor, ...]) -> list[tf.Tensor]:
+        outputs = self.network(dict(zip(MODEL_INPUTS, inputs, strict=True)), training=False)
         return [outputs[level_name(k)] for k in range(1, self._tables.depth + 1)]
 
-    def _priors(self, text_embedding) -> list[tf.Tensor] | None:
-        return decoding.taxonomy_priors(text_embedding, self._prior) if self._prior is not None else None
+    def _evidence_scores(self, inputs: tuple[tf.Tensor, ...]) -> dict[str, list[tf.Tensor]]:
+        return decoding.evidence_scores(dict(zip(MODEL_INPUTS, inputs, strict=True)), self._prior,
+                                        self._memory)
 
-    def _fusion(self, text_embedding) -> dict:
-        """The prior arguments of the decoding functions (none without category embeddings)."""
-        if self._prior is None:
-            return {}
-        return {"priors": self._priors(text_embedding), "prior_weights": tf.constant(self._prior_weights)}
+    def _evidence(self, inputs: tuple[tf.Tensor, ...], fused: tf.Tensor | bool = True
+                  ) -> tuple[decoding.Evidence, ...]:
+        """The (scores, weights) pairs of the fused logits; weights 0 when `fused` is False."""
+        scale = tf.cast(fused, tf.float32)
+        return tuple((scores, scale * tf.constant(self._weights[name]))
+                     for name, scores in self._evidence_scores(inputs).items())
 
     @tf.function(input_signature=EMBEDDING_SIGNATURE)
-    def serving_default(self, text_embedding, image_embedding, image_present):
+    def serving_default(self, text_embedding, title_embedding, image_embedding, image_present):
         """Decode with the baked defaults."""
-        return decoding.decode(self._logits(text_embedding, image_embedding, image_present), self._tables,
-                               tf.constant(self._temperatures), tf.constant(self._default_decoding),
-                               tf.constant(self._thresholds), tf.constant(True),
-                               **self._fusion(text_embedding))
+        inputs = (text_embedding, title_embedding, image_embedding, image_present)
+        return decoding.decode(self._logits(inputs), self._tables, tf.constant(self._temperatures),
+                               tf.constant(self._default_decoding), tf.constant(self._thresholds),
+                               tf.constant(True), self._evidence(inputs))
 
     @tf.function(input_signature=DECODE_SIGNATURE)
-    def decode(self, text_embedding, image_embedding, image_present, decoding_mode, thresholds,
-               use_overrides):
-        """Decode with a decoding mode ("exact"/"greedy") and thresholds chosen by the caller."""
-        return decoding.decode(self._logits(text_embedding, image_embedding, image_present), self._tables,
-                               tf.constant(self._temperatures), decoding_mode, thresholds, use_overrides,
-                               **self._fusion(text_embedding))
+    def decode(self, text_embedding, title_embedding, image_embedding, image_present, decoding_mode,
+               thresholds, use_overrides, fused):
+        """Decode with a decoding mode ("exact"/"greedy"), thresholds and overrides chosen by the caller;
+        `fused` False decodes the network's logits alone (temperature 1, no evidence)."""
+        inputs = (text_embedding, title_embedding, image_embedding, image_present)
+        temperatures = tf.where(fused, tf.constant(self._temperatures), tf.ones([LEVELS]))
+        return decoding.decode(self._logits(inputs), self._tables, temperatures, decoding_mode, thresholds,
+                               use_overrides, self._evidence(inputs, fused))
 
     @tf.function(input_signature=EMBEDDING_SIGNATURE)
-    def level_probabilities(self, text_embedding, image_embedding, image_present):
-        """Per-level softmax of the fused logits (temperatures and prior), over all classes of the level."""
-        logits = self._logits(text_embedding, image_embedding, image_present)
-        probs = decoding.level_probabilities(logits, tf.constant(self._temperatures),
-                                             **self._fusion(text_embedding))
+    def level_probabilities(self, text_embedding, title_embedding, image_embedding, image_present):
+        """Per-level softmax of the fused logits (temperatures and evidence) over all classes of a level."""
+        inputs = (text_embedding, title_embedding, image_embedding, image_present)
+        probs = decoding.level_probabilities(self._logits(inputs), tf.constant(self._temperatures),
+                                             self._evidence(inputs))
         return {level_name(k + 1): p for k, p in enumerate(probs)}
 
     @tf.function(input_signature=EMBEDDING_SIGNATURE)
-    def level_logits(self, text_embedding, image_embedding, image_present):
-        """Per-level raw logits (before temperatures), for calibration."""
-        logits = self._logits(text_embedding, image_embedding, image_present)
-        return {level_name(k + 1): z for k, z in enumerate(logits)}
+    def level_logits(self, text_embedding, title_embedding, image_embedding, image_present):
+        """Per-level raw logits of the network (before temperatures and evidence)."""
+        inputs = (text_embedding, title_embedding, image_embedding, image_present)
+        return {level_name(k + 1): z for k, z in enumerate(self._logits(inputs))}
 
     @tf.function(input_signature=EMBEDDING_SIGNATURE)
-    def level_priors(self, text_embedding, image_embedding, image_present):
-        """Per-level taxonomy prior P_k (subtree-max cosine to the category embeddings), for fitting λ_k;
-        zeros when the model has no category embeddings."""
-        priors = self._priors(text_embedding)
-        if priors is None:
-            logits = self._logits(text_embedding, image_embedding, image_present)
-            priors = [tf.zeros_like(z) for z in logits]
-        return {level_name(k + 1): p for k, p in enumerate(priors)}
+    def level_evidence(self, text_embedding, title_embedding, image_embedding, image_present):
+        """Every evidence of EVIDENCE per level (`<evidence>_level_k`), zeros for evidence the model
+        lacks: with `level_logits`, what `linnet tune-thresholds` fits temperatures and weights on."""
+        inputs = (text_embedding, title_embedding, image_embedding, image_present)
+        logits = self._logits(inputs)
+        scores = self._evidence_scores(inputs)
+        return {evidence_output(name, k + 1): scores[name][k] if name in scores else tf.zeros_like(z)
+                for name in EVIDENCE for k, z in enumerate(logits)}
 
     @tf.function(input_signature=[])
     def metadata(self):
-        """Versions, the taxonomy fingerprint and the baked thresholds, temperatures, prior weights,
-        the category encoder id and the level sizes."""
+        """Versions, the taxonomy fingerprint, the baked thresholds, temperatures and evidence weights,
+        the evidence the model has, the category encoder id, the exemplar count and the level sizes."""
         return {name: tf.constant(value) for name, value in self._metadata.items()}
 
     def save(self, directory: str) -> None:
@@ -146,7 +156,7 @@ class InferenceModel(tf.Module):
             "decode": self.decode.get_concrete_function(),
             "level_probabilities": self.level_probabilities,
             "level_logits": self.level_logits,
-            "level_priors": self.level_priors,
+            "level_evidence": self.level_evidence,
             "metadata": self.metadata,
         }
         tf.saved_model.save(self, directory, signatures=signatures)

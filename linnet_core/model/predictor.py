@@ -4,12 +4,13 @@ threshold tuning), batched over numpy arrays. Decoding and thresholds run inside
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from linnet_core.features import IMAGE_DIM, IMAGE_EMBEDDING, IMAGE_PRESENT, LEVELS, TEXT_DIM, TEXT_EMBEDDING
+from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
 from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON, read_model_json
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, load_thresholds
@@ -69,22 +70,23 @@ class Predictor:
                 f"got taxonomy {taxonomy.version} (fingerprint {taxonomy.fingerprint}) "
                 f"from {taxonomy.source}")
 
-    def predict(self, text_embedding: np.ndarray, image_embedding: np.ndarray, image_present: np.ndarray,
-                decoding: str | None = None, thresholds: np.ndarray | list[float] | None = None,
-                use_overrides: bool = True) -> dict[str, np.ndarray]:
+    def predict(self, inputs: Mapping[str, np.ndarray], decoding: str | None = None,
+                thresholds: np.ndarray | list[float] | None = None, use_overrides: bool = True,
+                fused: bool = True) -> dict[str, np.ndarray]:
         """Decoded paths and thresholded predictions (the SavedModel's outputs) for N products.
 
         Args:
-            text_embedding, image_embedding, image_present: float32 [N, 384], [N, 1280], [N].
+            inputs: the model inputs by name (features.MODEL_INPUTS), float32 [N, *INPUT_SHAPES[name]].
             decoding: "exact" or "greedy"; None takes the model's default.
             thresholds: 7 per-level thresholds; None takes the baked ones.
             use_overrides: apply the baked per-node floors.
+            fused: False decodes the network's logits alone (temperature 1, no evidence).
 
         Returns:
             level_ids int64[N, 7], level_confidences float32[N, 7], gpt_id int64[N], depth int32[N],
             decision int32[N], decoding bytes[N].
         """
-        if decoding is None and thresholds is None and use_overrides:
+        if decoding is None and thresholds is None and use_overrides and fused:
             signature = self._model.signatures["serving_default"]
             extra = {}
         else:
@@ -94,35 +96,36 @@ class Predictor:
                 "decoding": tf.constant(decoding or self.metadata["default_decoding"]),
                 "thresholds": tf.constant(np.asarray(levels, np.float32).reshape(LEVELS)),
                 "use_overrides": tf.constant(bool(use_overrides)),
+                "fused": tf.constant(bool(fused)),
             }
-        return self._batched(signature, text_embedding, image_embedding, image_present, extra)
+        return self._batched(signature, inputs, extra)
 
-    def level_probabilities(self, text_embedding: np.ndarray, image_embedding: np.ndarray,
-                            image_present: np.ndarray) -> dict[str, np.ndarray]:
+    def level_probabilities(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-level calibrated softmax over all classes of each level: `level_k` → float32[N, n_k]."""
-        return self._batched(self._model.signatures["level_probabilities"], text_embedding,
-                             image_embedding, image_present, {})
+        return self._batched(self._model.signatures["level_probabilities"], inputs, {})
 
-    def level_logits(self, text_embedding: np.ndarray, image_embedding: np.ndarray,
-                     image_present: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-level raw logits (before temperatures): `level_k` → float32[N, n_k]."""
-        return self._batched(self._model.signatures["level_logits"], text_embedding, image_embedding,
-                             image_present, {})
+    def level_logits(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per-level raw logits (before temperatures and evidence): `level_k` → float32[N, n_k]."""
+        return self._batched(self._model.signatures["level_logits"], inputs, {})
 
-    def level_priors(self, text_embedding: np.ndarray, image_embedding: np.ndarray,
-                     image_present: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-level taxonomy prior P_k (zeros without category embeddings): `level_k` → float32[N, n_k]."""
-        return self._batched(self._model.signatures["level_priors"], text_embedding, image_embedding,
-                             image_present, {})
+    def level_evidence(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every evidence per level, `<evidence>_level_k` → float32[N, n_k] (zeros where the model lacks
+        it; inference_model.evidence_output names them)."""
+        return self._batched(self._model.signatures["level_evidence"], inputs, {})
 
-    def _batched(self, signature, text_embedding, image_embedding, image_present, extra) -> dict:
-        text, image, present = check_inputs(text_embedding, image_embedding, image_present)
+    @property
+    def evidence(self) -> tuple[str, ...]:
+        """The evidence this model has (thresholds.EVIDENCE names)."""
+        return tuple(name for name in self.metadata["evidence"].split(",") if name)
+
+    def _batched(self, signature, inputs: Mapping[str, np.ndarray], extra: dict) -> dict:
+        arrays = check_inputs(inputs)
+        n = len(arrays[MODEL_INPUTS[0]])
         parts: dict[str, list[np.ndarray]] = {}
-        for start in range(0, max(len(text), 1), self.batch_size):
+        for start in range(0, max(n, 1), self.batch_size):
             stop = start + self.batch_size
-            outputs = signature(**{TEXT_EMBEDDING: tf.constant(text[start:stop]),
-                                   IMAGE_EMBEDDING: tf.constant(image[start:stop]),
-                                   IMAGE_PRESENT: tf.constant(present[start:stop])}, **extra)
+            outputs = signature(**{name: tf.constant(array[start:stop]) for name, array in arrays.items()},
+                                **extra)
             for name, value in outputs.items():
                 parts.setdefault(name, []).append(value.numpy())
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
@@ -134,20 +137,20 @@ class Predictor:
             "default_decoding")})
 
 
-def check_inputs(text_embedding, image_embedding, image_present) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three model inputs as float32 arrays of shapes [N, 384], [N, 1280], [N].
+def check_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model inputs (features.MODEL_INPUTS) as float32 arrays of their shapes, e.g. [N, 384].
 
     Raises:
-        ValueError: a wrong shape, disagreeing N, or non-finite values (naming the first bad rows),
-            rather than letting NaNs decode into arbitrary paths.
+        ValueError: a missing input, a wrong shape, disagreeing N, or non-finite values (naming the first
+            bad rows), rather than letting NaNs decode into arbitrary paths.
     """
-    arrays = {TEXT_EMBEDDING: np.asarray(text_embedding, np.float32),
-              IMAGE_EMBEDDING: np.asarray(image_embedding, np.float32),
-              IMAGE_PRESENT: np.asarray(image_present, np.float32)}
-    expected = {TEXT_EMBEDDING: (TEXT_DIM,), IMAGE_EMBEDDING: (IMAGE_DIM,), IMAGE_PRESENT: ()}
+    missing = [name for name in MODEL_INPUTS if name not in inputs]
+    if missing:
+        raise ValueError(f"missing model inputs {missing}; the model takes {list(MODEL_INPUTS)}")
+    arrays = {name: np.asarray(inputs[name], np.float32) for name in MODEL_INPUTS}
     for name, array in arrays.items():
-        if array.shape[1:] != expected[name]:
-            raise ValueError(f"{name} must have shape [N, *{expected[name]}], got {array.shape}")
+        if array.shape[1:] != INPUT_SHAPES[name]:
+            raise ValueError(f"{name} must have shape [N, *{INPUT_SHAPES[name]}], got {array.shape}")
     counts = {len(array) for array in arrays.values()}
     if len(counts) != 1:
         raise ValueError(f"inputs disagree on the number of products: "
@@ -157,4 +160,4 @@ def check_inputs(text_embedding, image_embedding, image_present) -> tuple[np.nda
         bad = np.flatnonzero(~(finite.all(axis=1) if array.ndim > 1 else finite))
         if len(bad):
             raise ValueError(f"{name} has non-finite values in {len(bad)} rows, first {bad[:5].tolist()}")
-    return arrays[TEXT_EMBEDDING], arrays[IMAGE_EMBEDDING], arrays[IMAGE_PRESENT]
+    return arrays

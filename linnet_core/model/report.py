@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from linnet_core import metrics
-from linnet_core.features import IMAGE_EMBEDDING, IMAGE_PRESENT, TEXT_EMBEDDING
-from linnet_core.model.data import level_name, read_arrays, split_files
+from linnet_core.model.data import level_name, model_inputs, read_split
 from linnet_core.model.decoding import EXACT, MODES
 from linnet_core.model.predictor import Predictor
 from linnet_core.taxonomy import Taxonomy
@@ -63,14 +62,13 @@ def evaluate_split(model_dir: Path, data_dir: Path, split: str, taxonomy: Taxono
     """Hierarchical metrics of the exported model on one split, per decoding mode, at the baked
     thresholds and with no thresholds (full decoded paths)."""
     predictor = Predictor(model_dir, taxonomy)
-    names = (TEXT_EMBEDDING, IMAGE_EMBEDDING, IMAGE_PRESENT, "gpt_id")
-    arrays = read_arrays(split_files(data_dir, split), names)
-    inputs = (arrays[TEXT_EMBEDDING], arrays[IMAGE_EMBEDDING], arrays[IMAGE_PRESENT])
+    arrays = read_split(data_dir, split)
+    inputs = model_inputs(arrays)
     table = metrics.AncestorTable(taxonomy)
     result = {}
     for mode in MODES:
         for setting, levels in (("thresholds", None), ("no_thresholds", np.zeros(7, np.float32))):
-            output = predictor.predict(*inputs, decoding=mode, thresholds=levels,
+            output = predictor.predict(inputs, decoding=mode, thresholds=levels,
                                        use_overrides=levels is None)
             result[f"{mode}/{setting}"] = metrics.compute_metrics(
                 output["gpt_id"], arrays["gpt_id"], table, output["level_ids"], output["level_confidences"])
@@ -90,13 +88,16 @@ def write_model_card(model_dir: Path, info: dict, validation: dict) -> None:
 ## What it is
 A multi-task classifier into the Google Product Taxonomy {info['taxonomy_version']}
 (fingerprint `{info['taxonomy_fingerprint']}`; classes per level {info['level_sizes']}).
-Inputs: a 384-d multilingual text embedding, a 1280-d MobileNet-V2 image embedding (zeros without a
-photo) and an image-present flag. Shared layers {config['shared_units']}, per-level layers
-{config['level_units']}; the level-k head reads the shared layer and level k-1's softmax. Seven
-class-weighted cross-entropy losses (unlabelled levels weigh 0), summed with weights
-{config['loss_weights']}. No parent/child constraint in training.
+Inputs: two 384-d multilingual text embeddings (the product's full text, and its title and type), a
+1280-d MobileNet-V2 image embedding (zeros without a photo) and an image-present flag. Shared layers
+{config['shared_units']}, per-level layers {config['level_units']}; the level-k head reads the shared
+layer and level k-1's softmax. Seven class-weighted cross-entropy losses (unlabelled levels weigh 0),
+summed with weights {config['loss_weights']}. No parent/child constraint in training.
 
 ## Inference (saved_model/)
+The heads' logits are fused with evidence beside the network (docs/training.md): the taxonomy prior
+of each text embedding and the shares of the nearest exemplars in the memory of training products
+({info.get('exemplars', 0)} exemplars); weights and temperatures come from `linnet tune-thresholds`.
 Decoding is constrained to valid taxonomy paths, inside the SavedModel: `exact` (default; the most
 probable root-to-leaf path, probabilities renormalised over siblings) or `greedy` (the published
 best-child-at-each-level). Confidence is the path probability, the model's probability that the

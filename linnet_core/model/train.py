@@ -13,13 +13,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS
+from linnet_core.exemplars import EXEMPLARS, Exemplars, build_exemplars
+from linnet_core.features import TITLE_EMBEDDING, label_feature
 from linnet_core.model import report
 from linnet_core.model.config import ModelConfig
-from linnet_core.model.data import DataError, count_examples, make_dataset, split_files
+from linnet_core.model.data import DataError, count_examples, make_dataset, read_split, split_files
 from linnet_core.model.export import (
     CONFIG_JSON,
     TAXONOMY_COPY,
@@ -32,6 +35,7 @@ from linnet_core.model.export import (
 from linnet_core.model.training_model import build_training_model, compile_training_model
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, default_thresholds, save_thresholds
+from linnet_core.training_data import CLASS_WEIGHTS, TRAIN
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,19 @@ class Cluster:
     num_workers: int
     worker_index: int
     is_chief: bool
+
+
+def data_store_cap(data_dir: str | Path) -> float | None:
+    """The store cap the training data's example weights use (DATA/class_weights.json; None: off)."""
+    with tf.io.gfile.GFile(f"{str(data_dir).rstrip('/')}/{CLASS_WEIGHTS}") as handle:
+        return json.load(handle).get("store_cap")
+
+
+def exemplar_memory(arrays: dict, taxonomy: Taxonomy, store_cap: float | None) -> Exemplars:
+    """The exemplar memory of a split's arrays (`data.read_split`): title embeddings, level labels, and
+    the store factor with the training data's cap, so that memory and training weigh stores alike."""
+    labels = np.stack([arrays[label_feature(k)] for k in range(1, taxonomy.max_depth + 1)], axis=1)
+    return build_exemplars(arrays[TITLE_EMBEDDING], labels, arrays["store"], taxonomy, store_cap)
 
 
 def cluster_from_env(environ: dict | None = None) -> Cluster:
@@ -106,19 +123,14 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
     if n_train == 0 or n_validation == 0:
         raise DataError(f"{data_dir}: empty split (train {n_train}, validation {n_validation} examples)")
     multi = cluster.num_workers > 1
-    with cluster.strategy.scope():
-        network = build_training_model(config, taxonomy.level_sizes())
-        compile_training_model(network, config)
     started = time.monotonic()
-    history = network.fit(
+    network, history = fit_network(
+        config, taxonomy.level_sizes(),
         _distributed_input(cluster, train_files, config.batch_size, config, shuffle=True, repeat=True),
-        epochs=config.epochs,
-        steps_per_epoch=math.ceil(n_train / config.batch_size),
+        math.ceil(n_train / config.batch_size), cluster.strategy,
         validation_data=_distributed_input(cluster, validation_files, config.batch_size, config,
                                            shuffle=False, repeat=multi),
-        validation_steps=math.ceil(n_validation / config.batch_size) if multi else None,
-        verbose=2,
-    )
+        validation_steps=math.ceil(n_validation / config.batch_size) if multi else None)
     seconds = time.monotonic() - started
     curves = report.curves(history.history, taxonomy.max_depth)
     if cluster.is_chief:
@@ -130,10 +142,27 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
     return curves
 
 
+def fit_network(config: ModelConfig, level_sizes: list[int], dataset, steps_per_epoch: int,
+                strategy: tf.distribute.Strategy | None = None, **fit_options):
+    """Build, compile and fit the training model on `dataset` (repeated batches of model examples) for
+    `config.epochs` epochs of `steps_per_epoch` steps. `linnet train` and the cross-fitted networks of
+    `linnet tune-thresholds` both train through here.
+
+    Returns:
+        (the fitted tf_keras model, its History).
+    """
+    with (strategy or tf.distribute.get_strategy()).scope():
+        network = build_training_model(config, level_sizes)
+        compile_training_model(network, config)
+    history = network.fit(dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch, verbose=2,
+                          **fit_options)
+    return network, history
+
+
 def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxonomy: Taxonomy,
                      thresholds: Thresholds, curves: dict, training: dict) -> None:
-    """Weights, config, taxonomy copy, category embeddings (when the data has them), thresholds,
-    model.json, curves; then export and the model card.
+    """Weights, config, taxonomy copy, category embeddings (when the data has them), the exemplar memory
+    (the train split), thresholds, model.json, curves; then export and the model card.
 
     The weights go through a fresh model built outside the strategy, so saving needs no collective
     op the other workers would have to join.
@@ -147,6 +176,10 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
     embeddings = Path(training["data_dir"], CATEGORY_EMBEDDINGS)
     if embeddings.exists():  # the taxonomy prior's node embeddings travel with the model
         shutil.copyfile(embeddings, output_dir / CATEGORY_EMBEDDINGS)
+    data_dir = training["data_dir"]
+    memory = exemplar_memory(read_split(data_dir, TRAIN), taxonomy, data_store_cap(data_dir))
+    memory.save(output_dir / EXEMPLARS)
+    training = {**training, "exemplars": len(memory.weights)}
     save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
     digest = hashlib.sha256((output_dir / WEIGHTS).read_bytes()).hexdigest()[:8]
     write_model_json(output_dir, {
@@ -158,6 +191,7 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
         "level_sizes": taxonomy.level_sizes(),
         "config": config.to_json(),
         "training": training,
+        "exemplars": training["exemplars"],
     })
     report.write_curves(curves, output_dir)
     export_inference_model(output_dir)

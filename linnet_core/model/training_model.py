@@ -12,7 +12,14 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras
 
-from linnet_core.features import IMAGE_DIM, IMAGE_EMBEDDING, IMAGE_PRESENT, TEXT_DIM, TEXT_EMBEDDING
+from linnet_core.features import (
+    IMAGE_EMBEDDING,
+    IMAGE_PRESENT,
+    INPUT_SHAPES,
+    MODEL_INPUTS,
+    TEXT_EMBEDDING,
+    TITLE_EMBEDDING,
+)
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import level_name
 
@@ -24,14 +31,13 @@ def build_training_model(config: ModelConfig, level_sizes: list[int]) -> tf_kera
         config: layer widths and dropout.
         level_sizes: number of classes per level (Taxonomy.level_sizes()).
     """
-    text = tf_keras.Input((TEXT_DIM,), name=TEXT_EMBEDDING)
-    image = tf_keras.Input((IMAGE_DIM,), name=IMAGE_EMBEDDING)
-    present = tf_keras.Input((), name=IMAGE_PRESENT)
-    # MobileNet features have norms ~25 against the text embedding's 1: unit-normalise so that
+    inputs = {name: tf_keras.Input(INPUT_SHAPES[name], name=name) for name in MODEL_INPUTS}
+    # MobileNet features have norms ~25 against the text embeddings' 1: unit-normalise so that
     # neither modality drowns the other (a zero vector, no image, stays zero).
-    image_unit = tf_keras.layers.UnitNormalization(name="image_unit")(image)
+    image_unit = tf_keras.layers.UnitNormalization(name="image_unit")(inputs[IMAGE_EMBEDDING])
+    present = tf_keras.layers.Reshape((1,), name="image_present_column")(inputs[IMAGE_PRESENT])
     hidden = tf_keras.layers.Concatenate(name="embeddings")(
-        [text, image_unit, tf_keras.layers.Reshape((1,), name="image_present_column")(present)])
+        [inputs[TEXT_EMBEDDING], inputs[TITLE_EMBEDDING], image_unit, present])
     regularizer = tf_keras.regularizers.L2(config.l2) if config.l2 else None
     for i, units in enumerate(config.shared_units):
         hidden = _dense_block(hidden, units, config.dropout, regularizer, f"shared_{i}")
@@ -46,7 +52,8 @@ def build_training_model(config: ModelConfig, level_sizes: list[int]) -> tf_kera
             head = _dense_block(head, units, config.dropout, regularizer, f"level_{level}_hidden_{i}")
         previous = tf_keras.layers.Dense(size, kernel_regularizer=regularizer, name=level_name(level))(head)
         outputs[level_name(level)] = previous
-    return tf_keras.Model(inputs=[text, image, present], outputs=outputs, name="linnet_levels")
+    return tf_keras.Model(inputs=[inputs[name] for name in MODEL_INPUTS], outputs=outputs,
+                          name="linnet_levels")
 
 
 def _dense_block(inputs: tf.Tensor, units: int, dropout: float,
