@@ -29,8 +29,9 @@ def test_memory_keeps_labelled_rows_unit_vectors_and_store_factors(tiny: Taxonom
 
 
 def test_memory_refuses_other_taxonomies_and_other_files(tiny: Taxonomy, gpt: Taxonomy, tmp_path) -> None:
+    beyond_level_2 = np.array([[0, 5, -1], [1, -1, -1]])  # level 2 of the tiny taxonomy has 4 classes
     with pytest.raises(ExemplarsError):
-        build_exemplars(np.eye(2, dtype=np.float32), np.array([[0, 5, -1], [1, -1, -1]]), ["a", "b"], tiny, 150)
+        build_exemplars(np.eye(2, dtype=np.float32), beyond_level_2, ["a", "b"], tiny, 150)
     memory = build_exemplars(np.eye(2, dtype=np.float32), np.array([[0, 0, 0], [1, -1, -1]]), ["a", "b"],
                              tiny, 150)
     with pytest.raises(ExemplarsError, match="do not index"):
