@@ -80,6 +80,12 @@ def hash_unit(key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+def store_folds(stores: Sequence[str], folds: int) -> np.ndarray:
+    """int[N]: each row's fold in 0..folds-1 by a hash of its store, so a store is never split; salted,
+    so that folds cut across the train / validation / calibration split."""
+    return np.array([int(hash_unit(f"crossfit:{store}") * folds) for store in stores], np.int64)
+
+
 def split_key(record: Mapping[str, Any], split_by: Sequence[str]) -> str:
     """The value a record is split by: its first non-empty `split_by` field, else its product_id."""
     for name in (*split_by, LAST_RESORT_SPLIT_FIELD):

@@ -7,6 +7,7 @@ import pytest
 
 from linnet_core.exemplars import Exemplars, ExemplarsError, build_exemplars
 from linnet_core.taxonomy import Taxonomy
+from linnet_core.training_data import store_folds
 
 
 def test_memory_keeps_labelled_rows_unit_vectors_and_store_factors(tiny: Taxonomy, tmp_path) -> None:
@@ -44,8 +45,6 @@ def test_memory_refuses_other_taxonomies_and_other_files(tiny: Taxonomy, gpt: Ta
 
 
 def test_store_folds_keep_stores_whole_and_are_stable() -> None:
-    from linnet_core.model.crossfit import store_folds
-
     stores = np.array([f"store-{i % 40}" for i in range(400)], dtype=object)
     folds = store_folds(stores, 5)
     assert set(folds.tolist()) == set(range(5))

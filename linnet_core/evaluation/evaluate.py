@@ -30,9 +30,11 @@ from linnet_core.features import NO_LABEL
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, cut_paths, tune
+from linnet_core.training_data import store_folds
 
 logger = logging.getLogger(__name__)
 BASELINES = (baselines.TFIDF, baselines.PUBLISHED)
+TARGET_FOLDS = 5  # store folds of the calibration set when checking that targets hold on unseen stores
 TARGET_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98)
 
 
@@ -112,7 +114,7 @@ def run(config: EvaluationConfig) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     wanted = config.baselines if config.baselines is not None else (
         BASELINES if config.model and config.training_data else ())
-    predictor = split = calibration = None
+    predictor = split = calibration = unseen_stores = None
     if config.model and config.training_data:
         from linnet_core.model.predictor import Predictor
 
@@ -158,6 +160,11 @@ def run(config: EvaluationConfig) -> dict:
             compared, compared_labels, table,
             _target_settings(tuned_on, tuned_labels, table, predictor.thresholds, config.target_grid),
             back_off=True)
+        stores = len(np.unique(tuned_labels.store.astype(str)))
+        points = targets_on_unseen_stores(tuned_on, tuned_labels, table, predictor.thresholds,
+                                          config.target_grid)
+        unseen_stores = {"n": int(len(tuned_labels.gpt_id)), "stores": stores, "folds": TARGET_FOLDS,
+                         "points": points}
         uniform = report.uniform_settings(overrides=predictor.thresholds.overrides)
         curves[baselines.OURS_UNIFORM] = report.operating_curve(compared, compared_labels, table, uniform,
                                                                 back_off=True)
@@ -187,6 +194,8 @@ def run(config: EvaluationConfig) -> dict:
                 for name, m in result["systems"].items()}
     result["operating_curves"] = {name: report.points_as_dicts(points) for name, points in curves.items()}
     result["comparison"] = _comparison(result, curves, defaults, config.hp_floor)
+    if unseen_stores is not None:
+        result["targets_on_unseen_stores"] = unseen_stores
     branch_groups = report.branch_names(compared_labels, table)
     result["by_branch"] = report.breakdown(systems, compared_labels, table, branch_groups)
     result["by_language"] = report.breakdown(systems, compared_labels, table, compared_labels.lang)
@@ -273,6 +282,31 @@ def _target_settings(calibration_system: SystemOutput, calibration: Labels, tabl
                         temperatures=baked.temperatures, floors=baked.overrides)
         settings.append((f"p*={target:.2f}", tuned))
     return settings
+
+
+def targets_on_unseen_stores(tuned_on: SystemOutput, labels: Labels, table: metrics.AncestorTable,
+                             baked: Thresholds, grid: tuple[float, ...],
+                             folds: int = TARGET_FOLDS) -> list[dict]:
+    """Does a precision target hold on stores its thresholds never saw? Per target, thresholds tuned as
+    `linnet tune-thresholds` tunes them on the calibration set's other store folds cut each held-out
+    fold's paths; hP, hR, hF1 and coverage are then measured over every fold. On the cross-fitted set,
+    the networks and memories behind the paths never saw those stores either."""
+    fold = store_folds(labels.store, folds)
+    true = table.path_of(labels.gpt_id)
+    points = []
+    for target in grid:
+        predicted = np.full(len(fold), NO_LABEL, np.int64)
+        for f in np.unique(fold):
+            held = fold == f
+            tuned, _ = tune(tuned_on.level_ids[~held], tuned_on.level_confidences[~held], true[~held], target,
+                            temperatures=baked.temperatures, floors=baked.overrides)
+            predicted[held] = cut_paths(tuned_on.level_ids[held], tuned_on.level_confidences[held], tuned)
+        joined = metrics.Joined.build(predicted, labels.gpt_id, table)
+        h_precision, h_recall, h_f1 = metrics.hierarchical_prf(joined)
+        points.append({"target": target, "hP": h_precision, "hR": h_recall, "hF1": h_f1,
+                       "coverage": metrics.coverage(joined),
+                       "exact_accuracy": metrics.exact_accuracy(joined)})
+    return points
 
 
 def _comparison(result: dict, curves: dict[str, list[report.OperatingPoint]],

@@ -171,6 +171,16 @@ def render_report(result: dict, titles: dict[str, str], descriptions: dict[str, 
               f"target met: **{comparison.get('ours_doubles_published_coverage')}**); over the "
               f"ablation, (b)'s decision on ours' scores: "
               f"**{_fmt(comparison['coverage_ratio_vs_published_on_ours'], 2)}**", ""]
+    unseen = result.get("targets_on_unseen_stores")
+    if unseen:
+        lines += ["## Do the precision targets hold on unseen stores?", "",
+                  f"Ours on the calibration set of `linnet tune-thresholds` ({unseen['n']} products, "
+                  f"{unseen['stores']} stores, at most 150 each): per target, thresholds tuned on "
+                  f"{unseen['folds'] - 1} of {unseen['folds']} store folds cut the paths of the held-out "
+                  "fold, so every product is judged by thresholds that never saw its store.", ""]
+        lines += _table(["target", "hP", "coverage", "hR", "hF1", "exact accuracy"], [
+            [p["target"], p["hP"], p["coverage"], p["hR"], p["hF1"], p["exact_accuracy"]]
+            for p in unseen["points"]])
     capped = result.get("capped_per_store")
     if capped:
         lines += [f"## At most {capped['store_cap']} products per store (as the acceptance set)", "",

@@ -30,7 +30,7 @@ from linnet_core.model.data import array_dataset, level_name, model_inputs, read
 from linnet_core.model.export import CONFIG_JSON
 from linnet_core.model.inference_model import evidence_output
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.training_data import CALIBRATION, TRAIN, hash_unit
+from linnet_core.training_data import CALIBRATION, TRAIN, store_folds
 
 logger = logging.getLogger(__name__)
 DEFAULT_FOLDS = 5
@@ -91,11 +91,6 @@ def from_model(predictor, arrays: Mapping[str, np.ndarray], depth: int) -> Calib
     return _scored(arrays, depth, [logits[level_name(k)] for k in range(1, depth + 1)],
                    {name: [evidence[evidence_output(name, k)] for k in range(1, depth + 1)]
                     for name in predictor.evidence})
-
-
-def store_folds(stores: np.ndarray, folds: int) -> np.ndarray:
-    """int[N]: each row's fold, by a hash of its store (salted, so folds cut across the splits)."""
-    return np.array([int(hash_unit(f"crossfit:{store}") * folds) for store in stores], np.int64)
 
 
 def _concatenated(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
