@@ -1,14 +1,15 @@
 """Embedding throughput: bare encoders in a plain loop vs `EmbedProducts` on the DirectRunner, in one run.
 
-Text: (a) the bare text encoder in a plain loop over 4N full product texts (`features.product_text`,
-truncated at `--max_tokens`) at the best batch size (picked on the first N); (b) `EmbedProducts` over the
-same products (photos removed, cache off) at that batch cap, at N and at 4N. Images: the same with
-products that have a photo (text removed); (a) is read + decode + preprocess + encode. (a) and (b) are
-interleaved in rounds and median ratios (b)/(a) printed: excluding model load (the load time
-RunInference reports, a once-per-worker cost), steady ((4N − N) / (t4N − tN), which also cancels graph
-construction), end to end, and per CPU-second of the process (products per CPU-second, load excluded),
-which other work on a shared machine does not skew. Peak RSS is sampled per phase in this process, and
-measured for the pipeline alone at N and at 4N in fresh processes: those two should be within 15%.
+Text: (a) the bare text encoder in a plain loop over 4N products' two texts (`features.embedded_texts`:
+the full product text and the title with type, truncated at `--max_tokens`) at the best batch size
+(picked on the first N); (b) `EmbedProducts` over the same products (photos removed, cache off) at that
+batch cap, at N and at 4N. Images: the same with products that have a photo (text removed); (a) is read
++ decode + preprocess + encode. (a) and (b) are interleaved in rounds and median ratios (b)/(a) printed:
+excluding model load (the load time RunInference reports, a once-per-worker cost), steady ((4N − N) /
+(t4N − tN), which also cancels graph construction), end to end, and per CPU-second of the process
+(products per CPU-second, load excluded), which other work on a shared machine does not skew. Peak RSS
+is sampled per phase in this process, and measured for the pipeline alone at N and at 4N in fresh
+processes: those two should be within 15%.
 """
 
 from __future__ import annotations
@@ -180,14 +181,19 @@ def measure(encode: Callable[[list], object], items: list, products: list[dict],
 
 def text_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rounds: int, rss: PeakRss) -> dict:
     products = load_products(4 * n, with_images=False)
-    texts = [features.product_text(record) for record in products]
+    pairs = [features.embedded_texts(record) for record in products]
+    texts = [text for pair in pairs for text in pair]
     encoder = load_text_encoder(cfg.text_model or str(Path(cfg.models_dir) / TEXT_MODEL_NAME),
                                 cfg.text_engine, cfg.max_tokens, cfg.threads or None)
     lengths = np.array([ids.shape[1] for ids in encoder.token_ids(texts)])
     report = {"encoder": encoder.encoder_id, "mean_chars": round(sum(map(len, texts)) / len(texts)),
               "mean_tokens": round(float(lengths.mean()), 1),
               "share_truncated": round(float((lengths == cfg.max_tokens).mean()), 2)}
-    report.update(measure(encoder.encode, texts, products, n, cfg, batch_sizes, rounds, rss))
+
+    def encode(batch: list[tuple[str, str]]) -> object:
+        return encoder.encode([text for pair in batch for text in pair])
+
+    report.update(measure(encode, pairs, products, n, cfg, batch_sizes, rounds, rss))
     return report
 
 

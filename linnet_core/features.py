@@ -63,6 +63,11 @@ def product_text(record: Mapping[str, Any], description_chars: int = DESCRIPTION
     return " | ".join(parts)
 
 
+def embedded_texts(record: Mapping[str, Any]) -> tuple[str, str]:
+    """The two texts a product is embedded from: (`product_text`, `title_text`)."""
+    return product_text(record), title_text(record)
+
+
 def title_text(record: Mapping[str, Any]) -> str:
     """The short text of what the product is: `title | type: product_type` (either part may be empty).
 

@@ -132,8 +132,8 @@ class ProductEmbedder:
         """Embed a batch of product records (products schema).
 
         Args:
-            records: product records; texts come from `features.product_text` and `features.title_text`,
-                photos from `image_uris`.
+            records: product records; texts come from `features.embedded_texts`, photos from
+                `image_uris`.
             read: returns a URI's bytes; raises FileNotFoundError when it does not exist and ImageError
                 when it can never be read (other errors propagate: a transient storage error must fail
                 the bundle so the runner retries it).
@@ -144,9 +144,8 @@ class ProductEmbedder:
             dead-letter output.
         """
         # Both texts of every record in one encoder call (a title often equals another product's).
-        texts = [features.product_text(record) for record in records]
-        texts += [features.title_text(record) for record in records]
-        vectors, text_hits = self._text_vectors(texts)
+        full, titles = zip(*map(features.embedded_texts, records), strict=True) if records else ((), ())
+        vectors, text_hits = self._text_vectors([*full, *titles])
         text_vectors, title_vectors = vectors[:len(records)], vectors[len(records):]
         photos = list(self._pool.map(lambda record: self._first_image(record.get("image_uris") or [], read),
                                      records))
