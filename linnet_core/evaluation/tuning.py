@@ -67,7 +67,7 @@ def _padded(values: tuple[float, ...], fill: float) -> tuple[float, ...]:
     return tuple(values) + (fill,) * (LEVELS - len(values))
 
 
-def fit_fusion(calibration_set, taxonomy: Taxonomy) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
+def fit_fusion_weights(calibration_set, taxonomy: Taxonomy) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
     """Per-level temperatures and evidence weights fitted on a `crossfit.CalibrationSet`."""
     names = list(calibration_set.evidence)
     temperatures, weights = calibration.fit_fusions(
@@ -117,7 +117,7 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     before = load_thresholds(model_dir / "thresholds.json")
     mode = read_model_json(model_dir).get("default_decoding", "exact")
     scored = calibration_set(model_dir, data_dir, taxonomy, folds, store_cap)
-    temperatures, weights = fit_fusion(scored, taxonomy)
+    temperatures, weights = fit_fusion_weights(scored, taxonomy)
     logger.info("fitted on %d calibration products (%d stores): temperatures %s, evidence weights %s",
                 len(scored.gpt_id), len(np.unique(scored.store)), temperatures, weights)
 

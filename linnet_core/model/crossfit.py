@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+import tf_keras
 
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.features import LEVELS, MODEL_INPUTS, label_feature
@@ -155,6 +156,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
     store_cap = data_store_cap(data_dir)
     parts = []
     for f in held_out:
+        tf_keras.utils.set_random_seed(config.seed + f)  # the same folds give the same networks
         training = _select(pool, np.flatnonzero(fold != f))
         n = len(training["gpt_id"])
         dataset = array_dataset(training, config.batch_size, shuffle_buffer=config.shuffle_buffer,
