@@ -67,7 +67,8 @@ def _padded(values: tuple[float, ...], fill: float) -> tuple[float, ...]:
     return tuple(values) + (fill,) * (LEVELS - len(values))
 
 
-def fit_fusion_weights(calibration_set, taxonomy: Taxonomy) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
+def fit_fusion_weights(calibration_set, taxonomy: Taxonomy
+                       ) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
     """Per-level temperatures and evidence weights fitted on a `crossfit.CalibrationSet`."""
     names = list(calibration_set.evidence)
     temperatures, weights = calibration.fit_fusions(
