@@ -56,12 +56,6 @@ class CalibrationSet:
     logits: list[np.ndarray]
     evidence: dict[str, list[np.ndarray]]
 
-    def take(self, rows: np.ndarray) -> CalibrationSet:
-        """The same set restricted to (and ordered by) `rows`."""
-        return CalibrationSet(self.product_id[rows], self.store[rows], self.gpt_id[rows], self.labels[rows],
-                              [z[rows] for z in self.logits],
-                              {name: [e[rows] for e in scores] for name, scores in self.evidence.items()})
-
     @staticmethod
     def concatenate(parts: Sequence[CalibrationSet]) -> CalibrationSet:
         """One set of several with the same evidence."""
