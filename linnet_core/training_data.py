@@ -80,6 +80,9 @@ def hash_unit(key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+DEFAULT_FOLDS = 5  # store folds of cross-fitted calibration (and of checking targets on unseen stores)
+
+
 def store_folds(stores: Sequence[str], folds: int) -> np.ndarray:
     """int[N]: each row's fold in 0..folds-1 by a hash of its store, so a store is never split; salted,
     so that folds cut across the train / validation / calibration split."""

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from linnet_core.evaluation.report import to_json_safe
 from linnet_core.evaluation.tuning import REPORT, calibrate_and_tune
-from linnet_core.model.crossfit import DEFAULT_FOLDS
 from linnet_core.model.data import DataError
 from linnet_core.model.export import ModelDirError
 from linnet_core.model.predictor import TaxonomyMismatchError
 from linnet_core.store_cap import STORE_CAP
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import DELTA, ThresholdsError, load_floors
+from linnet_core.training_data import DEFAULT_FOLDS
 from pipelines import defaults
 
 DEFAULT_SENSITIVE = str(defaults.PROJECT_ROOT / "config" / "sensitive_categories.json")

@@ -30,11 +30,10 @@ from linnet_core.features import NO_LABEL
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, cut_paths, tune
-from linnet_core.training_data import store_folds
+from linnet_core.training_data import DEFAULT_FOLDS, store_folds
 
 logger = logging.getLogger(__name__)
 BASELINES = (baselines.TFIDF, baselines.PUBLISHED)
-TARGET_FOLDS = 5  # store folds of the calibration set when checking that targets hold on unseen stores
 TARGET_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98)
 
 
@@ -163,7 +162,7 @@ def run(config: EvaluationConfig) -> dict:
         stores = len(np.unique(tuned_labels.store.astype(str)))
         points = targets_on_unseen_stores(tuned_on, tuned_labels, table, predictor.thresholds,
                                           config.target_grid)
-        unseen_stores = {"n": int(len(tuned_labels.gpt_id)), "stores": stores, "folds": TARGET_FOLDS,
+        unseen_stores = {"n": int(len(tuned_labels.gpt_id)), "stores": stores, "folds": DEFAULT_FOLDS,
                          "points": points}
         uniform = report.uniform_settings(overrides=predictor.thresholds.overrides)
         curves[baselines.OURS_UNIFORM] = report.operating_curve(compared, compared_labels, table, uniform,
@@ -286,7 +285,7 @@ def _target_settings(calibration_system: SystemOutput, calibration: Labels, tabl
 
 def targets_on_unseen_stores(tuned_on: SystemOutput, labels: Labels, table: metrics.AncestorTable,
                              baked: Thresholds, grid: tuple[float, ...],
-                             folds: int = TARGET_FOLDS) -> list[dict]:
+                             folds: int = DEFAULT_FOLDS) -> list[dict]:
     """Does a precision target hold on stores its thresholds never saw? Per target, thresholds tuned as
     `linnet tune-thresholds` tunes them on the calibration set's other store folds cut each held-out
     fold's paths; hP, hR, hF1 and coverage are then measured over every fold. On the cross-fitted set,

@@ -26,6 +26,7 @@ from linnet_core.features import LEVELS, NO_LABEL
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import DELTA, Thresholds, save_thresholds, tune
+from linnet_core.training_data import DEFAULT_FOLDS
 
 logger = logging.getLogger(__name__)
 HISTORY = "thresholds_history"
@@ -97,7 +98,7 @@ def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, f
 
 def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_precision: float,
                        floors: Mapping[int, float] | None = None, per_subtree: bool = False,
-                       delta: float = DELTA, folds: int = 5, store_cap: int = STORE_CAP
+                       delta: float = DELTA, folds: int = DEFAULT_FOLDS, store_cap: int = STORE_CAP
                        ) -> tuple[Thresholds, dict]:
     """Steps 1–5 above on MODEL and DATA.
 
@@ -109,13 +110,18 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
         ThresholdsError.
     """
     from linnet_core.model import crossfit
-    from linnet_core.model.export import TAXONOMY_COPY, export_inference_model, read_model_json
+    from linnet_core.model.export import (
+        TAXONOMY_COPY,
+        THRESHOLDS_JSON,
+        export_inference_model,
+        read_model_json,
+    )
     from linnet_core.thresholds import load_thresholds
 
     model_dir = Path(model_dir)
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
     table = metrics.AncestorTable(taxonomy)
-    before = load_thresholds(model_dir / "thresholds.json")
+    before = load_thresholds(model_dir / THRESHOLDS_JSON)
     mode = read_model_json(model_dir).get("default_decoding", "exact")
     scored = calibration_set(model_dir, data_dir, taxonomy, folds, store_cap)
     temperatures, weights = fit_fusion_weights(scored, taxonomy)

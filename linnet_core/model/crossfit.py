@@ -24,17 +24,16 @@ import tensorflow as tf
 import tf_keras
 
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
-from linnet_core.features import LEVELS, MODEL_INPUTS, label_feature
+from linnet_core.features import LEVELS, MODEL_INPUTS
 from linnet_core.model import decoding
 from linnet_core.model.config import ModelConfig
-from linnet_core.model.data import array_dataset, level_name, model_inputs, read_split
+from linnet_core.model.data import array_dataset, class_labels, level_name, model_inputs, read_split
 from linnet_core.model.export import CONFIG_JSON
 from linnet_core.model.inference_model import evidence_output
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.training_data import CALIBRATION, TRAIN, store_folds
+from linnet_core.training_data import CALIBRATION, DEFAULT_FOLDS, TRAIN, store_folds
 
 logger = logging.getLogger(__name__)
-DEFAULT_FOLDS = 5
 BATCH = 1024
 
 
@@ -67,15 +66,11 @@ class CalibrationSet:
              for name, scores in parts[0].evidence.items()})
 
 
-def _level_labels(arrays: Mapping[str, np.ndarray], depth: int) -> np.ndarray:
-    return np.stack([arrays[label_feature(k)] for k in range(1, depth + 1)], axis=1).astype(np.int64)
-
-
 def _scored(arrays: Mapping[str, np.ndarray], depth: int, logits: list[np.ndarray],
             evidence: dict[str, list[np.ndarray]]) -> CalibrationSet:
     return CalibrationSet(np.asarray(arrays["product_id"], dtype=object),
                           np.asarray(arrays["store"], dtype=object), np.asarray(arrays["gpt_id"], np.int64),
-                          _level_labels(arrays, depth), logits, evidence)
+                          class_labels(arrays, depth), logits, evidence)
 
 
 def from_model(predictor, arrays: Mapping[str, np.ndarray], depth: int) -> CalibrationSet:

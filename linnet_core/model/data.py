@@ -128,6 +128,11 @@ def read_arrays(files: list[str], names: tuple[str, ...]) -> dict[str, np.ndarra
     return {name: np.concatenate(chunks) if chunks else np.zeros((0,)) for name, chunks in parts.items()}
 
 
+def class_labels(arrays: Mapping[str, np.ndarray], depth: int) -> np.ndarray:
+    """int64[N, depth]: the `label_level_k` features of `read_split` arrays side by side."""
+    return np.stack([arrays[label_feature(k)] for k in range(1, depth + 1)], axis=1).astype(np.int64)
+
+
 def model_inputs(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The model inputs (features.MODEL_INPUTS) of a dict of feature arrays."""
     return {name: arrays[name] for name in MODEL_INPUTS}

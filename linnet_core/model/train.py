@@ -13,16 +13,22 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS
 from linnet_core.exemplars import EXEMPLARS, Exemplars, build_exemplars
-from linnet_core.features import TITLE_EMBEDDING, label_feature
+from linnet_core.features import TITLE_EMBEDDING
 from linnet_core.model import report
 from linnet_core.model.config import ModelConfig
-from linnet_core.model.data import DataError, count_examples, make_dataset, read_split, split_files
+from linnet_core.model.data import (
+    DataError,
+    class_labels,
+    count_examples,
+    make_dataset,
+    read_split,
+    split_files,
+)
 from linnet_core.model.export import (
     CONFIG_JSON,
     TAXONOMY_COPY,
@@ -59,8 +65,8 @@ def data_store_cap(data_dir: str | Path) -> float | None:
 def exemplar_memory(arrays: dict, taxonomy: Taxonomy, store_cap: float | None) -> Exemplars:
     """The exemplar memory of a split's arrays (`data.read_split`): title embeddings, level labels, and
     the store factor with the training data's cap, so that memory and training weigh stores alike."""
-    labels = np.stack([arrays[label_feature(k)] for k in range(1, taxonomy.max_depth + 1)], axis=1)
-    return build_exemplars(arrays[TITLE_EMBEDDING], labels, arrays["store"], taxonomy, store_cap)
+    return build_exemplars(arrays[TITLE_EMBEDDING], class_labels(arrays, taxonomy.max_depth), arrays["store"],
+                           taxonomy, store_cap)
 
 
 def cluster_from_env(environ: dict | None = None) -> Cluster:
