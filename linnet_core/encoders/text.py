@@ -1,4 +1,5 @@
-"""Text encoder: multilingual-e5-small through `transformers` (torch fp32 reference) or ONNX Runtime int8.
+"""Text encoder: multilingual-e5-small through `transformers` (torch fp32 reference) or ONNX Runtime
+(fp32, the default, or int8).
 
 Both engines use the folder's one tokenizer file (`query: ` prefix, truncation at `max_tokens`, ids checked
 equal in the tests) and the same pooling (mean over the attention mask, then L2 norm), so they differ only
@@ -20,8 +21,13 @@ from linnet_core.encoders.runtime import fingerprint, single_threaded_session
 QUERY_PREFIX = "query: "
 DEFAULT_MAX_TOKENS = 128
 TEXT_MODEL_NAME = "multilingual-e5-small"
+ONNX_FP32 = "onnx/model.onnx"
 ONNX_INT8 = "onnx/model_int8.onnx"
-ENGINES = ("onnx", "torch")
+# "onnx" runs fp32: int8 kernels differ between CPUs (AVX2 vs AVX-512 VNNI), and e5's narrow cosines turned
+# those differences into hF1 swings of 0.1 between machines downstream (../shared/notes/stack.md); fp32
+# agrees across CPUs to ~1e-6 at half the int8 speed. "onnx-int8" stays for throughput-bound runs.
+ONNX_FILES = {"onnx": ONNX_FP32, "onnx-int8": ONNX_INT8}
+ENGINES = (*ONNX_FILES, "torch")
 
 
 class TextEncoder(Protocol):
@@ -93,7 +99,7 @@ class TorchTextEncoder:
 
 
 class OnnxTextEncoder:
-    """The fast path: the int8 ONNX export that `linnet prepare-models` writes beside the HF weights.
+    """The fast path: an ONNX export that `linnet prepare-models` writes beside the HF weights (fp32 or int8).
 
     It reads the folder's `tokenizer.json` with the `tokenizers` library (what `AutoTokenizer` wraps; the
     tests check both give the same ids), so workers neither import transformers nor torch (~6 s and
@@ -101,12 +107,13 @@ class OnnxTextEncoder:
 
     Each text runs alone, on `threads` concurrent single-threaded runs of one session. Dynamic int8
     quantization scales activations per tensor, so batching texts would make an embedding depend on its
-    batch-mates (cosine ~0.99 between batchings), which a content-keyed cache cannot allow; and on this
-    2-core machine two single-threaded runs were ~2× faster than one two-threaded batched run.
+    batch-mates (cosine ~0.99 between batchings), which a content-keyed cache cannot allow (fp32 padding
+    would shift it slightly too); and on this 2-core machine two single-threaded runs were ~2× faster than
+    one two-threaded batched run.
     """
 
     def __init__(self, model: str, max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,
-                 onnx_file: str = ONNX_INT8) -> None:
+                 onnx_file: str = ONNX_FP32) -> None:
         path = Path(model) / onnx_file
         if not path.exists():
             raise FileNotFoundError(f"no ONNX export at {path}: run `linnet prepare-models` or use the torch "
@@ -120,7 +127,8 @@ class OnnxTextEncoder:
         self.session = single_threaded_session(path)
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         self._pool = ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="onnx-text")
-        self.encoder_id = f"text/{Path(model).name}/onnx-int8/{max_tokens}/{fingerprint([path])}"
+        precision = "int8" if onnx_file == ONNX_INT8 else "fp32"
+        self.encoder_id = f"text/{Path(model).name}/onnx-{precision}/{max_tokens}/{fingerprint([path])}"
 
     def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Unpadded token ids of each text (prefix and `<s>`/`</s>` included), as (1, length) int64."""
@@ -140,14 +148,15 @@ class OnnxTextEncoder:
 
 def load_text_encoder(model: str, engine: str = "onnx", max_tokens: int = DEFAULT_MAX_TOKENS,
                       threads: int | None = None) -> TextEncoder:
-    """The text encoder for `model` (directory or hub id) on `engine` (`onnx` fast, `torch` reference).
+    """The text encoder for `model` (directory or hub id) on `engine` (`onnx` fp32 and `onnx-int8` fast,
+    `torch` the reference).
 
     Raises:
         ValueError: unknown engine.
         FileNotFoundError: the ONNX engine was asked for a model without an ONNX export.
     """
-    if engine == "onnx":
-        return OnnxTextEncoder(model, max_tokens, threads)
+    if engine in ONNX_FILES:
+        return OnnxTextEncoder(model, max_tokens, threads, ONNX_FILES[engine])
     if engine == "torch":
         return TorchTextEncoder(model, max_tokens, threads)
     raise ValueError(f"unknown text engine {engine!r}; expected one of {ENGINES}")
