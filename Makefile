@@ -16,7 +16,7 @@ OUT ?= out
 TARGET_PRECISION ?= 0.7
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint run-local bench-embed bench-score evaluate dataflow-submit clean
+.PHONY: help install test lint run-local bench-embed bench-score evaluate cross-validate dataflow-submit clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -46,13 +46,16 @@ $(OUT)/training_data/stats.json: | install
 	$(LINNET) build-training-data --output $(OUT)/training_data
 
 $(OUT)/model/model.json: $(OUT)/training_data/stats.json
-	$(LINNET) train --data $(OUT)/training_data --output $(OUT)/model
+	$(LINNET) train --data $(OUT)/training_data --output $(OUT)/model --holdout validation
 
 evaluate: $(OUT)/model/model.json  ## Train (or reuse) a model, tune thresholds, evaluate held-out stores + baselines.
 	$(LINNET) tune-thresholds --model $(OUT)/model --data $(OUT)/training_data \
 		--target-precision $(TARGET_PRECISION)
 	$(LINNET) evaluate --model $(OUT)/model --training-data $(OUT)/training_data --split validation \
 		--output $(OUT)/evaluation
+
+cross-validate: $(OUT)/model/model.json  ## Ours vs baselines A/B/C on the same 5 store folds of every labelled store.
+	$(LINNET) cross-validate --data $(OUT)/training_data --model $(OUT)/model --output $(OUT)/crossval
 
 BENCH_EMBED_ARGS ?=
 bench-embed: install  ## Embedding throughput: bare encoders vs EmbedProducts (DirectRunner), peak RSS at N and 4N.

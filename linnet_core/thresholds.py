@@ -18,11 +18,16 @@ import numpy as np
 LEVELS = 7
 CONFIDENCES = ("path",)
 # The evidence fused into the model's logits besides its own heads (docs/ARCHITECTURE.md): the taxonomy
-# prior of the full text and of the title, and the exemplar memory's neighbour shares.
+# prior of the full text and of the title, the exemplar memory's neighbour shares (PRODUCT_EVIDENCE: each
+# from the product alone), and the store context (what the store's other products' first-pass
+# predictions say, linnet_core.store_context).
 TEXT_PRIOR, TITLE_PRIOR, EXEMPLAR_SHARES = "text_prior", "title_prior", "exemplars"
-EVIDENCE = (TEXT_PRIOR, TITLE_PRIOR, EXEMPLAR_SHARES)
+STORE_CONTEXT = "store_context"
+PRODUCT_EVIDENCE = (TEXT_PRIOR, TITLE_PRIOR, EXEMPLAR_SHARES)
+EVIDENCE = (*PRODUCT_EVIDENCE, STORE_CONTEXT)
 DEFAULT_LEVEL_THRESHOLD = 0.5
 DELTA = 0.05
+BOOTSTRAP_RESAMPLES = 400
 # The threshold of a level or subtree that no threshold could certify: the float32 just above 1.0, so
 # that even a saturated confidence (exactly 1.0 in float32) is below it in the model and in numpy.
 CLOSED = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
@@ -49,14 +54,16 @@ class Thresholds:
     # w_e,k: the weight of evidence e at level k in the fused logits L_k / T_k + Σ_e w_e,k · E_e,k
     # (an evidence left out weighs 0)
     evidence_weights: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    # The fusion of the first pass, whose predictions make the store context: temperatures and product
+    # evidence weights fit without store context (None: no store context, its weight must be 0).
+    first_pass: FirstPass | None = None
 
     def __post_init__(self) -> None:
         _check_vector("levels", self.levels, low=0.0, high=CLOSED)
         _check_vector("temperatures", self.temperatures, low=0.0, high=math.inf, strict_low=True)
-        for name, weights in self.evidence_weights.items():
-            if name not in EVIDENCE:
-                raise ThresholdsError(f"unknown evidence {name!r} in evidence_weights; known: {EVIDENCE}")
-            _check_vector(f"evidence_weights[{name}]", weights, low=0.0, high=math.inf)
+        _check_weights(self.evidence_weights, EVIDENCE)
+        if any(self.weights(STORE_CONTEXT)) and self.first_pass is None:
+            raise ThresholdsError("store_context has weight but the file has no first_pass fusion")
         if self.confidence not in CONFIDENCES:
             raise ThresholdsError(f"confidence must be one of {CONFIDENCES}, got {self.confidence!r}")
         for node_id, floor in self.overrides.items():
@@ -75,8 +82,12 @@ class Thresholds:
         data = asdict(self)
         data["levels"] = list(self.levels)
         data["temperatures"] = list(self.temperatures)
-        data["evidence_weights"] = {name: list(self.evidence_weights[name]) for name in EVIDENCE
-                                    if name in self.evidence_weights}
+        data["evidence_weights"] = _weights_json(self.evidence_weights)
+        if self.first_pass is None:
+            del data["first_pass"]
+        else:
+            data["first_pass"] = {"temperatures": list(self.first_pass.temperatures),
+                                  "evidence_weights": _weights_json(self.first_pass.evidence_weights)}
         data["overrides"] = {str(node_id): floor for node_id, floor in sorted(self.overrides.items())}
         return data
 
@@ -86,6 +97,7 @@ class Thresholds:
         try:
             overrides = {int(key): float(floor) for key, floor in (data.get("overrides") or {}).items()}
             target = data.get("target_precision")
+            first = data.get("first_pass")
             return cls(
                 version=str(data["version"]),
                 levels=tuple(float(v) for v in data["levels"]),
@@ -93,11 +105,43 @@ class Thresholds:
                 overrides=overrides,
                 confidence=str(data.get("confidence", "path")),
                 target_precision=None if target is None else float(target),
-                evidence_weights={str(name): tuple(float(v) for v in weights)
-                                  for name, weights in (data.get("evidence_weights") or {}).items()},
+                evidence_weights=_weights_of(data.get("evidence_weights")),
+                first_pass=None if first is None else FirstPass(
+                    tuple(float(v) for v in first["temperatures"]),
+                    _weights_of(first.get("evidence_weights"))),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ThresholdsError(f"{source}: not a thresholds file: {error}") from error
+
+
+@dataclass(frozen=True)
+class FirstPass:
+    """Temperatures and product-evidence weights of the first pass (the fusion without store context)."""
+
+    temperatures: tuple[float, ...]
+    evidence_weights: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_vector("first_pass.temperatures", self.temperatures, low=0.0, high=math.inf, strict_low=True)
+        _check_weights(self.evidence_weights, PRODUCT_EVIDENCE)
+
+    def weights(self, name: str) -> tuple[float, ...]:
+        return self.evidence_weights.get(name, (0.0,) * LEVELS)
+
+
+def _check_weights(weights: dict[str, tuple[float, ...]], known: tuple[str, ...]) -> None:
+    for name, values in weights.items():
+        if name not in known:
+            raise ThresholdsError(f"unknown evidence {name!r} in evidence_weights; known: {known}")
+        _check_vector(f"evidence_weights[{name}]", values, low=0.0, high=math.inf)
+
+
+def _weights_json(weights: dict[str, tuple[float, ...]]) -> dict[str, list[float]]:
+    return {name: list(weights[name]) for name in EVIDENCE if name in weights}
+
+
+def _weights_of(data: dict | None) -> dict[str, tuple[float, ...]]:
+    return {str(name): tuple(float(v) for v in values) for name, values in (data or {}).items()}
 
 
 def _check_vector(name: str, values: tuple[float, ...], low: float, high: float,
@@ -133,12 +177,17 @@ def save_thresholds(thresholds: Thresholds, path: str | Path) -> None:
 # -- versions ----------------------------------------------------------------------------------------
 def content_version(levels: tuple[float, ...], temperatures: tuple[float, ...], overrides: dict[int, float],
                     target_precision: float | None,
-                    evidence_weights: dict[str, tuple[float, ...]] | None = None) -> str:
+                    evidence_weights: dict[str, tuple[float, ...]] | None = None,
+                    first_pass: FirstPass | None = None) -> str:
     """A version that names the content: equal thresholds give equal versions, run after run (all-zero
-    evidence weights leave the payload, and so the versions of files without evidence, as they were)."""
+    evidence weights and no first pass leave the payload, and so the versions of older files, as they
+    were)."""
     content = [list(levels), list(temperatures), sorted(overrides.items()), target_precision]
     weights = {name: list(w) for name, w in sorted((evidence_weights or {}).items()) if any(w)}
-    payload = json.dumps(content + ([weights] if weights else []))
+    first = ([list(first_pass.temperatures), {name: list(w) for name, w in
+                                              sorted(first_pass.evidence_weights.items()) if any(w)}]
+             if first_pass is not None else None)
+    payload = json.dumps(content + ([weights] if weights or first else []) + ([first] if first else []))
     prefix = "manual" if target_precision is None else f"p{target_precision:g}"
     return f"{prefix}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
@@ -278,14 +327,40 @@ class Selection:
         return self.covered / self.n if self.n else 0.0
 
 
+def store_bootstrap_upper(wrong: np.ndarray, clusters: np.ndarray, candidates: np.ndarray,
+                          delta: float = DELTA, resamples: int = BOOTSTRAP_RESAMPLES) -> np.ndarray:
+    """Upper (1 − δ) bound on the error rate among the first `candidates[i] + 1` items, resampling whole
+    clusters (stores) with replacement: errors of one store's products go together (one store files all
+    its sneakers under one wrong branch, and the store context spreads a branch over a store), which the
+    binomial bound, counting products as independent, does not see. Seeded: the same input gives the same
+    bound, run after run.
+
+    Args:
+        wrong: bool[N] items in the candidate order (highest confidence first).
+        clusters: [N] each item's store, same order.
+        candidates: int[K] indexes into that order.
+    """
+    _, index = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+    stores = int(index.max()) + 1
+    covered = np.zeros((len(wrong), stores))
+    covered[np.arange(len(wrong)), index] = 1.0
+    errors = np.cumsum(covered * np.asarray(wrong, bool)[:, None], axis=0)[candidates]
+    covered = np.cumsum(covered, axis=0)[candidates]
+    draws = np.random.default_rng(0).multinomial(stores, np.full(stores, 1.0 / stores), size=resamples)
+    rates = (errors @ draws.T) / np.maximum(covered @ draws.T, 1.0)
+    return np.quantile(rates, 1.0 - delta, axis=1)
+
+
 def select_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float,
-                     delta: float = DELTA) -> Selection:
-    """The smallest θ whose Clopper–Pearson upper bound on the error among items with confidence ≥ θ
-    is ≤ 1 − target. Candidates are the observed confidences; when none qualifies θ = CLOSED.
+                     delta: float = DELTA, clusters: np.ndarray | None = None) -> Selection:
+    """The smallest θ whose upper bound on the error among items with confidence ≥ θ is ≤ 1 − target:
+    Clopper–Pearson, and with `clusters` (each item's store) also the store bootstrap bound, whichever
+    is larger. Candidates are the observed confidences; when none qualifies θ = CLOSED.
 
     Args:
         confidence: float[N] the confidence that is thresholded.
         correct: bool[N] whether each item's prediction is right.
+        clusters: [N] the store of each item, or None (items independent).
     """
     if not 0.0 < target_precision < 1.0:
         raise ThresholdsError(f"target precision must be in (0, 1), got {target_precision!r}")
@@ -305,6 +380,9 @@ def select_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
     bound = np.ones(len(covered))
     possible = errors <= (1.0 - target_precision) * covered
     bound[possible] = clopper_pearson_upper(errors[possible], covered[possible], delta)
+    if clusters is not None and possible.any():
+        clustered = store_bootstrap_upper(wrong[order], np.asarray(clusters)[order], last[possible], delta)
+        bound[possible] = np.maximum(bound[possible], clustered)
     ok = np.flatnonzero(bound <= 1.0 - target_precision)
     if not len(ok):
         return Selection(CLOSED, 0, 0, 1.0, len(confidence))
@@ -357,8 +435,8 @@ def _subtree_floor(level_ids: np.ndarray, confidences: np.ndarray, correct: np.n
 def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: np.ndarray,
          target_precision: float, temperatures: tuple[float, ...] = (1.0,) * LEVELS,
          floors: dict[int, float] | None = None, per_subtree: bool = False, delta: float = DELTA,
-         min_subtree_nodes: int = 50, evidence_weights: dict[str, tuple[float, ...]] | None = None
-         ) -> tuple[Thresholds, dict]:
+         min_subtree_nodes: int = 50, evidence_weights: dict[str, tuple[float, ...]] | None = None,
+         first_pass: FirstPass | None = None, stores: np.ndarray | None = None) -> tuple[Thresholds, dict]:
     """Precision-target thresholds from decoded paths on a calibration split.
 
     Per level k, over labelled products whose decoded path reaches level k, θ_k is the smallest
@@ -371,6 +449,8 @@ def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: n
     Args:
         level_ids, level_confidences: [N, L] decoded paths (calibrated confidences) before thresholds.
         true_level_ids: int[N, L] the label's ancestor per level, -1 past its depth (all -1: unlabelled).
+        stores: [N] each product's store: the level bounds then also resample whole stores
+            (`store_bootstrap_upper`), so a target certified here holds on other stores.
 
     Returns:
         (thresholds with a content version, a JSON-able report of the evidence per level and subtree).
@@ -383,12 +463,13 @@ def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: n
                          f"{true_level_ids.shape}")
     labelled = true_level_ids[:, 0] != -1
     level_ids, confidences = level_ids[labelled], confidences[labelled]
+    stores = None if stores is None else np.asarray(stores)[labelled]
     correct = node_correctness(level_ids, true_level_ids[labelled])
     selections = []
     for k in range(LEVELS):
         reached = level_ids[:, k] != -1
         selections.append(select_threshold(confidences[reached, k], correct[reached, k], target_precision,
-                                           delta))
+                                           delta, None if stores is None else stores[reached]))
     overrides = {int(node): float(floor) for node, floor in (floors or {}).items()}
     base = Thresholds("tuning", tuple(s.threshold for s in selections), tuple(temperatures), overrides)
     report: dict = {"target_precision": target_precision, "delta": delta, "n_labelled": int(labelled.sum()),
@@ -406,9 +487,10 @@ def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: n
             report["subtrees"][str(int(root))] = asdict(choice) | {"coverage": choice.coverage}
     levels = tuple(s.threshold for s in selections)
     evidence_weights = dict(evidence_weights or {})
-    version = content_version(levels, tuple(temperatures), overrides, target_precision, evidence_weights)
+    version = content_version(levels, tuple(temperatures), overrides, target_precision, evidence_weights,
+                              first_pass)
     tuned = Thresholds(version, levels, tuple(temperatures), overrides, target_precision=target_precision,
-                       evidence_weights=evidence_weights)
+                       evidence_weights=evidence_weights, first_pass=first_pass)
     return tuned, report
 
 

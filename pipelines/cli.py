@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipelines.train_command:main", "Train the hierarchical model; write a model directory."),
     "evaluate": ("pipelines.evaluate_command:main", "Metrics, report, plots and baselines vs labels."),
     "tune-thresholds": ("pipelines.tune_thresholds_command:main", "Temperatures + precision thresholds."),
+    "cross-validate": ("pipelines.crossval_command:main", "Ours vs baselines on the same store folds."),
     "score": ("pipelines.score:main", "Products → embeddings → categories: one partitioned table."),
     "run-local": ("pipelines.run_local:main", "The whole job on the DirectRunner over the shared data."),
     "backfill": ("pipelines.backfill:main", "Score day by day by updated_at; one partition per day."),

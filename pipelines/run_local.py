@@ -70,13 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     _stage("training data", data / "stats.json",
            ["build-training-data", "--input", f"{products}/products/*.parquet", "--output", str(data),
             *sample])
-    _stage("train", model / "model.json", ["train", "--data", str(data), "--output", str(model)])
+    # The report judges stores the model never saw: this model holds the held-out split's stores out
+    # (`linnet train` without --holdout is the production model, on every labelled store).
+    _stage("train", model / "model.json", ["train", "--data", str(data), "--output", str(model),
+                                           "--holdout", HELD_OUT_SPLIT])
     _stage("thresholds", None, ["tune-thresholds", "--model", str(model), "--data", str(data),
                                 "--target-precision", str(args.target_precision)])
     held_out = held_out_products(products, data, out / "held_out")
     scored = out / "scored"
     _stage("score", None, ["score", "--input", f"{held_out}/products.parquet", "--model", str(model),
-                           "--output", str(scored), "--partition", "run-local"])
+                           "--output", str(scored), "--partition", "run-local",
+                           "--store_context", str(out / "store_context")])
     report = out / "evaluation"
     _stage("evaluate", None, ["evaluate", "--predictions", str(scored / "categorized" / "run=run-local"),
                               "--labels",

@@ -1,4 +1,5 @@
-"""`linnet score`: products → validate → deduplicate → embed → categorize → partitioned tables.
+"""`linnet score`: products → validate → deduplicate → embed → store context → categorize → partitioned
+tables.
 
 Rows in = categorized rows + dead letters, always; the run summary checks it.
 """
@@ -33,6 +34,7 @@ from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, require
 from pipelines.partitions import Partition, new_attempt
 from pipelines.sources import product_source, table_sink
+from pipelines.store_context import STORE_CONTEXT, StoreContext
 from pipelines.watermark import AdvanceWatermark
 
 LOGGER = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ class ScoreOptions(PipelineOptions):
                             help="advance this watermark file to the partition's day after the commit")
         parser.add_argument("--shopify_taxonomy", "--shopify-taxonomy", dest="shopify_taxonomy",
                             default=defaults.SHOPIFY_TAXONOMY, help="Shopify taxonomy folder")
+        parser.add_argument("--store_context", "--store-context", dest="store_context", default=None,
+                            help="directory of the store-context tables (any Beam filesystem): each store's "
+                                 "products scored in earlier runs give context to today's, and this run's "
+                                 "products update it; default: context from this run's products only")
 
 
 class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
@@ -85,7 +91,10 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
         inputs = {name: np.stack([np.asarray(record[name], np.float32) for record in batch])
                   for name in MODEL_INPUTS}
-        outputs = model.predict(inputs, decoding=self.decoding, thresholds=self.thresholds)
+        context = (np.stack([np.asarray(record[STORE_CONTEXT], np.float32) for record in batch])
+                   if all(STORE_CONTEXT in record for record in batch) else None)
+        outputs = model.predict(inputs, decoding=self.decoding, thresholds=self.thresholds,
+                                store_context=context)
         for index, record in enumerate(batch):
             yield PredictionResult(record, {name: value[index] for name, value in outputs.items()},
                                    model_id=model.model_version)
@@ -170,17 +179,20 @@ def code_version() -> str:
     return f"{__version__}+g{commit}"
 
 
-def build(products: dict[str, beam.PCollection], embed: beam.PTransform, categorize: Categorize,
-          write: dict[str, beam.PTransform], run_id: str) -> dict[str, beam.PCollection]:
-    """The scoring graph: validated products → deduplicate → embed → categorize → write.
+def build(products: dict[str, beam.PCollection], embed: beam.PTransform, context: StoreContext,
+          categorize: Categorize, write: dict[str, beam.PTransform], run_id: str
+          ) -> dict[str, beam.PCollection]:
+    """The scoring graph: validated products → deduplicate → embed → store context → categorize → write.
 
     `products` is the tagged output of a read (`products`, `dead_letter`); `write` maps `rows` and
     `dead_letter` to the sinks. Returns the sinks' outputs (partition manifests).
     """
     unique = products[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
     embedded = unique[PRODUCTS] | "EmbedProducts" >> embed
-    categorized = embedded["embedded"] | "Categorize" >> categorize
-    dead = ((products[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], categorized[DEAD_LETTER])
+    in_store = embedded["embedded"] | "StoreContext" >> context
+    categorized = in_store["embedded"] | "Categorize" >> categorize
+    dead = ((products[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], in_store[DEAD_LETTER],
+             categorized[DEAD_LETTER])
             | "MergeDeadLetters" >> beam.Flatten())
     return {
         "rows": categorized["rows"] | "WriteCategories" >> write["rows"],
@@ -248,9 +260,13 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     products = pipeline | "ReadProducts" >> product_source(options, day)
     categorize = Categorize(flags.model, inputs.taxonomy, flags.shopify_taxonomy or None, lineage,
                             flags.decoding, levels, flags.max_batch_size)
+    context = StoreContext(flags.model, int(info["store_context_width"]), run_id, flags.store_context,
+                           {key: info[key] for key in ("model_version", "thresholds_version")},
+                           flags.max_batch_size)
     write = {"rows": table_sink(options, CATEGORIZED, "categorized", partition, run_id),
              DEAD_LETTER: table_sink(options, DEAD_LETTERS, "dead_letters", partition, run_id)}
-    manifests = build(products, EmbedProducts.from_options(options, run_id), categorize, write, run_id)
+    manifests = build(products, EmbedProducts.from_options(options, run_id), context, categorize, write,
+                      run_id)
     if watermark:
         day = partition.day
         if day is None:

@@ -23,6 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="model directory to write")
     parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
     parser.add_argument("--thresholds", help="thresholds.json to bake in (default: 0.5 per level)")
+    parser.add_argument("--holdout", action="append", default=[], metavar="SPLIT",
+                        help="leave this split's stores out of the network and the exemplar memory "
+                             "(repeatable; default: none, a production model on every labelled store). "
+                             "Held-out reports need it: `--holdout validation` trains the model "
+                             "`linnet evaluate` judges")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         taxonomy = Taxonomy.load(args.taxonomy)
         thresholds = load_thresholds(args.thresholds) if args.thresholds else None
-        train(args.data, args.output, config, taxonomy, thresholds, cluster)
+        train(args.data, args.output, config, taxonomy, thresholds, cluster, args.holdout)
     except (ConfigError, DataError, TaxonomyError, ThresholdsError, OSError) as error:
         print(f"linnet train: {error}", file=sys.stderr)
         return 1

@@ -201,7 +201,7 @@ def trained_model(tmp_path_factory, gpt):
     (root / "config.json").write_text(json.dumps({"shared_units": [64], "level_units": [32], "epochs": 4,
                                                   "batch_size": 64, "dropout": 0.1}))
     assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model")]) == 0
+                     "--output", str(root / "model"), "--holdout", "validation"]) == 0
     rng = np.random.default_rng(0)
     with open(root / "products.jsonl", "w", encoding="utf-8") as handle:
         for split in ("train", "validation", "calibration"):
@@ -232,7 +232,9 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     # Cross-fitted over the train and calibration stores (7 synthetic stores), capped per store.
     assert evidence["calibration"]["folds"] == 5 and evidence["calibration"]["stores"] == 7
     assert evidence["calibration"]["products"] == evidence["n_labelled"] <= 7 * 150
-    assert set(tuned.evidence_weights) == {"exemplars"}  # no category embeddings: no priors
+    # No category embeddings: no priors; the store context after a first pass over the exemplars.
+    assert set(tuned.evidence_weights) == {"exemplars", "store_context"}
+    assert set(tuned.first_pass.evidence_weights) == {"exemplars"} and "first_pass" in evidence
     assert (model / "calibration_paths.npz").exists()
 
     outputs = []
@@ -313,3 +315,29 @@ def test_parquet_files_of_a_scoring_output_skip_staging_and_dead_letters(tmp_pat
     assert parquet_files(str(tmp_path)) == [str(tmp_path / "categorized/date=2026-11-24/part-0.parquet")]
     with pytest.raises(EvaluationError, match="no Parquet files"):
         parquet_files(str(tmp_path / "nothing-*.parquet"))
+
+
+@pytest.mark.slow
+def test_cross_validation_judges_ours_and_the_baselines_on_the_same_store_folds(trained_model, tmp_path):
+    from linnet_core.evaluation import crossval
+
+    output = tmp_path / "crossval"
+    assert cli.main(["cross-validate", "--data", str(trained_model / "data"), "--model",
+                     str(trained_model / "model"), "--output", str(output), "--folds", "3",
+                     "--products", str(trained_model / "products.jsonl")]) == 0
+    result = json.loads((output / crossval.CROSSVAL_JSON).read_text())
+    assert set(result["systems"]) == {crossval.OURS, crossval.FIRST_PASS, *crossval.BASELINES}
+    folds = {len(entry["per_fold"]) for entry in result["systems"].values()}
+    assert folds == {3}  # every system on every fold
+    sizes = {name: [f["n"] for f in entry["per_fold"]] for name, entry in result["systems"].items()}
+    assert len({tuple(n) for n in sizes.values()}) == 1  # ... on exactly the same products
+    # 1,500 products of 7 synthetic stores (~214 each), at most 150 per store evaluated.
+    assert result["products"] == sum(sizes[crossval.OURS]) == 7 * 150 and result["stores"] == 7
+    for name, entry in result["systems"].items():
+        summary = entry["summary"]
+        assert 0.0 <= summary["hF1"]["mean"] <= 1.0 and summary["hF1"]["sd"] >= 0.0, name
+        assert len(result["curves"][name]) == 41
+    # The synthetic embeddings are learnable: the embedding baselines beat chance at level 1 (1/25 labels).
+    assert result["systems"][crossval.LEVEL_LR]["summary"]["level1_accuracy"]["mean"] > 0.3
+    assert result["systems"][crossval.TFIDF]["summary"]["coverage"]["mean"] == 1.0
+    assert (output / "crossval.md").exists() and (output / "crossval.png").exists()

@@ -48,7 +48,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, gpt: Taxonomy) -> tuple[Pa
     write_training_data(root / "data", gpt, sizes={"train": 600, "validation": 150})
     (root / "config.json").write_text(json.dumps(SMALL_CONFIG))
     code = cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model")])
+                     "--output", str(root / "model"), "--holdout", "validation"])
     assert code == 0
     return root / "model", root / "data"
 
@@ -95,6 +95,21 @@ def test_train_writes_the_model_directory(trained: tuple[Path, Path], gpt: Taxon
     # The synthetic labels are learnable: level-1 validation accuracy beats chance (1/21) clearly.
     assert curves["levels"]["level_1"]["val_accuracy"][-1] > 0.3
     assert "hF1" in (model_dir / "MODEL_CARD.md").read_text()
+    assert info["training"]["splits"] == ["train"] and info["training"]["held_out_splits"] == ["validation"]
+
+
+def test_production_model_learns_from_every_split(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, data = trained
+    config = trained[0].parent / "config.json"
+    assert cli.main(["train", "--data", str(data), "--config", str(config), "--output", str(tmp_path)]) == 0
+    info = read_model_json(tmp_path)
+    # No --holdout: the network and the memory learn from every split there is (no calibration split here).
+    assert info["training"]["splits"] == ["train", "validation"] and info["training"]["held_out_splits"] == []
+    assert info["exemplars"] == 750 and info["training"]["train_examples"] == 750
+    assert "validation" not in info or not info["validation"]
+    assert "None: the model learnt from every labelled store" in (tmp_path / "MODEL_CARD.md").read_text()
+    assert cli.main(["train", "--data", str(data), "--config", str(config), "--output", str(tmp_path / "x"),
+                     "--holdout", "train", "--holdout", "validation"]) == 1
 
 
 def test_saved_model_runs_in_a_fresh_process_without_project_code(trained: tuple[Path, Path], gpt: Taxonomy,
@@ -186,8 +201,11 @@ def test_predictor_rejects_bad_inputs_and_accepts_none(trained: tuple[Path, Path
     assert empty["level_ids"].shape == (0, 7) and empty["gpt_id"].shape == (0,)
 
 
-def _fresh_process_outputs(saved_model: Path, inputs: dict[str, np.ndarray], tmp_path: Path) -> dict:
-    np.savez(tmp_path / "inputs.npz", **inputs)
+def _fresh_process_outputs(saved_model: Path, inputs: dict[str, np.ndarray], tmp_path: Path,
+                           width: int = 213) -> dict:
+    """serving_default in a process without the project's code; no store context (zeros of the GPT width)."""
+    context = np.zeros((len(inputs["text_embedding"]), width), np.float32)
+    np.savez(tmp_path / "inputs.npz", **inputs, store_context=context)
     script = tmp_path / "load.py"
     script.write_text(FRESH_PROCESS.format(root=str(Path(__file__).resolve().parent.parent)))
     done = subprocess.run([sys.executable, str(script), str(saved_model), str(tmp_path / "inputs.npz")],
@@ -259,9 +277,10 @@ def test_evidence_is_baked_in_and_fused(trained: tuple[Path, Path], gpt: Taxonom
 
 def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
         trained: tuple[Path, Path], gpt: Taxonomy, tmp_path: Path) -> None:
-    """`linnet tune-thresholds` cross-fits over the train and calibration stores and bakes temperatures
-    and evidence weights in. The category vectors of the labelled nodes are their products' mean text
-    embedding, so the priors are informative and must get positive weight at level 1."""
+    """`linnet tune-thresholds` cross-fits over the stores the model learnt from (here the train split:
+    the calibration split is added after training) and bakes temperatures and evidence weights in. The
+    category vectors of the labelled nodes are their products' mean text embedding, so the priors are
+    informative and must get positive weight at level 1."""
     from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings, node_ids
     from linnet_core.evaluation.tuning import CALIBRATION_PATHS, CalibrationPaths
     from linnet_core.model.data import read_split
@@ -289,9 +308,9 @@ def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
         tuned.temperatures[5]
     report = json.loads((model_dir / "thresholds_report.json").read_text())
     assert report["evidence_weights"] == {name: list(w) for name, w in tuned.evidence_weights.items()}
-    assert report["calibration"] == {"folds": 3, "store_cap": 150, "products": 900, "stores": 7}
+    assert report["calibration"] == {"folds": 3, "store_cap": 150, "products": 600, "stores": 7}
     paths = CalibrationPaths.load(model_dir / CALIBRATION_PATHS)
-    assert paths.level_ids.shape == (900, 7) and sorted(set(paths.store)) == [f"store-{i}" for i in range(7)]
+    assert paths.level_ids.shape == (600, 7) and sorted(set(paths.store)) == [f"store-{i}" for i in range(7)]
     np.testing.assert_allclose(Predictor(model_dir, gpt).metadata["text_prior_weights"],
                                tuned.weights("text_prior"), rtol=1e-6)
     # Without folds: the model itself on the calibration split.

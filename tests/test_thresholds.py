@@ -204,3 +204,39 @@ def test_evidence_weights_are_optional_and_named_by_the_version(tmp_path):
     tuned, _ = th.tune(np.array([[1, 2, -1, -1, -1, -1, -1]]), np.array([[0.9, 0.8, 0, 0, 0, 0, 0]]),
                        np.array([[1, 2, -1, -1, -1, -1, -1]]), 0.5, temperatures, evidence_weights=weights)
     assert tuned.evidence_weights == weights
+
+
+def test_store_bootstrap_bound_sees_errors_that_travel_together():
+    # 20 stores of 20 items, 10% wrong overall: spread evenly, or all in two stores.
+    rng = np.random.default_rng(3)
+    confidence = rng.uniform(0.5, 1.0, 400)
+    stores = np.repeat(np.arange(20), 20)
+    spread = np.zeros(400, bool)
+    spread[::10] = True
+    clumped = np.isin(stores, [4, 11])
+    order = np.argsort(-confidence, kind="stable")
+    candidates = np.array([399])  # everything covered
+    independent = th.clopper_pearson_upper(40, 400)
+    even = th.store_bootstrap_upper(spread[order], stores[order], candidates)[0]
+    clumps = th.store_bootstrap_upper(clumped[order], stores[order], candidates)[0]
+    assert even < independent < clumps  # only store-clumped errors widen the bound
+    again = th.store_bootstrap_upper(clumped[order], stores[order], candidates)[0]
+    assert again == clumps  # seeded: the same thresholds run after run
+    # A target the binomial bound certifies is refused when the errors clump in stores.
+    plain = th.select_threshold(confidence, ~clumped, 0.8)
+    clustered = th.select_threshold(confidence, ~clumped, 0.8, clusters=stores)
+    assert plain.threshold != th.CLOSED and clustered.upper_bound >= plain.upper_bound
+    assert clustered.threshold >= plain.threshold
+
+
+def test_first_pass_round_trips_and_names_the_version(tmp_path):
+    first = th.FirstPass((2.0,) * 7, {"exemplars": (1.5,) * 7})
+    tuned = th.Thresholds("v", (0.5,) * 7, evidence_weights={"store_context": (3.0,) * 7}, first_pass=first)
+    th.save_thresholds(tuned, tmp_path / "t.json")
+    assert th.load_thresholds(tmp_path / "t.json") == tuned
+    assert th.content_version((0.5,) * 7, (1.0,) * 7, {}, 0.7, {}, first) != th.content_version(
+        (0.5,) * 7, (1.0,) * 7, {}, 0.7, {})
+    with pytest.raises(th.ThresholdsError, match="no first_pass"):
+        th.Thresholds("v", (0.5,) * 7, evidence_weights={"store_context": (3.0,) * 7})
+    with pytest.raises(th.ThresholdsError, match="unknown evidence"):
+        th.FirstPass((1.0,) * 7, {"store_context": (1.0,) * 7})

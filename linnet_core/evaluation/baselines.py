@@ -1,7 +1,8 @@
 """The systems compared with ours, each scored on the same products.
 
-(a) `TfidfBaseline`: a flat TF-IDF + logistic-regression classifier over the label nodes seen in
-    training (the 2018-era approach), on `features.product_text`. Its path is the predicted node's
+(a) `TfidfBaseline`: a flat TF-IDF (word and character n-grams) + LinearSVC classifier over the label
+    nodes seen in training (the 2018-era approach, baseline A of `baseline_models`), on
+    `features.product_text`. Its path is the predicted node's
     ancestors; a node's confidence is the probability mass of the classes under it.
 (b) `published_design`: the multi-task network's own softmax heads (no calibration, no evidence),
     greedy decoding and per-level thresholds, no back-off (a path that does not clear every threshold
@@ -19,21 +20,23 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from linnet_core import records
+from linnet_core import metrics, records
+from linnet_core.evaluation import baseline_models
 from linnet_core.evaluation.systems import SystemOutput, parquet_files
-from linnet_core.features import LEVELS, NO_LABEL, product_text
+from linnet_core.features import NO_LABEL, product_text
 from linnet_core.metrics import AncestorTable
 
 TFIDF, PUBLISHED, OURS = "tfidf", "published", "ours"
 PUBLISHED_ON_OURS = "published_on_ours"  # the ablation: (b)'s decision over ours' scores
 OURS_UNIFORM = "ours_uniform"  # ours with one hand-set threshold for every level: a curve, not a system
-TITLES = {TFIDF: "(a) TF-IDF + LR, flat", PUBLISHED: "(b) greedy + per-level thresholds",
+TITLES = {TFIDF: "(a) TF-IDF word+char + LinearSVC, flat", PUBLISHED: "(b) greedy + per-level thresholds",
           PUBLISHED_ON_OURS: "ablation: (b)'s decision on ours' scores",
           OURS: "(c) evidence + calibrated + exact + back-off",
           OURS_UNIFORM: "(c) with one threshold for all levels"}
 DESCRIPTIONS = {
-    TFIDF: "TF-IDF (word 1–2 grams) + logistic regression over the label nodes of the train split; "
-           "always answers its most probable node; confidence = probability mass under a node.",
+    TFIDF: "TF-IDF (word 1–2-grams and char_wb 3–5-grams) + one-vs-rest LinearSVC over the label nodes the "
+           "model learnt from, softmax with a store-grouped temperature; always answers its most probable "
+           "node; confidence = probability mass under a node.",
     PUBLISHED: "the published design: the multi-task network's own softmax heads, greedy decoding, one "
                "threshold for every level (the uniform threshold with the best hF1 on the calibration "
                "split) plus the sensitive floors; a path that does not clear every threshold down to its "
@@ -47,7 +50,6 @@ DESCRIPTIONS = {
           "to the deepest confident ancestor; its operating curve retunes the thresholds for each "
           "precision target on the same calibration set.",
 }
-SEED = 0
 LEAF = 2  # the model's `decision` code for a prediction down to the decoded path's end
 
 
@@ -79,47 +81,35 @@ def product_texts(source: str, product_ids: Iterable[str] | None = None) -> dict
 
 
 class TfidfBaseline:
-    """Flat TF-IDF (word 1–2 grams) + multinomial logistic regression over training label nodes."""
+    """(a): baseline A of `baseline_models` (TF-IDF word and character n-grams, LinearSVC) as a system."""
 
-    def __init__(self, table: AncestorTable, max_features: int = 50_000, c: float = 10.0) -> None:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-
+    def __init__(self, table: AncestorTable) -> None:
         self.table = table
-        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True,
-                                          max_features=max_features, dtype=np.float32)
-        self.classifier = LogisticRegression(C=c, max_iter=100, tol=1e-3, random_state=SEED)
+        self.model = baseline_models.TfidfSvm()
 
-    def fit(self, texts: list[str], gpt_ids: np.ndarray) -> TfidfBaseline:
-        """Train on labelled texts (gpt_id ≥ 0)."""
+    def fit(self, texts: list[str], gpt_ids: np.ndarray, stores: list[str] | None = None) -> TfidfBaseline:
+        """Train on the labelled texts (gpt_id ≥ 0); `stores` give its temperature a store-grouped fit."""
         gpt_ids = np.asarray(gpt_ids, dtype=np.int64)
         keep = gpt_ids != NO_LABEL
-        features = self.vectorizer.fit_transform([t for t, k in zip(texts, keep, strict=True) if k])
-        self.classifier.fit(features, gpt_ids[keep])
-        self.class_paths = self.table.path_of(self.classifier.classes_)
+        self.model.fit([t for t, k in zip(texts, keep, strict=True) if k], gpt_ids[keep],
+                       None if stores is None else [s for s, k in zip(stores, keep, strict=True) if k])
         return self
 
     def predict(self, product_ids: np.ndarray, texts: list[str]) -> SystemOutput:
         """Argmax node for every product (coverage 1), its ancestors and their subtree probabilities."""
-        probabilities = self.classifier.predict_proba(self.vectorizer.transform(texts))
-        best = probabilities.argmax(axis=1)
-        path = self.class_paths[best]
-        confidences = np.zeros(path.shape)
-        for k in range(self.class_paths.shape[1]):
-            under = self.class_paths[None, :, k] == path[:, k, None]
-            confidences[:, k] = np.where(path[:, k] != NO_LABEL, (probabilities * under).sum(axis=1), 0.0)
-        level_ids = np.full((len(best), LEVELS), NO_LABEL, np.int64)
-        level_confidences = np.zeros((len(best), LEVELS))
-        level_ids[:, : path.shape[1]], level_confidences[:, : path.shape[1]] = path, confidences
-        return SystemOutput(TFIDF, np.asarray(product_ids, dtype=object), self.classifier.classes_[best],
-                            level_ids, level_confidences, {"model_version": "tfidf-logreg"})
+        level_ids, level_confidences = baseline_models.flat_paths(self.model.probabilities(texts),
+                                                                  self.model.classes, self.table)
+        return SystemOutput(TFIDF, np.asarray(product_ids, dtype=object),
+                            metrics.path_end(level_ids, level_confidences)[0], level_ids, level_confidences,
+                            {"model_version": "tfidf-linearsvc"})
 
 
 def model_system(predictor, arrays: Mapping[str, np.ndarray], name: str = OURS, **options) -> SystemOutput:
-    """A system from the exported model's outputs on embeddings (`options`: Predictor.predict's)."""
+    """A system from the exported model's outputs on embeddings, each store's products giving each other
+    their store context (`options`: Predictor.predict's)."""
     from linnet_core.model.data import model_inputs
 
-    outputs = predictor.predict(model_inputs(arrays), **options)
+    outputs = predictor.predict_in_stores(model_inputs(arrays), arrays["store"], **options)
     return SystemOutput(name, np.asarray(arrays["product_id"], dtype=object),
                         outputs["gpt_id"].astype(np.int64), outputs["level_ids"].astype(np.int64),
                         outputs["level_confidences"].astype(np.float64),
@@ -135,7 +125,8 @@ def published_design(predictor, arrays: Mapping[str, np.ndarray], thresholds: li
     over ours' calibrated, fused scores (the ablation that isolates decoding and back-off)."""
     from linnet_core.model.data import model_inputs
 
-    outputs = predictor.predict(model_inputs(arrays), decoding="greedy", thresholds=thresholds, fused=fused)
+    outputs = predictor.predict_in_stores(model_inputs(arrays), arrays["store"], decoding="greedy",
+                                          thresholds=thresholds, fused=fused)
     gpt_id = np.where(outputs["decision"] == LEAF, outputs["gpt_id"], NO_LABEL).astype(np.int64)
     confidences = outputs["level_confidences"].astype(np.float64)
     return SystemOutput(name, np.asarray(arrays["product_id"], dtype=object), gpt_id,

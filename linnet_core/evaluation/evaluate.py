@@ -118,6 +118,11 @@ def run(config: EvaluationConfig) -> dict:
         from linnet_core.model.predictor import Predictor
 
         predictor = Predictor(config.model, taxonomy)
+        learnt = predictor.info.get("training", {}).get("splits", [])
+        if config.split in learnt:
+            raise EvaluationError(f"model {config.model} learnt from the {config.split} split "
+                                  f"({', '.join(learnt)}): evaluate a model trained with "
+                                  f"`linnet train --holdout {config.split}`")
         split = read_split(config.training_data, config.split)
     ours = (read_predictions(config.predictions) if config.predictions
             else baselines.model_system(predictor, split))
@@ -234,22 +239,27 @@ def capped_per_store(ours: SystemOutput, labels: Labels, systems: list[SystemOut
 
 
 def _tfidf(config: EvaluationConfig, table: metrics.AncestorTable, compared: SystemOutput) -> SystemOutput:
-    """(a) trained on the train split's products, scored on the compared products."""
+    """(a) trained on the products of the splits the model learnt from, scored on the compared products."""
     from linnet_core.model.data import read_split
+    from linnet_core.model.export import read_model_json
     from pipelines import defaults  # the shared products file is the default text source
 
-    train_ids = read_split(config.training_data, "train", embeddings=False)
+    learnt = read_model_json(config.model).get("training", {}).get("splits", ["train"])
+    parts = [read_split(config.training_data, split, embeddings=False) for split in learnt]
+    train_ids = {name: np.concatenate([part[name] for part in parts])
+                 for name in ("product_id", "gpt_id", "store")}
     source = config.products or defaults.PRODUCTS_JSONL
     texts = baselines.product_texts(source, set(train_ids["product_id"]) | set(compared.product_ids))
     missing = [pid for pid in compared.product_ids if pid not in texts]
     if missing:
         raise EvaluationError(f"{len(missing)} evaluated products have no text in {source}, "
                               f"e.g. {missing[0]!r}")
-    train = [(texts[pid], gid) for pid, gid in zip(train_ids["product_id"], train_ids["gpt_id"], strict=True)
-             if pid in texts]
-    train_labels = np.array([gid for _, gid in train], dtype=np.int64)
+    train = [(texts[pid], gid, store) for pid, gid, store in zip(
+        train_ids["product_id"], train_ids["gpt_id"], train_ids["store"], strict=True) if pid in texts]
+    train_labels = np.array([gid for _, gid, _ in train], dtype=np.int64)
     train_labels = np.where(np.isin(train_labels, table.ids), train_labels, NO_LABEL)
-    model = baselines.TfidfBaseline(table).fit([text for text, _ in train], train_labels)
+    model = baselines.TfidfBaseline(table).fit([text for text, _, _ in train], train_labels,
+                                               [store for _, _, store in train])
     return model.predict(compared.product_ids, [texts[pid] for pid in compared.product_ids])
 
 
@@ -278,7 +288,7 @@ def _target_settings(calibration_system: SystemOutput, calibration: Labels, tabl
     settings = []
     for target in grid:
         tuned, _ = tune(calibration_system.level_ids, calibration_system.level_confidences, true, target,
-                        temperatures=baked.temperatures, floors=baked.overrides)
+                        temperatures=baked.temperatures, floors=baked.overrides, stores=calibration.store)
         settings.append((f"p*={target:.2f}", tuned))
     return settings
 
@@ -298,7 +308,8 @@ def targets_on_unseen_stores(tuned_on: SystemOutput, labels: Labels, table: metr
         for f in np.unique(fold):
             held = fold == f
             tuned, _ = tune(tuned_on.level_ids[~held], tuned_on.level_confidences[~held], true[~held], target,
-                            temperatures=baked.temperatures, floors=baked.overrides)
+                            temperatures=baked.temperatures, floors=baked.overrides,
+                            stores=labels.store[~held])
             predicted[held] = cut_paths(tuned_on.level_ids[held], tuned_on.level_confidences[held], tuned)
         joined = metrics.Joined.build(predicted, labels.gpt_id, table)
         h_precision, h_recall, h_f1 = metrics.hierarchical_prf(joined)

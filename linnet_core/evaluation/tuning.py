@@ -3,7 +3,9 @@
 1. the calibration set (`model.crossfit`): logits and evidence of labelled products from stores the
    scoring networks never saw, cross-fitted over the train and calibration stores by default, at most
    `store_cap` products per store (the acceptance set's cap, so no store decides the fit);
-2. per level, the temperature of the network's logits and the weight of each evidence by NLL;
+2. per level, the temperature of the network's logits and the weight of each product evidence by NLL
+   (the first pass); each product's store context from its store-mates' first-pass predictions
+   (leave-one-out, linnet_core.store_context); then the fusion again with the store context;
 3. decode the set with the model's own decoding ops at that fusion (exact decoding depends on it);
 4. per level, the smallest Clopper–Pearson-certified threshold for the target, sensitive floors as
    overrides (optionally per level-1 subtree);
@@ -25,8 +27,8 @@ from linnet_core import calibration, metrics
 from linnet_core.features import LEVELS, NO_LABEL
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import DELTA, Thresholds, save_thresholds, tune
-from linnet_core.training_data import DEFAULT_FOLDS
+from linnet_core.thresholds import DELTA, FirstPass, Thresholds, save_thresholds, tune
+from linnet_core.training_data import CALIBRATION, DEFAULT_FOLDS, TRAIN
 
 logger = logging.getLogger(__name__)
 HISTORY = "thresholds_history"
@@ -79,18 +81,27 @@ def fit_fusion_weights(calibration_set, taxonomy: Taxonomy
 
 
 def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int, store_cap: int):
-    """The store-capped calibration set: cross-fitted with `folds` > 1, else the model on the calibration
-    split."""
+    """The store-capped calibration set: cross-fitted over the model's training splits with `folds` > 1,
+    else the model on the calibration split (which it must not have learnt from).
+
+    Raises:
+        ValueError: folds < 2 on a model trained on the calibration split.
+    """
     from linnet_core.model import crossfit
     from linnet_core.model.data import read_split
+    from linnet_core.model.export import read_model_json
     from linnet_core.model.predictor import Predictor
 
     def cap(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         return capped_rows(arrays["product_id"], arrays["store"], store_cap)
 
+    splits = read_model_json(model_dir)["training"].get("splits", [TRAIN, CALIBRATION])
     if folds > 1:
-        return crossfit.cross_fitted(model_dir, data_dir, taxonomy, folds, keep=cap)
-    split = read_split(data_dir, "calibration")
+        return crossfit.cross_fitted(model_dir, data_dir, taxonomy, folds, keep=cap, splits=splits)
+    if CALIBRATION in splits:
+        raise ValueError(f"--folds {folds}: the model learnt from the {CALIBRATION} split, so it cannot "
+                         f"calibrate on it; cross-fit (--folds > 1) or train with --holdout {CALIBRATION}")
+    split = read_split(data_dir, CALIBRATION)
     rows = cap(split)
     return crossfit.from_model(Predictor(model_dir, taxonomy), {k: v[rows] for k, v in split.items()},
                                taxonomy.max_depth)
@@ -124,6 +135,8 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     before = load_thresholds(model_dir / THRESHOLDS_JSON)
     mode = read_model_json(model_dir).get("default_decoding", "exact")
     scored = calibration_set(model_dir, data_dir, taxonomy, folds, store_cap)
+    first = FirstPass(*fit_fusion_weights(scored, taxonomy))
+    scored = crossfit.with_store_context(scored, taxonomy, first.temperatures, first.evidence_weights)
     temperatures, weights = fit_fusion_weights(scored, taxonomy)
     logger.info("fitted on %d calibration products (%d stores): temperatures %s, evidence weights %s",
                 len(scored.gpt_id), len(np.unique(scored.store)), temperatures, weights)
@@ -133,7 +146,7 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     level_ids, confidences = crossfit.decode_paths(scored, taxonomy, temperatures, weights, mode)
     tuned, evidence = tune(level_ids, confidences, table.path_of(known), target_precision,
                            temperatures=temperatures, floors=dict(floors or {}), per_subtree=per_subtree,
-                           delta=delta, evidence_weights=weights)
+                           delta=delta, evidence_weights=weights, first_pass=first, stores=scored.store)
     history = model_dir / HISTORY
     history.mkdir(exist_ok=True)
     path = history / f"{tuned.version}.json"
@@ -144,6 +157,8 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     evidence.update({
         "thresholds_version": tuned.version, "previous_thresholds_version": before.version,
         "temperatures": list(temperatures), "evidence_weights": {k: list(v) for k, v in weights.items()},
+        "first_pass": {"temperatures": list(first.temperatures),
+                       "evidence_weights": {k: list(v) for k, v in first.evidence_weights.items()}},
         "calibration": {"folds": folds if folds > 1 else None, "store_cap": store_cap,
                         "products": int(len(known)), "stores": int(len(np.unique(scored.store)))},
         "ece_unfused": metrics.level_ece(unfused_ids, unfused_confidences, known, table),

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,9 @@ from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import array_dataset, class_labels, level_name, model_inputs, read_split
 from linnet_core.model.export import CONFIG_JSON
 from linnet_core.model.inference_model import evidence_output
+from linnet_core.store_context import ContextLayout, level_scores, store_contexts
 from linnet_core.taxonomy import Taxonomy
+from linnet_core.thresholds import STORE_CONTEXT
 from linnet_core.training_data import CALIBRATION, DEFAULT_FOLDS, TRAIN, store_folds
 
 logger = logging.getLogger(__name__)
@@ -112,14 +114,16 @@ def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: de
 
 
 def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int = DEFAULT_FOLDS,
-                 keep: Callable[[dict], np.ndarray] | None = None) -> CalibrationSet:
-    """The cross-fitted calibration set of the pool (DATA/train and DATA/calibration).
+                 keep: Callable[[dict], np.ndarray] | None = None,
+                 splits: Sequence[str] = (TRAIN, CALIBRATION)) -> CalibrationSet:
+    """The cross-fitted calibration set of the pool (the `splits` of DATA the model was trained on).
 
     Args:
         model_dir: the trained model: its config.json (the fold networks' config) and
             category_embeddings.npz (the taxonomy priors), when present.
         folds: groups of stores (> 1).
         keep: rows → the row indexes to score (e.g. a store cap); None scores every pool product.
+        splits: the pool.
 
     Raises:
         ValueError: folds < 2, or fewer than two non-empty folds.
@@ -132,7 +136,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
     config = ModelConfig.from_json(json.loads((model_dir / CONFIG_JSON).read_text(encoding="utf-8")),
                                    source=str(model_dir / CONFIG_JSON))
     depth, sizes = taxonomy.max_depth, taxonomy.level_sizes()
-    pool = _concatenated([read_split(data_dir, split, weights=True) for split in (TRAIN, CALIBRATION)])
+    pool = _concatenated([read_split(data_dir, split, weights=True) for split in splits])
     fold = store_folds(pool["store"], folds)
     scored_rows = np.asarray(keep(pool) if keep else np.arange(len(fold)), np.int64)
     held_out = [f for f in range(folds) if np.isin(scored_rows, np.flatnonzero(fold == f)).any()]
@@ -156,6 +160,36 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
         parts.append(_score_fold(network, _select(pool, rows), depth, prior, memory))
         logger.info("cross-fitting fold %d/%d: trained on %d products, scored %d", f + 1, folds, n, len(rows))
     return CalibrationSet.concatenate(parts)
+
+
+def store_contributions(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: Sequence[float],
+                        weights: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """Each product's contribution to its store's context at this first-pass fusion, by the model's own
+    ops (decoding.store_contributions)."""
+    layout = ContextLayout.of(taxonomy.level_sizes())
+    parts = []
+    for start in range(0, len(calibration.gpt_id), BATCH):
+        stop = start + BATCH
+        evidence = tuple((
+            [tf.constant(scores[k][start:stop]) for k in range(len(layout.sizes))],
+            tf.constant(np.asarray(weights.get(name, [0.0] * LEVELS), np.float32)))
+            for name, scores in calibration.evidence.items() if name != STORE_CONTEXT)
+        probabilities = decoding.level_probabilities(
+            [tf.constant(z[start:stop]) for z in calibration.logits[:len(layout.sizes)]],
+            tf.constant(np.asarray(temperatures, np.float32)), evidence)
+        parts.append(decoding.store_contributions(probabilities, layout).numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, layout.width), np.float32)
+
+
+def with_store_context(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: Sequence[float],
+                       weights: Mapping[str, Sequence[float]]) -> CalibrationSet:
+    """The set with the store-context evidence: each product's leave-one-out mean of its store-mates'
+    first-pass contributions within the set (what a batch of a store's products gives each of them)."""
+    own = store_contributions(calibration, taxonomy, temperatures, weights)
+    context = store_contexts(own, calibration.store)
+    layout = ContextLayout.of(taxonomy.level_sizes())
+    scores = level_scores(context, layout, [z.shape[1] for z in calibration.logits])
+    return replace(calibration, evidence={**calibration.evidence, STORE_CONTEXT: scores})
 
 
 def decode_paths(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: Sequence[float],

@@ -25,8 +25,16 @@ import tensorflow as tf
 from linnet_core.category_prior import CategoryEmbeddings, level_segments
 from linnet_core.exemplars import NEIGHBOURS, SHARPNESS, Exemplars
 from linnet_core.features import LEVELS, NO_LABEL, TEXT_EMBEDDING, TITLE_EMBEDDING
+from linnet_core.store_context import TOP_K, ContextLayout
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
-from linnet_core.thresholds import EVIDENCE, EXEMPLAR_SHARES, TEXT_PRIOR, TITLE_PRIOR, Thresholds
+from linnet_core.thresholds import (
+    EVIDENCE,
+    EXEMPLAR_SHARES,
+    PRODUCT_EVIDENCE,
+    TEXT_PRIOR,
+    TITLE_PRIOR,
+    Thresholds,
+)
 
 GREEDY = "greedy"
 EXACT = "exact"
@@ -175,6 +183,32 @@ def evidence_scores(inputs: Mapping[str, tf.Tensor], prior: PriorTables | None,
     return scores
 
 
+def store_contributions(probabilities: list[tf.Tensor], layout: ContextLayout,
+                        top_k: int = TOP_K) -> tf.Tensor:
+    """float32[B, width]: a product's contribution to its store's context (linnet_core.store_context):
+    per context level its probabilities with all but the `top_k` largest zeroed, levels side by side."""
+    parts = []
+    for probs, size in zip(probabilities, layout.sizes, strict=False):
+        values, index = tf.math.top_k(probs, k=min(top_k, size))
+        batch = tf.shape(probs)[0]
+        rows = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], tf.shape(index))
+        parts.append(tf.scatter_nd(tf.stack([rows, index], axis=-1), values, tf.shape(probs)))
+    return tf.concat(parts, axis=1)
+
+
+def context_scores(context: tf.Tensor, layout: ContextLayout, sizes: tuple[int, ...]) -> list[tf.Tensor]:
+    """The store context [B, width] as evidence: per level its slice [B, n_k], zeros below the context
+    levels."""
+    batch = tf.shape(context)[0]
+    scores = []
+    for k, size in enumerate(sizes):
+        if k < len(layout.sizes):
+            scores.append(context[:, layout.offsets[k]:layout.offsets[k] + size])
+        else:
+            scores.append(tf.zeros([batch, size], tf.float32))
+    return scores
+
+
 def fused_logits(logits: list[tf.Tensor], temperatures: tf.Tensor,
                  evidence: tuple[Evidence, ...] = ()) -> list[tf.Tensor]:
     """Per level L_k / T_k + Σ_e w_e,k · E_e,k (just L_k / T_k without evidence)."""
@@ -310,3 +344,14 @@ def thresholds_vector(thresholds: Thresholds, name: str) -> np.ndarray:
     """`levels` or `temperatures` of a thresholds file, or the weights of an evidence, as float32[LEVELS]."""
     values = thresholds.weights(name) if name in EVIDENCE else getattr(thresholds, name)
     return np.asarray(values, np.float32)
+
+
+def first_pass_vectors(thresholds: Thresholds) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The first pass's temperatures and product-evidence weights as float32[LEVELS] (with no first pass:
+    the thresholds' own, store context left out)."""
+    first = thresholds.first_pass
+    temperatures = first.temperatures if first is not None else thresholds.temperatures
+    weights = {name: (first.weights(name) if first is not None else thresholds.weights(name))
+               for name in PRODUCT_EVIDENCE}
+    return (np.asarray(temperatures, np.float32),
+            {name: np.asarray(w, np.float32) for name, w in weights.items()})

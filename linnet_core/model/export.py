@@ -18,6 +18,7 @@ from linnet_core.model import MODEL_JSON
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.inference_model import InferenceModel
 from linnet_core.model.training_model import build_training_model
+from linnet_core.store_context import ContextLayout
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
 
@@ -93,7 +94,8 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     save_thresholds(thresholds, model_dir / THRESHOLDS_JSON)
-    write_model_json(model_dir, {**info, "thresholds_version": thresholds.version})
+    write_model_json(model_dir, {**info, "thresholds_version": thresholds.version,
+                                 "store_context_width": ContextLayout.of(taxonomy.level_sizes()).width})
     logger.info("exported %s with thresholds %s", target, thresholds.version)
     return target
 

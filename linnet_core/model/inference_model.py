@@ -16,12 +16,26 @@ from linnet_core.exemplars import Exemplars
 from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
 from linnet_core.model import decoding
 from linnet_core.model.data import level_name
+from linnet_core.store_context import ContextLayout
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import EVIDENCE, EXEMPLAR_SHARES, TEXT_PRIOR, TITLE_PRIOR, Thresholds
+from linnet_core.thresholds import (
+    EVIDENCE,
+    EXEMPLAR_SHARES,
+    PRODUCT_EVIDENCE,
+    STORE_CONTEXT,
+    TEXT_PRIOR,
+    TITLE_PRIOR,
+    Thresholds,
+)
 
+STORE_CONTEXT_INPUT = "store_context"
+STORE_EVIDENCE = "store_evidence"
 EMBEDDING_SIGNATURE = tuple(tf.TensorSpec([None, *INPUT_SHAPES[name]], tf.float32, name=name)
                             for name in MODEL_INPUTS)
-DECODE_SIGNATURE = EMBEDDING_SIGNATURE + (
+# The store context of each product (linnet_core.store_context; zeros: none), float32[B, context width].
+CONTEXT_SPEC = tf.TensorSpec([None, None], tf.float32, name=STORE_CONTEXT_INPUT)
+SERVING_SIGNATURE = EMBEDDING_SIGNATURE + (CONTEXT_SPEC,)
+DECODE_SIGNATURE = SERVING_SIGNATURE + (
     tf.TensorSpec([], tf.string, name="decoding"),
     tf.TensorSpec([LEVELS], tf.float32, name="thresholds"),
     tf.TensorSpec([], tf.bool, name="use_overrides"),
@@ -37,11 +51,13 @@ def evidence_output(name: str, level: int) -> str:
 class InferenceModel(tf.Module):
     """Embeddings in; decoded path, confidences, thresholded prediction out (docs/ARCHITECTURE.md).
 
-    Signatures once saved: `serving_default` (baked thresholds, default decoding), `decode` (decoding
-    mode, per-level thresholds, use_overrides and fused chosen per call; fused False decodes the
-    network's own logits, the published design), `level_probabilities` (calibrated per-level
-    softmax), `level_logits` (raw logits), `level_evidence` (each evidence per level, zeros where the
-    model lacks it; with the logits, what fusion weights are fit on) and `metadata`.
+    Signatures once saved: `serving_default` (baked thresholds, default decoding; embeddings and the
+    store context in), `decode` (decoding mode, per-level thresholds, use_overrides and fused chosen per
+    call; fused False decodes the network's own logits, the published design), `store_evidence` (a
+    product's contribution to its store's context, from the first pass), `level_probabilities` (the
+    first pass's per-level softmax), `level_logits` (raw logits), `level_evidence` (each product
+    evidence per level, zeros where the model lacks it; with the logits, what fusion weights are fit
+    on) and `metadata`.
     """
 
     def __init__(self, network: tf_keras.Model, taxonomy: Taxonomy, thresholds: Thresholds,
@@ -59,16 +75,18 @@ class InferenceModel(tf.Module):
                        if category_embeddings is not None else None)
         self._memory = decoding.ExemplarTables.build(taxonomy, exemplars) if exemplars is not None else None
         available = {TEXT_PRIOR: self._prior is not None, TITLE_PRIOR: self._prior is not None,
-                     EXEMPLAR_SHARES: self._memory is not None}
+                     EXEMPLAR_SHARES: self._memory is not None, STORE_CONTEXT: True}
         missing = [name for name in EVIDENCE if any(thresholds.weights(name)) and not available[name]]
         if missing:
             raise ValueError(f"thresholds {thresholds.version} weigh evidence {missing} that the model lacks "
                              f"(category embeddings: {self._prior is not None}, exemplars: "
                              f"{self._memory is not None})")
-        self._evidence_names = tuple(name for name in EVIDENCE if available[name])
+        self._evidence_names = tuple(name for name in PRODUCT_EVIDENCE if available[name])
         self._thresholds = decoding.thresholds_vector(thresholds, "levels")
         self._temperatures = decoding.thresholds_vector(thresholds, "temperatures")
         self._weights = {name: decoding.thresholds_vector(thresholds, name) for name in EVIDENCE}
+        self._first_temperatures, self._first_weights = decoding.first_pass_vectors(thresholds)
+        self._layout = ContextLayout.of(taxonomy.level_sizes())
         self._default_decoding = default_decoding
         sizes = taxonomy.level_sizes() + [0] * (LEVELS - taxonomy.max_depth)
         self._metadata = {
@@ -83,6 +101,7 @@ class InferenceModel(tf.Module):
             "evidence": ",".join(self._evidence_names),
             "category_encoder_id": category_embeddings.encoder_id if category_embeddings is not None else "",
             "exemplars": np.int64(len(exemplars.weights) if exemplars is not None else 0),
+            "store_context_width": np.int64(self._layout.width),
             "level_sizes": np.array(sizes, np.int32),
         }
 
@@ -94,38 +113,58 @@ class InferenceModel(tf.Module):
         return decoding.evidence_scores(dict(zip(MODEL_INPUTS, inputs, strict=True)), self._prior,
                                         self._memory)
 
-    def _evidence(self, inputs: tuple[tf.Tensor, ...], fused: tf.Tensor | bool = True
+    def _evidence(self, inputs: tuple[tf.Tensor, ...], context: tf.Tensor, fused: tf.Tensor | bool = True
                   ) -> tuple[decoding.Evidence, ...]:
-        """The (scores, weights) pairs of the fused logits; weights 0 when `fused` is False."""
+        """The (scores, weights) pairs of the fused logits, store context last; weights 0 when `fused` is
+        False."""
         scale = tf.cast(fused, tf.float32)
+        store = decoding.context_scores(tf.reshape(context, [-1, self._layout.width]), self._layout,
+                                        self._tables_sizes)
         return tuple((scores, scale * tf.constant(self._weights[name]))
-                     for name, scores in self._evidence_scores(inputs).items())
+                     for name, scores in self._evidence_scores(inputs).items()) + (
+            (store, scale * tf.constant(self._weights[STORE_CONTEXT])),)
 
-    @tf.function(input_signature=EMBEDDING_SIGNATURE)
-    def serving_default(self, text_embedding, title_embedding, image_embedding, image_present):
+    @property
+    def _tables_sizes(self) -> tuple[int, ...]:
+        return tuple(len(ids) for ids in self._tables.node_ids)
+
+    def _first_pass(self, inputs: tuple[tf.Tensor, ...]) -> list[tf.Tensor]:
+        """Per level, the first pass's softmax: the product evidence fused without store context."""
+        evidence = tuple((scores, tf.constant(self._first_weights[name]))
+                         for name, scores in self._evidence_scores(inputs).items())
+        return decoding.level_probabilities(self._logits(inputs), tf.constant(self._first_temperatures),
+                                            evidence)
+
+    @tf.function(input_signature=SERVING_SIGNATURE)
+    def serving_default(self, text_embedding, title_embedding, image_embedding, image_present, store_context):
         """Decode with the baked defaults."""
         inputs = (text_embedding, title_embedding, image_embedding, image_present)
         return decoding.decode(self._logits(inputs), self._tables, tf.constant(self._temperatures),
                                tf.constant(self._default_decoding), tf.constant(self._thresholds),
-                               tf.constant(True), self._evidence(inputs))
+                               tf.constant(True), self._evidence(inputs, store_context))
 
     @tf.function(input_signature=DECODE_SIGNATURE)
-    def decode(self, text_embedding, title_embedding, image_embedding, image_present, decoding_mode,
-               thresholds, use_overrides, fused):
+    def decode(self, text_embedding, title_embedding, image_embedding, image_present, store_context,
+               decoding_mode, thresholds, use_overrides, fused):
         """Decode with a decoding mode ("exact"/"greedy"), thresholds and overrides chosen by the caller;
         `fused` False decodes the network's logits alone (temperature 1, no evidence)."""
         inputs = (text_embedding, title_embedding, image_embedding, image_present)
         temperatures = tf.where(fused, tf.constant(self._temperatures), tf.ones([LEVELS]))
         return decoding.decode(self._logits(inputs), self._tables, temperatures, decoding_mode, thresholds,
-                               use_overrides, self._evidence(inputs, fused))
+                               use_overrides, self._evidence(inputs, store_context, fused))
+
+    @tf.function(input_signature=EMBEDDING_SIGNATURE)
+    def store_evidence(self, text_embedding, title_embedding, image_embedding, image_present):
+        """The product's contribution to its store's context: its first-pass probabilities at the context
+        levels, all but the top few per level zeroed (linnet_core.store_context)."""
+        inputs = (text_embedding, title_embedding, image_embedding, image_present)
+        return {STORE_EVIDENCE: decoding.store_contributions(self._first_pass(inputs), self._layout)}
 
     @tf.function(input_signature=EMBEDDING_SIGNATURE)
     def level_probabilities(self, text_embedding, title_embedding, image_embedding, image_present):
-        """Per-level softmax of the fused logits (temperatures and evidence) over all classes of a level."""
+        """Per-level softmax of the first pass's fused logits (no store context) over a level's classes."""
         inputs = (text_embedding, title_embedding, image_embedding, image_present)
-        probs = decoding.level_probabilities(self._logits(inputs), tf.constant(self._temperatures),
-                                             self._evidence(inputs))
-        return {level_name(k + 1): p for k, p in enumerate(probs)}
+        return {level_name(k + 1): p for k, p in enumerate(self._first_pass(inputs))}
 
     @tf.function(input_signature=EMBEDDING_SIGNATURE)
     def level_logits(self, text_embedding, title_embedding, image_embedding, image_present):
@@ -135,18 +174,19 @@ class InferenceModel(tf.Module):
 
     @tf.function(input_signature=EMBEDDING_SIGNATURE)
     def level_evidence(self, text_embedding, title_embedding, image_embedding, image_present):
-        """Every evidence of EVIDENCE per level (`<evidence>_level_k`), zeros for evidence the model
-        lacks: with `level_logits`, what `linnet tune-thresholds` fits temperatures and weights on."""
+        """Every product evidence per level (`<evidence>_level_k`), zeros for evidence the model lacks:
+        with `level_logits`, what `linnet tune-thresholds` fits temperatures and weights on."""
         inputs = (text_embedding, title_embedding, image_embedding, image_present)
         logits = self._logits(inputs)
         scores = self._evidence_scores(inputs)
         return {evidence_output(name, k + 1): scores[name][k] if name in scores else tf.zeros_like(z)
-                for name in EVIDENCE for k, z in enumerate(logits)}
+                for name in PRODUCT_EVIDENCE for k, z in enumerate(logits)}
 
     @tf.function(input_signature=[])
     def metadata(self):
         """Versions, the taxonomy fingerprint, the baked thresholds, temperatures and evidence weights,
-        the evidence the model has, the category encoder id, the exemplar count and the level sizes."""
+        the product evidence the model has, the category encoder id, the exemplar count, the store
+        context's width and the level sizes."""
         return {name: tf.constant(value) for name, value in self._metadata.items()}
 
     def save(self, directory: str) -> None:
@@ -154,6 +194,7 @@ class InferenceModel(tf.Module):
         signatures = {
             "serving_default": self.serving_default,
             "decode": self.decode.get_concrete_function(),
+            "store_evidence": self.store_evidence,
             "level_probabilities": self.level_probabilities,
             "level_logits": self.level_logits,
             "level_evidence": self.level_evidence,

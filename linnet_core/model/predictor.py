@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
 from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON, read_model_json
+from linnet_core.model.inference_model import STORE_CONTEXT_INPUT, STORE_EVIDENCE
+from linnet_core.store_context import store_contexts
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, load_thresholds
 
@@ -70,13 +72,20 @@ class Predictor:
                 f"got taxonomy {taxonomy.version} (fingerprint {taxonomy.fingerprint}) "
                 f"from {taxonomy.source}")
 
+    @property
+    def store_context_width(self) -> int:
+        """Width of the store context vector (linnet_core.store_context.ContextLayout)."""
+        return int(self.metadata["store_context_width"])
+
     def predict(self, inputs: Mapping[str, np.ndarray], decoding: str | None = None,
                 thresholds: np.ndarray | list[float] | None = None, use_overrides: bool = True,
-                fused: bool = True) -> dict[str, np.ndarray]:
+                fused: bool = True, store_context: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Decoded paths and thresholded predictions (the SavedModel's outputs) for N products.
 
         Args:
             inputs: the model inputs by name (features.MODEL_INPUTS), float32 [N, *INPUT_SHAPES[name]].
+            store_context: float32[N, store_context_width], each product's store context
+                (`pipelines.store_context`); None: no context (zeros).
             decoding: "exact" or "greedy"; None takes the model's default.
             thresholds: 7 per-level thresholds; None takes the baked ones.
             use_overrides: apply the baked per-node floors.
@@ -98,7 +107,24 @@ class Predictor:
                 "use_overrides": tf.constant(bool(use_overrides)),
                 "fused": tf.constant(bool(fused)),
             }
-        return self._batched(signature, inputs, extra)
+        n = len(check_inputs(inputs)[MODEL_INPUTS[0]])
+        context = (np.zeros((n, self.store_context_width), np.float32) if store_context is None
+                   else np.asarray(store_context, np.float32))
+        if context.shape != (n, self.store_context_width):
+            raise ValueError(f"store_context must have shape [{n}, {self.store_context_width}], "
+                             f"got {context.shape}")
+        return self._batched(signature, {**inputs, STORE_CONTEXT_INPUT: context}, extra)
+
+    def predict_in_stores(self, inputs: Mapping[str, np.ndarray], stores: np.ndarray, **options
+                          ) -> dict[str, np.ndarray]:
+        """`predict` with each product's store context taken from the other products of its store among
+        these (leave-one-out), as a batch of a store's products is scored; `options` as `predict`."""
+        context = store_contexts(self.store_evidence(inputs), stores)
+        return self.predict(inputs, store_context=context, **options)
+
+    def store_evidence(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """float32[N, store_context_width]: each product's contribution to its store's context."""
+        return self._batched(self._model.signatures[STORE_EVIDENCE], inputs, {})[STORE_EVIDENCE]
 
     def level_probabilities(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per-level calibrated softmax over all classes of each level: `level_k` → float32[N, n_k]."""
@@ -120,6 +146,8 @@ class Predictor:
 
     def _batched(self, signature, inputs: Mapping[str, np.ndarray], extra: dict) -> dict:
         arrays = check_inputs(inputs)
+        if STORE_CONTEXT_INPUT in inputs:
+            arrays[STORE_CONTEXT_INPUT] = np.asarray(inputs[STORE_CONTEXT_INPUT], np.float32)
         n = len(arrays[MODEL_INPUTS[0]])
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, max(n, 1), self.batch_size):

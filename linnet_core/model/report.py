@@ -19,18 +19,19 @@ MODEL_CARD = "MODEL_CARD.md"
 
 
 def curves(history: dict[str, list[float]], depth: int) -> dict:
-    """Per-epoch training and validation loss and accuracy, total and per level, from Keras history."""
+    """Per-epoch training and validation loss and accuracy, total and per level, from Keras history
+    (validation lists empty when no split was held out)."""
     per_level = {}
     for level in range(1, depth + 1):
         name = level_name(level)
-        per_level[name] = {key: [float(v) for v in history[f"{prefix}{name}_{metric}"]]
+        per_level[name] = {key: [float(v) for v in history.get(f"{prefix}{name}_{metric}", [])]
                            for key, prefix, metric in (("loss", "", "loss"), ("accuracy", "", "accuracy"),
                                                        ("val_loss", "val_", "loss"),
                                                        ("val_accuracy", "val_", "accuracy"))}
     return {
         "epochs": list(range(1, len(history["loss"]) + 1)),
         "loss": [float(v) for v in history["loss"]],
-        "val_loss": [float(v) for v in history["val_loss"]],
+        "val_loss": [float(v) for v in history.get("val_loss", [])],
         "levels": per_level,
         "notes": "per-level loss is class-weighted cross-entropy (weight 0 where unlabelled); "
                  "accuracy is over examples labelled at that level",
@@ -38,19 +39,21 @@ def curves(history: dict[str, list[float]], depth: int) -> dict:
 
 
 def write_curves(curve_data: dict, model_dir: Path) -> None:
-    """curves.json and a two-panel PNG: validation loss and accuracy per level, per epoch."""
+    """curves.json and a two-panel PNG: validation (else training) loss and accuracy per level, per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
     (model_dir / CURVES_JSON).write_text(json.dumps(curve_data, indent=2) + "\n", encoding="utf-8")
+    held_out = bool(curve_data["val_loss"])
+    prefix, what = ("val_", "validation") if held_out else ("", "training")
     figure, (loss_axes, accuracy_axes) = pyplot.subplots(1, 2, figsize=(12, 4.5))
     for name, values in curve_data["levels"].items():
-        loss_axes.plot(curve_data["epochs"], values["val_loss"], marker="o", label=name)
-        accuracy_axes.plot(curve_data["epochs"], values["val_accuracy"], marker="o", label=name)
-    loss_axes.set(title="validation loss per level", xlabel="epoch", ylabel="weighted cross-entropy")
-    accuracy_axes.set(title="validation accuracy per level", xlabel="epoch", ylabel="accuracy",
+        loss_axes.plot(curve_data["epochs"], values[f"{prefix}loss"], marker="o", label=name)
+        accuracy_axes.plot(curve_data["epochs"], values[f"{prefix}accuracy"], marker="o", label=name)
+    loss_axes.set(title=f"{what} loss per level", xlabel="epoch", ylabel="weighted cross-entropy")
+    accuracy_axes.set(title=f"{what} accuracy per level", xlabel="epoch", ylabel="accuracy",
                       ylim=(0, 1))
     accuracy_axes.legend(loc="lower right", fontsize="small")
     figure.tight_layout()
@@ -82,7 +85,17 @@ def write_model_card(model_dir: Path, info: dict, validation: dict) -> None:
     rows = "\n".join(
         f"| {key} | {m['hF1']:.3f} | {m['hP']:.3f} | {m['hR']:.3f} | {m['exact_accuracy']:.3f} | "
         f"{m['coverage']:.3f} | {m['leaf_coverage']:.3f} |" for key, m in validation.items())
-    levels = " / ".join(f"{a:.3f}" for a in validation[f"{EXACT}/no_thresholds"]["level_accuracy"])
+    if validation:
+        levels = " / ".join(f"{a:.3f}" for a in validation[f"{EXACT}/no_thresholds"]["level_accuracy"])
+        held_out = f"""| decoding/thresholds | hF1 | hP | hR | exact acc. | coverage | leaf coverage |
+|---|---|---|---|---|---|---|
+{rows}
+
+Per-level accuracy (exact decoding, full paths): {levels}."""
+    else:
+        held_out = ("None: the model learnt from every labelled store (splits "
+                    f"{', '.join(training.get('splits', []))}). Quality on unseen stores is what "
+                    "`linnet cross-validate` and a model trained with `--holdout validation` measure.")
     text = f"""# Model card: {info['model_version']}
 
 ## What it is
@@ -106,7 +119,8 @@ product lies in the node's subtree. The path is cut before the first node below 
 node (back-off), or none. Thresholds: version `{info['thresholds_version']}` (thresholds.json).
 
 ## Training
-{training['train_examples']} training and {training['validation_examples']} validation examples from
+{training['train_examples']} training examples (splits {', '.join(training.get('splits', ['train']))},
+{training.get('stores', '?')} stores) and {training['validation_examples']} validation examples from
 `{training['data_dir']}`; {config['epochs']} epochs, batch {config['batch_size']}, Adam
 lr {config['learning_rate']}, dropout {config['dropout']}, seed {config['seed']};
 {training['workers']} worker(s), {training['train_seconds']} s. Curves: curves.json, curves.png.
@@ -114,11 +128,7 @@ lr {config['learning_rate']}, dropout {config['dropout']}, seed {config['seed']}
 ## Validation (split by store)
 Hierarchical precision/recall/F1, exact accuracy and coverage as ../shared/notes/metrics.md defines.
 
-| decoding/thresholds | hF1 | hP | hR | exact acc. | coverage | leaf coverage |
-|---|---|---|---|---|---|---|
-{rows}
-
-Per-level accuracy (exact decoding, full paths): {levels}.
+{held_out}
 
 ## Limits
 Labels are store-assigned and roughly 75-80% right, which caps measured accuracy; stores in

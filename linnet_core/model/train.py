@@ -10,9 +10,11 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -41,7 +43,7 @@ from linnet_core.model.export import (
 from linnet_core.model.training_model import build_training_model, compile_training_model
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, default_thresholds, save_thresholds
-from linnet_core.training_data import CLASS_WEIGHTS, TRAIN
+from linnet_core.training_data import CLASS_WEIGHTS, SPLITS, VALIDATION
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +106,33 @@ def _distributed_input(cluster: Cluster, files: list[str], batch_size: int, conf
     return cluster.strategy.distribute_datasets_from_function(input_fn)
 
 
+def training_splits(data_dir: str | Path, holdout: Sequence[str] = ()) -> tuple[str, ...]:
+    """The splits a model trains on: every split DATA has (a production model on every labelled store)
+    but the held-out ones.
+
+    Raises:
+        DataError: an unknown split, or nothing left to train on.
+    """
+    unknown = sorted(set(holdout) - set(SPLITS))
+    if unknown:
+        raise DataError(f"unknown split(s) {unknown} to hold out; splits are {list(SPLITS)}")
+    prefix = str(data_dir).rstrip("/")
+    splits = tuple(split for split in SPLITS
+                   if split not in holdout and tf.io.gfile.glob(f"{prefix}/{split}/part-*.tfrecord.gz"))
+    if not splits:
+        raise DataError(f"{data_dir}: no split to train on (held out: {list(holdout)})")
+    return splits
+
+
+def _files(data_dir: str | Path, splits: Sequence[str]) -> list[str]:
+    return [path for split in splits for path in split_files(data_dir, split)]
+
+
 def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, taxonomy: Taxonomy,
-          thresholds: Thresholds | None = None, cluster: Cluster | None = None) -> dict:
-    """Train on DATA/train, validate on DATA/validation each epoch; the chief writes `output_dir`.
+          thresholds: Thresholds | None = None, cluster: Cluster | None = None,
+          holdout: Sequence[str] = ()) -> dict:
+    """Train on every split of DATA but the `holdout` ones (none: a production model on every labelled
+    store); validate each epoch on DATA/validation when it is held out. The chief writes `output_dir`.
 
     Args:
         data_dir: a `linnet build-training-data` output (docs/ARCHITECTURE.md).
@@ -115,6 +141,7 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
         taxonomy: the taxonomy whose level indexes the data's labels use.
         thresholds: thresholds to bake in (default: default_thresholds()).
         cluster: from cluster_from_env() (called here when None).
+        holdout: splits whose stores the network and the exemplar memory never see (`training_splits`).
 
     Returns:
         The per-epoch curves (curves.json's content).
@@ -124,19 +151,24 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
     """
     cluster = cluster or cluster_from_env()
     tf_keras.utils.set_random_seed(config.seed)
-    train_files, validation_files = split_files(data_dir, "train"), split_files(data_dir, "validation")
-    n_train, n_validation = count_examples(train_files), count_examples(validation_files)
-    if n_train == 0 or n_validation == 0:
+    splits = training_splits(data_dir, holdout)
+    validate = VALIDATION in holdout
+    train_files = _files(data_dir, splits)
+    validation_files = split_files(data_dir, VALIDATION) if validate else []
+    n_train = count_examples(train_files)
+    n_validation = count_examples(validation_files) if validate else 0
+    if n_train == 0 or (validate and n_validation == 0):
         raise DataError(f"{data_dir}: empty split (train {n_train}, validation {n_validation} examples)")
     multi = cluster.num_workers > 1
     started = time.monotonic()
+    validation = {} if not validate else {
+        "validation_data": _distributed_input(cluster, validation_files, config.batch_size, config,
+                                              shuffle=False, repeat=multi),
+        "validation_steps": math.ceil(n_validation / config.batch_size) if multi else None}
     network, history = fit_network(
         config, taxonomy.level_sizes(),
         _distributed_input(cluster, train_files, config.batch_size, config, shuffle=True, repeat=True),
-        math.ceil(n_train / config.batch_size), cluster.strategy,
-        validation_data=_distributed_input(cluster, validation_files, config.batch_size, config,
-                                           shuffle=False, repeat=multi),
-        validation_steps=math.ceil(n_validation / config.batch_size) if multi else None)
+        math.ceil(n_train / config.batch_size), cluster.strategy, **validation)
     seconds = time.monotonic() - started
     curves = report.curves(history.history, taxonomy.max_depth)
     if cluster.is_chief:
@@ -144,7 +176,8 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
         _write_model_dir(Path(output_dir), weights, config, taxonomy, thresholds or default_thresholds(),
                          curves, {"train_examples": n_train, "validation_examples": n_validation,
                                   "workers": cluster.num_workers, "train_seconds": round(seconds, 1),
-                                  "data_dir": str(data_dir)})
+                                  "data_dir": str(data_dir), "splits": list(splits),
+                                  "held_out_splits": list(holdout)})
     return curves
 
 
@@ -168,7 +201,7 @@ def fit_network(config: ModelConfig, level_sizes: list[int], dataset, steps_per_
 def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxonomy: Taxonomy,
                      thresholds: Thresholds, curves: dict, training: dict) -> None:
     """Weights, config, taxonomy copy, category embeddings (when the data has them), the exemplar memory
-    (the train split), thresholds, model.json, curves; then export and the model card.
+    (the training splits), thresholds, model.json, curves; then export and the model card.
 
     The weights go through a fresh model built outside the strategy, so saving needs no collective
     op the other workers would have to join.
@@ -183,9 +216,12 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
     if embeddings.exists():  # the taxonomy prior's node embeddings travel with the model
         shutil.copyfile(embeddings, output_dir / CATEGORY_EMBEDDINGS)
     data_dir = training["data_dir"]
-    memory = exemplar_memory(read_split(data_dir, TRAIN), taxonomy, data_store_cap(data_dir))
+    arrays = [read_split(data_dir, split) for split in training["splits"]]
+    memory = exemplar_memory({name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]},
+                             taxonomy, data_store_cap(data_dir))
     memory.save(output_dir / EXEMPLARS)
-    training = {**training, "exemplars": len(memory.weights)}
+    stores = {str(store) for a in arrays for store in a["store"]}
+    training = {**training, "exemplars": len(memory.weights), "stores": len(stores)}
     save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
     digest = hashlib.sha256((output_dir / WEIGHTS).read_bytes()).hexdigest()[:8]
     write_model_json(output_dir, {
@@ -201,7 +237,8 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
     })
     report.write_curves(curves, output_dir)
     export_inference_model(output_dir)
-    validation = report.evaluate_split(output_dir, Path(training["data_dir"]), "validation", taxonomy)
+    validation = (report.evaluate_split(output_dir, Path(training["data_dir"]), VALIDATION, taxonomy)
+                  if VALIDATION in training["held_out_splits"] else {})
     info = read_model_json(output_dir)
     write_model_json(output_dir, {**info, "validation": validation})
     report.write_model_card(output_dir, info, validation)

@@ -1,0 +1,59 @@
+"""`linnet cross-validate`: ours and the baselines on the same store folds of every labelled store.
+
+Example:
+  linnet cross-validate --data out/training_data --model out/model --output out/crossval
+
+`--model` gives ours' network config and category embeddings (its weights are not used: every fold
+trains its own network and exemplar memory on the other folds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from linnet_core.evaluation.crossval import BASELINES, CROSSVAL_MD, TARGETS, run
+from linnet_core.store_cap import STORE_CAP
+from linnet_core.training_data import DEFAULT_FOLDS
+from pipelines import defaults
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="linnet cross-validate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="training-data directory (every split is used)")
+    parser.add_argument("--model", required=True,
+                        help="model directory: config.json, category_embeddings.npz")
+    parser.add_argument("--output", required=True,
+                        help="directory for crossval.json, crossval.md, crossval.png")
+    parser.add_argument("--products", default=defaults.PRODUCTS_JSONL,
+                        help="product texts for baseline A: JSONL or products Parquet")
+    parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="groups of whole stores")
+    parser.add_argument("--store-cap", type=int, default=STORE_CAP, help="evaluated products per store")
+    parser.add_argument("--target-precision", type=float, default=TARGETS[0],
+                        choices=TARGETS, help="ours' default decision")
+    parser.add_argument("--baselines", default=",".join(BASELINES),
+                        help=f"comma list of {','.join(BASELINES)} (or 'none')")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from linnet_core.evaluation.baselines import product_texts
+    from linnet_core.taxonomy import Taxonomy
+
+    baselines = () if args.baselines == "none" else tuple(b for b in args.baselines.split(",") if b)
+    unknown = set(baselines) - set(BASELINES)
+    if unknown:
+        parser.error(f"unknown baselines {sorted(unknown)}; choose from {','.join(BASELINES)}")
+    texts = product_texts(args.products) if baselines else {}
+    result = run(args.data, texts, Taxonomy.load(args.taxonomy), args.output, args.model, args.folds,
+                 args.store_cap, args.target_precision, baselines,
+                 progress=lambda line: print(f"[cross-validate] {line}", flush=True))
+    print(open(f"{args.output}/{CROSSVAL_MD}", encoding="utf-8").read())
+    print(json.dumps({name: entry["summary"]["hF1"] for name, entry in result["systems"].items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

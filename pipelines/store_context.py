@@ -1,0 +1,258 @@
+"""Merchant context in scoring: every product sees what its store's other products say.
+
+    embedded ─ FirstPass (RunInference: the model's `store_evidence`) ─┬─ members: (product_id, contribution)
+                                                                       │   [+ the stored members of earlier
+                                                                       │    runs, --store_context DIR; this
+                                                                       │    run's products replace theirs]
+                                                                       │   → CombinePerKey(store): sum, count
+                                                                       └─ CoGroupByKey(store) → each product
+                                                                          with `store_context`, the mean of
+                                                                          its store-mates' contributions
+
+The combiner holds one vector per store (bounded for a store of a million products); a store of one
+gives no context. With `--store_context DIR` the members table (one row per product) and the store
+table (one row per store) are written as a new version under DIR/versions/<run_id>/ and published by
+writing DIR/CURRENT last, so a nightly run that scores a few changed products of a big store still sees
+the whole store, and a failed run leaves the previous version in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+
+import schemas
+from linnet_core.features import MODEL_INPUTS
+from linnet_core.records import Reason, dead_letter
+from linnet_core.store_context import leave_one_out
+from pipelines.embed import local_models_dir, without_vectors
+from pipelines.io import DEAD_LETTER
+
+LOGGER = logging.getLogger(__name__)
+STORE_CONTEXT = "store_context"  # the record field the categorize stage feeds the model
+CONTEXT_STAGE = "store_context"
+CURRENT = "CURRENT"
+MEMBERS, STORES = "members", "stores"
+MEMBERS_SCHEMA, STORES_SCHEMA = "store_context_members", "store_context"
+
+
+class StoreEvidenceHandler(ModelHandler[dict, np.ndarray, Any]):
+    """RunInference handler for the SavedModel's first pass: a product record → its contribution."""
+
+    def __init__(self, model_dir: str, max_batch_size: int = 256) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.max_batch_size = max_batch_size
+
+    def load_model(self) -> Any:
+        from linnet_core.model.predictor import Predictor  # TensorFlow loads on workers only
+
+        return Predictor(local_models_dir(self.model_dir), batch_size=self.max_batch_size)
+
+    def run_inference(self, batch: Sequence[dict], model: Any,
+                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
+        inputs = {name: np.stack([np.asarray(record[name], np.float32) for record in batch])
+                  for name in MODEL_INPUTS}
+        for record, contribution in zip(batch, model.store_evidence(inputs), strict=True):
+            yield PredictionResult(record, contribution, model_id=model.model_version)
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
+
+    def get_metrics_namespace(self) -> str:
+        return "linnet_store_context"
+
+
+class SumContributions(beam.CombineFn):
+    """(sum of contributions, count) of one store: a fixed-size accumulator whatever the store's size."""
+
+    def create_accumulator(self) -> tuple[np.ndarray | None, int]:
+        return None, 0
+
+    def add_input(self, accumulator: tuple[np.ndarray | None, int], contribution: np.ndarray
+                  ) -> tuple[np.ndarray, int]:
+        total, count = accumulator
+        contribution = np.asarray(contribution, np.float64)
+        return (contribution.copy() if total is None else total + contribution), count + 1
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[np.ndarray | None, int]]
+                           ) -> tuple[np.ndarray | None, int]:
+        total, count = None, 0
+        for part, n in accumulators:
+            if part is not None:
+                total = part.copy() if total is None else total + part
+            count += n
+        return total, count
+
+    def extract_output(self, accumulator: tuple[np.ndarray | None, int]) -> tuple[np.ndarray | None, int]:
+        return accumulator
+
+
+def sparse(vector: np.ndarray) -> tuple[list[int], list[float]]:
+    """Non-zero positions and values of a contribution (its table form)."""
+    index = np.flatnonzero(vector)
+    return index.tolist(), np.asarray(vector)[index].astype(float).tolist()
+
+
+def dense(indices: Sequence[int], values: Sequence[float], width: int) -> np.ndarray:
+    vector = np.zeros(width, np.float32)
+    vector[np.asarray(indices, np.int64)] = np.asarray(values, np.float32)
+    return vector
+
+
+def attach_context(element: tuple[str, dict[str, list]]) -> Iterator[dict]:
+    """A store's products, each with the mean contribution of its store-mates as `store_context`."""
+    _, grouped = element
+    (total, count), = grouped[STORES] or [(None, 0)]
+    for record, own in grouped["products"]:
+        context = (leave_one_out(total[None, :], np.array([count]), own[None, :])[0] if total is not None
+                   else np.zeros_like(own))
+        yield {**record, STORE_CONTEXT: context}
+
+
+def _latest(element: tuple[str, dict[str, list]]) -> Iterator[tuple[str, np.ndarray]]:
+    """A product's member row: this run's contribution, else the stored one."""
+    _, grouped = element
+    yield from grouped["now"][:1] or grouped["before"][:1]
+
+
+class PublishVersion(beam.DoFn):
+    """Write DIR/CURRENT (the published version's run id) once the version's tables are written."""
+
+    def __init__(self, directory: str, run_id: str) -> None:
+        self.directory = directory
+        self.run_id = run_id
+
+    def process(self, _: Any) -> Iterator[str]:
+        publish(self.directory, self.run_id)
+        yield self.run_id
+
+
+def current_version(directory: str) -> str | None:
+    """The run id DIR/CURRENT names, or None before the first publish."""
+    path = FileSystems.join(directory, CURRENT)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        return handle.read().decode().strip() or None
+
+
+def publish(directory: str, run_id: str) -> None:
+    """Point DIR/CURRENT at `run_id` (written aside, then renamed over the old pointer)."""
+    staged = FileSystems.join(directory, f".{CURRENT}.{run_id}")
+    with FileSystems.create(staged) as handle:
+        handle.write(run_id.encode())
+    target = FileSystems.join(directory, CURRENT)
+    if FileSystems.exists(target):
+        FileSystems.delete([target])
+    FileSystems.rename([staged], [target])
+
+
+def _table_path(directory: str, run_id: str, table: str) -> str:
+    return FileSystems.join(directory, "versions", run_id, table)
+
+
+class StoreContext(beam.PTransform):
+    """Embedded records → the same records with `store_context` (tagged `embedded`), and dead letters of
+    first-pass batches that failed.
+
+    Args:
+        model_dir: the model directory, local or gs://.
+        width: the model's store-context width (its metadata `store_context_width`).
+        directory: where the store-context tables live (None: this run's products only, nothing kept).
+        lineage: model_version and thresholds_version of the member rows.
+    """
+
+    def __init__(self, model_dir: str, width: int, run_id: str, directory: str | None = None,
+                 lineage: dict[str, str] | None = None, max_batch_size: int = 256) -> None:
+        super().__init__()
+        self.handler = KeyedModelHandler(StoreEvidenceHandler(model_dir, max_batch_size))
+        self.width = width
+        self.run_id = run_id
+        self.directory = directory
+        self.lineage = lineage or {}
+
+    def expand(self, embedded: beam.PCollection) -> dict[str, beam.PCollection]:
+        predictions, failures = (
+            embedded
+            | "KeyById" >> beam.WithKeys(lambda record: record["product_id"])
+            | "FirstPass" >> RunInference(self.handler).with_exception_handling()
+        )
+        scored = predictions | "Contribution" >> beam.MapTuple(
+            lambda product_id, result: (product_id, (result.example,
+                                                     np.asarray(result.inference, np.float32))))
+        with_store = scored | "HasStore" >> beam.Filter(lambda kv: bool(kv[1][0].get("store")))
+        without_store = (scored | "NoStore" >> beam.Filter(lambda kv: not kv[1][0].get("store"))
+                         | "NoContext" >> beam.MapTuple(
+                             lambda _, pair: {**pair[0], STORE_CONTEXT: np.zeros(self.width, np.float32)}))
+        members = with_store | "Member" >> beam.MapTuple(
+            lambda product_id, pair: (product_id, (pair[0]["store"], pair[1])))
+        if self.directory is not None:
+            members = self._merge_stored(members)
+        sums = (members | "ByStore" >> beam.Map(lambda kv: kv[1])
+                | "SumPerStore" >> beam.CombinePerKey(SumContributions()))
+        products = with_store | "ProductsByStore" >> beam.Map(lambda kv: (kv[1][0]["store"], kv[1]))
+        joined = (({"products": products, STORES: sums} | "JoinStore" >> beam.CoGroupByKey())
+                  | "AttachContext" >> beam.FlatMap(attach_context))
+        if self.directory is not None:
+            self._write(members, sums)
+        dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batches)
+        return {"embedded": (joined, without_store) | "AllProducts" >> beam.Flatten(), DEAD_LETTER: dead}
+
+    def _merge_stored(self, members: beam.PCollection) -> beam.PCollection:
+        version = current_version(self.directory)
+        if version is None:
+            return members
+        width = self.width
+        stored = (members.pipeline
+                  | "ReadMembers" >> ReadFromParquet(
+                      f"{_table_path(self.directory, version, MEMBERS)}/*.parquet")
+                  | "StoredMember" >> beam.Map(lambda row: (row["product_id"], (
+                      row["store"], dense(row["indices"], row["values"], width)))))
+        return ({"now": members, "before": stored} | "JoinMembers" >> beam.CoGroupByKey()
+                | "Latest" >> beam.FlatMap(lambda kv: ((kv[0], member) for member in _latest(kv))))
+
+    def _write(self, members: beam.PCollection, sums: beam.PCollection) -> None:
+        stamp = {"run_id": self.run_id, "updated_at": dt.datetime.now(dt.UTC)}
+        lineage = {"model_version": self.lineage.get("model_version", ""),
+                   "thresholds_version": self.lineage.get("thresholds_version", ""), **stamp}
+
+        def member_row(kv: tuple[str, tuple[str, np.ndarray]]) -> dict:
+            product_id, (store, contribution) = kv
+            indices, values = sparse(contribution)
+            return {"store": store, "product_id": product_id, "indices": indices, "values": values, **lineage}
+
+        def store_row(kv: tuple[str, tuple[np.ndarray, int]]) -> dict:
+            store, (total, count) = kv
+            indices, values = sparse(total)
+            return {"store": store, "products": count, "indices": indices, "values": values, **stamp}
+
+        written = []
+        for name, rows, to_row, schema in ((MEMBERS, members, member_row, MEMBERS_SCHEMA),
+                                           (STORES, sums, store_row, STORES_SCHEMA)):
+            written.append(
+                rows | f"{name.title()}Rows" >> beam.Map(to_row)
+                | f"Write{name.title()}" >> WriteToParquet(
+                    f"{_table_path(self.directory, self.run_id, name)}/part", schemas.arrow_schema(schema),
+                    file_name_suffix=".parquet"))
+        _ = (written | "Written" >> beam.Flatten()
+             | "OneSignal" >> beam.combiners.Count.Globally()
+             | "Publish" >> beam.ParDo(PublishVersion(self.directory, self.run_id)))
+
+
+def _failed_batches(element: tuple[Sequence[tuple[str, dict]], Exception]) -> Iterator[dict]:
+    batch, error = element
+    failed = Metrics.counter("linnet", "store_context_failed")
+    for _, record in batch:
+        failed.inc()
+        yield dead_letter(CONTEXT_STAGE, Reason.SCORING_FAILED, f"{type(error).__name__}: {error}",
+                          without_vectors(record))
