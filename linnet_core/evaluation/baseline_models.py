@@ -6,9 +6,10 @@ never rising down the path), so every system goes through the same metrics, thre
 - A `tfidf_paths`: TF-IDF word 1–2-grams and char_wb 3–5-grams (sublinear tf, min_df 2, ≤100k features
   each, concatenated, L2-normalised), one-vs-rest LinearSVC (C 0.5), probabilities by a softmax over the
   decision scores with one temperature; flat over the label nodes seen in training.
-- B `flat_lr_paths`: multinomial logistic regression on the text embedding (standardised), flat over
-  the label nodes seen in training, C chosen by store-grouped CV on the training products only.
-- C `per_level_lr_paths`: one logistic regression per level on the same embedding (the level-k label
+- B `flat_lr_paths`: multinomial logistic regression on embeddings (standardised; the cross-validation
+  gives it the model's two text embeddings), flat over the label nodes seen in training, C chosen by
+  store-grouped CV on the training products only.
+- C `per_level_lr_paths`: one logistic regression per level on the same embeddings (the level-k label
   is the label's level-k ancestor; shallower products left out), decoded greedily: the best level-1
   class, then the best child of the chosen node renormalised over its children, until the node has no
   child among the level's classes.
@@ -181,7 +182,7 @@ def per_level_lr_paths(train_x: np.ndarray, train_paths: np.ndarray, test_x: np.
         else:
             model = LogisticRegression(max_iter=MAX_ITER, random_state=SEED)
             model.fit(train_x[rows], train_paths[rows, k])
-            classes, probabilities = model.classes_, model.predict_proba(test_x)
+            classes, probabilities = model.classes_, model.predict_proba(test_x).astype(np.float64)
         if k == 0:
             allowed = np.ones((n, len(classes)), bool)
         else:

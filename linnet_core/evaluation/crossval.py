@@ -7,8 +7,9 @@ whole stores (`training_data.store_folds`, the folds of cross-fitted calibration
   final fusion and the precision-target thresholds are fit on the other folds' products, exactly as
   `linnet tune-thresholds` fits them, and applied to the fold. Its default decision is the thresholds of
   `target_precision`;
-- the baselines of `baseline_models` (A TF-IDF + LinearSVC, B flat LR on the text embedding, C one LR
-  per level, greedy), trained on the other folds' products; they always answer.
+- the baselines of `baseline_models` (A TF-IDF + LinearSVC, B flat LR and C one LR per level, greedy,
+  on the same two text embeddings the model reads, side by side), trained on the other folds'
+  products; they always answer.
 Headline figures are on at most `store_cap` products per store (the acceptance set's cap), the store
 context of a product coming from its store's other evaluated products. Per system and fold: hF1 of the
 full decoded path, hF1 / hP / coverage at the default decision, level-1 accuracy, and the largest
@@ -32,7 +33,7 @@ from linnet_core import metrics
 from linnet_core.evaluation import baseline_models, report
 from linnet_core.evaluation.systems import Labels, SystemOutput
 from linnet_core.evaluation.tuning import fit_fusion_weights
-from linnet_core.features import NO_LABEL, TEXT_EMBEDDING
+from linnet_core.features import NO_LABEL, TEXT_EMBEDDING, TITLE_EMBEDDING
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import FirstPass, cut_paths, tune
@@ -43,8 +44,8 @@ OURS, FIRST_PASS = "ours", "ours_without_store_context"
 TFIDF, FLAT_LR, LEVEL_LR = "A_tfidf_svm", "B_flat_lr", "C_per_level_lr"
 BASELINES = (TFIDF, FLAT_LR, LEVEL_LR)
 TITLES = {OURS: "ours (defaults)", FIRST_PASS: "ours without store context",
-          TFIDF: "(A) TF-IDF word+char, LinearSVC", FLAT_LR: "(B) flat LR on the text embedding",
-          LEVEL_LR: "(C) LR per level on the text embedding, greedy"}
+          TFIDF: "(A) TF-IDF word+char, LinearSVC", FLAT_LR: "(B) flat LR on the text and title embeddings",
+          LEVEL_LR: "(C) LR per level on the text and title embeddings, greedy"}
 TARGETS = (0.7, 0.8)
 CROSSVAL_JSON, CROSSVAL_MD = "crossval.json", "crossval.md"
 Paths = tuple[np.ndarray, np.ndarray]  # decoded level_ids int64[N, 7], level_confidences float64[N, 7]
@@ -134,12 +135,11 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
     Writes crossval.json and crossval.md (and the curves' PNG) into `output`; returns crossval.json.
     """
     from linnet_core.model import crossfit
-    from linnet_core.model.data import read_split
+    from linnet_core.model.data import read_splits
 
     started = time.monotonic()
     table = metrics.AncestorTable(taxonomy)
-    arrays = [read_split(data_dir, split, embeddings=True) for split in SPLITS]
-    pool = {name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]}
+    pool = read_splits(data_dir, SPLITS)
     fold = store_folds(pool["store"], folds)
     capped = np.zeros(len(fold), bool)
     capped[capped_rows(pool["product_id"], pool["store"], store_cap)] = True
@@ -191,7 +191,7 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
 
 def _baseline(name: str, pool: Mapping[str, np.ndarray], fit_rows: np.ndarray, rows: np.ndarray,
               texts: Mapping[str, str], table: metrics.AncestorTable) -> Paths:
-    gpt, x = pool["gpt_id"], pool[TEXT_EMBEDDING]
+    gpt, x = pool["gpt_id"], np.concatenate([pool[TEXT_EMBEDDING], pool[TITLE_EMBEDDING]], axis=1)
     if name == FLAT_LR:
         stores = pool["store"][fit_rows]
         return baseline_models.flat_lr_paths(x[fit_rows], gpt[fit_rows], stores, x[rows], table)

@@ -27,7 +27,7 @@ from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.features import LEVELS, MODEL_INPUTS
 from linnet_core.model import decoding
 from linnet_core.model.config import ModelConfig
-from linnet_core.model.data import array_dataset, class_labels, level_name, model_inputs, read_split
+from linnet_core.model.data import array_dataset, class_labels, level_name, model_inputs, read_splits
 from linnet_core.model.export import CONFIG_JSON
 from linnet_core.model.inference_model import evidence_output
 from linnet_core.store_context import ContextLayout, level_scores, store_contexts
@@ -85,10 +85,6 @@ def from_model(predictor, arrays: Mapping[str, np.ndarray], depth: int) -> Calib
                     for name in predictor.evidence})
 
 
-def _concatenated(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
-
 def _select(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
     return {name: values[rows] for name, values in arrays.items()}
 
@@ -136,7 +132,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
     config = ModelConfig.from_json(json.loads((model_dir / CONFIG_JSON).read_text(encoding="utf-8")),
                                    source=str(model_dir / CONFIG_JSON))
     depth, sizes = taxonomy.max_depth, taxonomy.level_sizes()
-    pool = _concatenated([read_split(data_dir, split, weights=True) for split in splits])
+    pool = read_splits(data_dir, tuple(splits), weights=True)
     fold = store_folds(pool["store"], folds)
     scored_rows = np.asarray(keep(pool) if keep else np.arange(len(fold)), np.int64)
     held_out = [f for f in range(folds) if np.isin(scored_rows, np.flatnonzero(fold == f)).any()]

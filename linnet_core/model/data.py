@@ -155,3 +155,14 @@ def read_split(data_dir: str | Path, split: str, embeddings: bool = True,
         arrays[name] = decode_strings(arrays[name])
     arrays["gpt_id"] = arrays["gpt_id"].astype(np.int64)
     return arrays
+
+
+def read_splits(data_dir: str | Path, splits: tuple[str, ...] | list[str], embeddings: bool = True,
+                weights: bool = False) -> dict[str, np.ndarray]:
+    """`read_split` of several splits as one set of arrays in a canonical order (by product_id): Beam
+    writes a split's shards in any order, and a network trained on the same examples in another order
+    is another network, so two builds of the same data would train two models."""
+    parts = [read_split(data_dir, split, embeddings, weights) for split in splits]
+    arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    order = np.argsort(arrays["product_id"].astype(str), kind="stable")
+    return {name: values[order] for name, values in arrays.items()}

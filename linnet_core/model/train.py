@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -25,10 +24,11 @@ from linnet_core.model import report
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import (
     DataError,
+    array_dataset,
     class_labels,
     count_examples,
     make_dataset,
-    read_split,
+    read_splits,
     split_files,
 )
 from linnet_core.model.export import (
@@ -165,10 +165,16 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
         "validation_data": _distributed_input(cluster, validation_files, config.batch_size, config,
                                               shuffle=False, repeat=multi),
         "validation_steps": math.ceil(n_validation / config.batch_size) if multi else None}
-    network, history = fit_network(
-        config, taxonomy.level_sizes(),
-        _distributed_input(cluster, train_files, config.batch_size, config, shuffle=True, repeat=True),
-        math.ceil(n_train / config.batch_size), cluster.strategy, **validation)
+    # Many workers stream their shards of the files; one process reads the examples in a canonical order
+    # (data.read_splits), so that two builds of the same data train the same network.
+    if multi:
+        examples = _distributed_input(cluster, train_files, config.batch_size, config, shuffle=True,
+                                      repeat=True)
+    else:
+        examples = array_dataset(read_splits(data_dir, splits, weights=True), config.batch_size,
+                                 shuffle_buffer=config.shuffle_buffer, seed=config.seed, repeat=True)
+    network, history = fit_network(config, taxonomy.level_sizes(), examples,
+                                   math.ceil(n_train / config.batch_size), cluster.strategy, **validation)
     seconds = time.monotonic() - started
     curves = report.curves(history.history, taxonomy.max_depth)
     if cluster.is_chief:
@@ -216,12 +222,10 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
     if embeddings.exists():  # the taxonomy prior's node embeddings travel with the model
         shutil.copyfile(embeddings, output_dir / CATEGORY_EMBEDDINGS)
     data_dir = training["data_dir"]
-    arrays = [read_split(data_dir, split) for split in training["splits"]]
-    memory = exemplar_memory({name: np.concatenate([a[name] for a in arrays]) for name in arrays[0]},
-                             taxonomy, data_store_cap(data_dir))
+    arrays = read_splits(data_dir, training["splits"])
+    memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir))
     memory.save(output_dir / EXEMPLARS)
-    stores = {str(store) for a in arrays for store in a["store"]}
-    training = {**training, "exemplars": len(memory.weights), "stores": len(stores)}
+    training = {**training, "exemplars": len(memory.weights), "stores": len(set(arrays["store"]))}
     save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
     digest = hashlib.sha256((output_dir / WEIGHTS).read_bytes()).hexdigest()[:8]
     write_model_json(output_dir, {
