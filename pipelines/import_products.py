@@ -18,19 +18,22 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
-from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts, WriteTable
+from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, require
+from pipelines.partitions import new_attempt
 from pipelines.sources import default_image_root
 
 LOGGER = logging.getLogger(__name__)
 
 
-def build(pipeline: beam.Pipeline, input_pattern: str, output: str, image_root: str | None) -> None:
-    """Adds the import graph to `pipeline`: read, validate, write products and dead letters."""
-    products = pipeline | "ReadProducts" >> ReadProducts(input_pattern, image_root)
-    _ = products[PRODUCTS] | "WriteProducts" >> WriteTable(f"{output}/products/part", "products")
-    _ = products[DEAD_LETTER] | "WriteDeadLetters" >> WriteTable(
-        f"{output}/dead_letters/part", "dead_letters", num_shards=1)
+def build(pipeline: beam.Pipeline, input_pattern: str, output: str, image_root: str | None,
+          run_id: str | None = None) -> None:
+    """Adds the import graph to `pipeline`: read, validate, deduplicate, write products and dead letters."""
+    read = pipeline | "ReadProducts" >> ReadProducts(input_pattern, image_root, run_id=run_id)
+    unique = read[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
+    dead = (read[DEAD_LETTER], unique[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
+    _ = unique[PRODUCTS] | "WriteProducts" >> WriteTable(f"{output}/products/part", "products")
+    _ = dead | "WriteDeadLetters" >> WriteTable(f"{output}/dead_letters/part", "dead_letters", num_shards=1)
 
 
 def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
@@ -74,9 +77,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     flags, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(outputs, "output")
     image_root = flags.image_root or default_image_root(flags.input)
+    run_id = outputs.run_id or new_attempt()
     _clear(outputs.output)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, flags.input, outputs.output, image_root)
+    build(pipeline, flags.input, outputs.output, image_root, run_id)
     result = pipeline.run()
     result.wait_until_finish()
     try:

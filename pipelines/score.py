@@ -245,7 +245,7 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
                "code_version": code_version(), "run_id": run_id, "scored_at": dt.datetime.now(dt.UTC)}
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
-    products = pipeline | "ReadProducts" >> product_source(options, day)
+    products = pipeline | "ReadProducts" >> product_source(options, day, run_id, optional_labels=True)
     categorize = Categorize(flags.model, inputs.taxonomy, flags.shopify_taxonomy or None, lineage,
                             flags.decoding, levels, flags.max_batch_size)
     write = {"rows": table_sink(options, CATEGORIZED, "categorized", partition, run_id),

@@ -24,16 +24,20 @@ def default_image_root(file_pattern: str) -> str:
     return str(Path(first).parent) if "://" in first else str(Path(first).parent.resolve())
 
 
-def product_source(options: PipelineOptions, day: dt.date | None = None) -> beam.PTransform:
+def product_source(options: PipelineOptions, day: dt.date | None = None, run_id: str | None = None,
+                   optional_labels: bool = False) -> beam.PTransform:
     """`ReadProducts` over `--input` files, or BigQuery when `--input_table` or `--query` is given.
 
-    With `day`, only products whose `updated_at` falls on that day (UTC) are read.
+    With `day`, only products whose `updated_at` falls on that day (UTC) are read; `run_id` and
+    `optional_labels` are `ReadProducts`'.
     """
     flags = options.view_as(ProductInputOptions)
     if flags.input_table or flags.query:
         return ReadProductsFromBigQuery(BigQueryConnection.from_options(options), table=flags.input_table,
-                                        query=flags.query, day=day, image_root=flags.image_root)
-    return ReadProducts(flags.input, flags.image_root or default_image_root(flags.input), day=day)
+                                        query=flags.query, day=day, image_root=flags.image_root,
+                                        run_id=run_id, optional_labels=optional_labels)
+    return ReadProducts(flags.input, flags.image_root or default_image_root(flags.input), day=day,
+                        run_id=run_id, optional_labels=optional_labels)
 
 
 def table_sink(options: PipelineOptions, table: str, schema: str, partition: Partition,
