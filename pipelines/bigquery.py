@@ -370,3 +370,23 @@ class WriteBigQueryPartition(beam.PTransform):
                 self.connection, self.table, self.schema_name, self.day, self.attempt,
                 self.staging_folder, self.run_id))
         )
+
+
+class WriteBigQueryPartitions(beam.PTransform):
+    """`{table: rows}` → partition `day` of each table `dataset.table` (`WriteBigQueryPartition`, one
+    transaction per table); outputs the manifests.
+
+    Args:
+        schemas: table name → its `schemas/` schema name.
+    """
+
+    def __init__(self, connection: BigQueryConnection, dataset: str, schemas: dict[str, str], day: dt.date,
+                 temp_location: str, run_id: str | None = None) -> None:
+        super().__init__()
+        self.writes = {table: WriteBigQueryPartition(connection, f"{dataset}.{table}", schema, day,
+                                                     temp_location, run_id)
+                       for table, schema in schemas.items()}
+
+    def expand(self, tables: dict[str, beam.PCollection]) -> beam.PCollection:
+        return ([tables[table] | f"Write[{table}]" >> write for table, write in self.writes.items()]
+                | "Manifests" >> beam.Flatten())

@@ -32,7 +32,7 @@ from pipelines.embed import IMAGE_STATUSES, EmbedProducts, local_models_dir, rea
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, require
 from pipelines.partitions import Partition, new_attempt
-from pipelines.sources import product_source, table_sink
+from pipelines.sources import product_source, table_sinks
 from pipelines.watermark import AdvanceWatermark
 
 LOGGER = logging.getLogger(__name__)
@@ -171,21 +171,19 @@ def code_version() -> str:
 
 
 def build(products: dict[str, beam.PCollection], embed: beam.PTransform, categorize: Categorize,
-          write: dict[str, beam.PTransform], run_id: str) -> dict[str, beam.PCollection]:
+          write: beam.PTransform, run_id: str) -> beam.PCollection:
     """The scoring graph: validated products → deduplicate → embed → categorize → write.
 
-    `products` is the tagged output of a read (`products`, `dead_letter`); `write` maps `rows` and
-    `dead_letter` to the sinks. Returns the sinks' outputs (partition manifests).
+    `products` is the tagged output of a read (`products`, `dead_letter`); `write` takes
+    `{categorized: rows, dead_letters: rows}` and commits both (`sources.table_sinks`). Returns its
+    output (the partition manifests).
     """
     unique = products[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
     embedded = unique[PRODUCTS] | "EmbedProducts" >> embed
     categorized = embedded["embedded"] | "Categorize" >> categorize
     dead = ((products[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], categorized[DEAD_LETTER])
             | "MergeDeadLetters" >> beam.Flatten())
-    return {
-        "rows": categorized["rows"] | "WriteCategories" >> write["rows"],
-        DEAD_LETTER: dead | "WriteDeadLetters" >> write[DEAD_LETTER],
-    }
+    return {CATEGORIZED: categorized["rows"], DEAD_LETTERS: dead} | "WriteTables" >> write
 
 
 def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
@@ -248,15 +246,14 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     products = pipeline | "ReadProducts" >> product_source(options, day, run_id, optional_labels=True)
     categorize = Categorize(flags.model, inputs.taxonomy, flags.shopify_taxonomy or None, lineage,
                             flags.decoding, levels, flags.max_batch_size)
-    write = {"rows": table_sink(options, CATEGORIZED, "categorized", partition, run_id),
-             DEAD_LETTER: table_sink(options, DEAD_LETTERS, "dead_letters", partition, run_id)}
+    write = table_sinks(options, {CATEGORIZED: "categorized", DEAD_LETTERS: "dead_letters"}, partition,
+                        run_id)
     manifests = build(products, EmbedProducts.from_options(options, run_id), categorize, write, run_id)
     if watermark:
         day = partition.day
         if day is None:
             raise ValueError("--watermark needs a date partition")
-        _ = ((manifests["rows"], manifests[DEAD_LETTER]) | "Committed" >> beam.Flatten()
-             | "AdvanceWatermark" >> AdvanceWatermark(watermark, day, run_id))
+        _ = manifests | "AdvanceWatermark" >> AdvanceWatermark(watermark, day, run_id)
     return pipeline
 
 
