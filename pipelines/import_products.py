@@ -14,11 +14,10 @@ from pathlib import Path
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from linnet_core.taxonomy import Taxonomy
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts
-from pipelines.options import OutputOptions, ProductInputOptions, require
+from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import WritePartitions, new_attempt
 from pipelines.sources import default_image_root
 
@@ -68,7 +67,8 @@ def summarize(output: str, taxonomy: Taxonomy | None = None) -> dict:
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Runs the import and returns (and prints) its summary. Raises RuntimeError if counts disagree."""
-    options = PipelineOptions(argv)
+    options = pipeline_options(argv, "linnet import-products", ProductInputOptions, OutputOptions,
+                               description=__doc__)
     flags, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(outputs, "output")
     image_root = flags.image_root or default_image_root(flags.input)

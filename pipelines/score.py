@@ -28,11 +28,20 @@ from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import load_thresholds
 from pipelines import defaults
-from pipelines.embed import IMAGE_STATUSES, EmbedProducts, local_models_dir, read_uri, without_vectors
+from pipelines.bigquery import BigQueryOptions
+from pipelines.embed import (
+    IMAGE_STATUSES,
+    EmbeddingOptions,
+    EmbedProducts,
+    local_models_dir,
+    read_uri,
+    without_vectors,
+)
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
-from pipelines.options import OutputOptions, ProductInputOptions, require
+from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
 from pipelines.sources import product_source, table_sinks
+from pipelines.usage import UsageError
 from pipelines.watermark import AdvanceWatermark
 
 LOGGER = logging.getLogger(__name__)
@@ -225,7 +234,7 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     inputs, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(flags, "model")
     if not (outputs.output or outputs.output_dataset):
-        raise ValueError("give --output (files) or --output_dataset (BigQuery)")
+        raise UsageError("give --output (files) or --output_dataset (BigQuery)")
     try:
         info = json.loads(read_uri(FileSystems.join(flags.model, MODEL_JSON)))
     except FileNotFoundError:
@@ -269,7 +278,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         RuntimeError: rows in ≠ rows out + dead letters (nothing may be lost).
         ValueError: missing flags, or a taxonomy that is not the model's.
     """
-    options = PipelineOptions(argv)
+    options = pipeline_options(argv, "linnet score", ProductInputOptions, OutputOptions, ScoreOptions,
+                               EmbeddingOptions, BigQueryOptions, description=__doc__)
     flags, outputs = options.view_as(ScoreOptions), options.view_as(OutputOptions)
     run_id = outputs.run_id or new_attempt()
     partition = Partition.parse(flags.partition or dt.datetime.now(dt.UTC).date().isoformat())
