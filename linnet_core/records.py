@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import itertools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
@@ -22,6 +24,7 @@ MAX_LIST_ITEMS = 100
 MAX_RAW_CHARS = 1_000_000
 TEXT_FIELDS = ("title", "description", "vendor", "product_type")
 LIST_FIELDS = ("collections", "tags", "options")
+LABEL_FIELDS = ("gpt_id", "gpt_path", "shopify_category_id")
 
 
 class Reason(StrEnum):
@@ -39,6 +42,7 @@ class Reason(StrEnum):
     DUPLICATE_PRODUCT_ID = "duplicate_product_id"
     EMBEDDING_FAILED = "embedding_failed"
     SCORING_FAILED = "scoring_failed"
+    UNEXPECTED = "unexpected_error"
 
 
 class RecordError(ValueError):
@@ -79,19 +83,41 @@ _WHITESPACE = re.compile(r"\s+")
 _LOOKS_LIKE_HTML = re.compile(r"<[a-zA-Z/!][^>]*>|&[#a-zA-Z0-9]+;")
 
 
-def clean_text(value: Any, limit: int) -> str | None:
+def _scrub(text: str) -> str:
+    """Valid UTF-8 text: lone surrogates (JSON escapes of broken UTF-8) become "?", as Parquet,
+    Beam's coders and every encoder need encodable text."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _as_text(value: Any, field: str) -> str:
+    """A scalar as text; containers (and non-finite numbers) are a field of the wrong type."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            return str(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            pass
+    raise RecordError(Reason.BAD_FIELD_TYPE, f"field {field!r}: expected text, got {_describe(value)}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if isinstance(value, float) else type(value).__name__
+
+
+def clean_text(value: Any, limit: int, field: str = "text") -> str | None:
     """Plain, valid UTF-8 text: bytes decoded with replacement, HTML stripped, whitespace folded,
-    truncated to `limit` characters. Empty text becomes None."""
+    truncated to `limit` characters. Empty text becomes None.
+
+    Raises:
+        RecordError: `BAD_FIELD_TYPE` (naming `field`) for a list, object or non-finite number.
+    """
     if value is None:
         return None
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    elif not isinstance(value, str):
-        value = str(value)
-    # Lone surrogates (from JSON escapes of broken UTF-8) cannot be written to Parquet.
-    value = value.encode("utf-8", errors="replace").decode("utf-8")
     # Very long inputs are cut before parsing so a 10 MB description costs no more than a short one.
-    value = value[: limit * 4]
+    value = _scrub(_as_text(value, field)[: limit * 4])
     if _LOOKS_LIKE_HTML.search(value):
         parser = _TextExtractor()
         parser.feed(value)
@@ -101,108 +127,202 @@ def clean_text(value: Any, limit: int) -> str | None:
     return value[:limit].rstrip() or None
 
 
-def clean_list(value: Any) -> list[str]:
-    """A list of short clean strings; a comma-separated string is split."""
+def clean_list(value: Any, field: str = "list") -> list[str]:
+    """A list of at most MAX_LIST_ITEMS short clean strings; a comma-separated string is split.
+
+    Raises:
+        RecordError: `BAD_FIELD_TYPE` (naming `field`) for a number, an object or a nested list.
+    """
     if value is None:
         return []
-    if isinstance(value, (str, bytes)):
-        value = (value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value).split(",")
-    elif not isinstance(value, Iterable):
-        raise RecordError(Reason.BAD_FIELD_TYPE, f"expected a list or string, got {type(value).__name__}")
-    items = (clean_text(item, MAX_LIST_ITEM_CHARS) for item in value)
-    return [item for item in items if item][:MAX_LIST_ITEMS]
+    if isinstance(value, (str, bytes, bytearray)):
+        value = _as_text(value, field)[: MAX_LIST_ITEMS * MAX_LIST_ITEM_CHARS * 4].split(",")
+    elif isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise RecordError(Reason.BAD_FIELD_TYPE,
+                          f"field {field!r}: expected a list or string, got {_describe(value)}")
+    items = (clean_text(item, MAX_LIST_ITEM_CHARS, f"{field}[]") for item in value)
+    return list(itertools.islice((item for item in items if item), MAX_LIST_ITEMS))
 
 
 def parse_timestamp(value: Any) -> dt.datetime | None:
     """A timezone-aware UTC datetime from ISO-8601 text, epoch seconds or a datetime."""
     if value is None or value == "":
         return None
+    if isinstance(value, bool) or isinstance(value, (Mapping, list, tuple)):
+        raise RecordError(Reason.BAD_TIMESTAMP, f"updated_at is a {type(value).__name__}, not a time")
     try:
         if isinstance(value, dt.datetime):
             parsed = value
+        elif isinstance(value, dt.date):
+            parsed = dt.datetime.combine(value, dt.time())
         elif isinstance(value, (int, float)):
             parsed = dt.datetime.fromtimestamp(value, tz=dt.UTC)
         else:
-            parsed = dt.datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+            text = _as_text(value, "updated_at")[:64].strip()
+            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError) as error:
-        raise RecordError(Reason.BAD_TIMESTAMP, f"cannot parse updated_at {value!r}: {error}") from None
+        raise RecordError(Reason.BAD_TIMESTAMP, f"cannot parse updated_at {_short(value)}: {error}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError as error:  # an offset that moves year 1 or 9999 out of range
+        raise RecordError(Reason.BAD_TIMESTAMP, f"cannot parse updated_at {_short(value)}: {error}") from None
+
+
+def _short(value: Any) -> str:
+    """repr of a value, cut to a length an error message can carry."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def _image_uris(raw: Mapping[str, Any], image_root: str | None) -> list[str]:
-    uris = raw.get("image_uris")
-    if uris is None:
-        uris = raw.get("image_files")
-    uris = clean_list(uris) if not isinstance(uris, str) else [uris]
+    field = "image_uris" if raw.get("image_uris") is not None else "image_files"
+    uris = raw.get(field)
+    if isinstance(uris, (str, bytes, bytearray)):  # one URI (it may contain commas)
+        uris = [uris]
+    uris = clean_list(uris, field)
     if image_root is None:
         return uris
     return [uri if "://" in uri or Path(uri).is_absolute() else str(Path(image_root) / uri) for uri in uris]
 
 
-def _label_id(value: Any) -> int | None:
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def label_id(value: Any) -> int | None:
+    """A GPT id from an int, an integral float or a string of ASCII digits; anything else
+    (fractions, NaN, ±Infinity, booleans, ids past int64) is not an id: no silent truncation.
+
+    Raises:
+        RecordError: `UNKNOWN_LABEL`.
+    """
     if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise RecordError(Reason.UNKNOWN_LABEL, f"label gpt_id {value!r} is not a numeric id") from None
+    number: Any = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, (str, bytes)) and _DIGITS.fullmatch(text := _as_text(value, "gpt_id").strip()):
+        number = int(text)
+    if number is None or not 0 < number < 2**63:
+        raise RecordError(Reason.UNKNOWN_LABEL, f"label gpt_id {_short(value)} is not a GPT id")
+    return number
 
 
-def normalize(raw: Mapping[str, Any], image_root: str | None = None) -> dict[str, Any]:
+def normalize(raw: Mapping[str, Any], image_root: str | None = None,
+              optional_labels: bool = False) -> dict[str, Any]:
     """Turn one raw product (JSON object or table row) into a record of the products schema.
+
+    Total over any input: the result is writable to the products table, or RecordError is raised.
 
     Args:
         raw: merchant fields; `image_files` is accepted as an alias of `image_uris`.
         image_root: relative image paths are resolved against it (URIs and absolute paths are kept).
+        optional_labels: a bad label (gpt_id, gpt_path, shopify_category_id) is dropped, not an
+            error: scoring needs no label, so a bad one must not keep a product from being scored.
 
     Raises:
-        RecordError: no `product_id`; neither text nor image; a field of the wrong type; a bad timestamp.
+        RecordError: no `product_id`; neither text nor image; a field of the wrong type; a bad
+            timestamp; a label that is no GPT id (unless `optional_labels`).
     """
     if not isinstance(raw, Mapping):
         raise RecordError(Reason.NOT_AN_OBJECT, f"record is a {type(raw).__name__}, not an object")
-    product_id = clean_text(raw.get("product_id"), MAX_LIST_ITEM_CHARS * 5)
+    product_id = clean_text(raw.get("product_id"), MAX_LIST_ITEM_CHARS * 5, "product_id")
     if not product_id:
         raise RecordError(Reason.MISSING_PRODUCT_ID, "record has no product_id")
-    record: dict[str, Any] = {"product_id": product_id, "store": clean_text(raw.get("store"), 500)}
+    record: dict[str, Any] = {"product_id": product_id, "store": clean_text(raw.get("store"), 500, "store")}
     for name in TEXT_FIELDS:
-        record[name] = clean_text(raw.get(name), MAX_CHARS[name])
+        record[name] = clean_text(raw.get(name), MAX_CHARS[name], name)
     for name in LIST_FIELDS:
-        record[name] = clean_list(raw.get(name))
+        record[name] = clean_list(raw.get(name), name)
     record["image_uris"] = _image_uris(raw, image_root)
-    record["lang"] = clean_text(raw.get("lang"), 20)
+    record["lang"] = clean_text(raw.get("lang"), 20, "lang")
     record["updated_at"] = parse_timestamp(raw.get("updated_at"))
-    record["gpt_id"] = _label_id(raw.get("gpt_id"))
-    record["gpt_path"] = clean_text(raw.get("gpt_path"), 1_000)
-    record["shopify_category_id"] = clean_text(raw.get("shopify_category_id"), 200)
+    try:
+        record.update(_labels(raw))
+    except RecordError:
+        if not optional_labels:
+            raise
+        record.update(dict.fromkeys(LABEL_FIELDS))
     if not record["image_uris"] and not any(record[name] for name in TEXT_FIELDS + LIST_FIELDS):
         raise RecordError(Reason.NO_CONTENT, f"product {product_id} has neither text nor image")
     return record
 
 
+def _labels(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {"gpt_id": label_id(raw.get("gpt_id")),
+            "gpt_path": clean_text(raw.get("gpt_path"), 1_000, "gpt_path"),
+            "shopify_category_id": clean_text(raw.get("shopify_category_id"), 200, "shopify_category_id")}
+
+
+def parse_json_line(line: bytes) -> Any:
+    """One JSONL line → its value (invalid UTF-8 replaced).
+
+    Raises:
+        RecordError: `INVALID_JSON` for anything json cannot parse, nesting too deep for it included.
+    """
+    try:
+        return json.loads(line.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError) as error:
+        raise RecordError(Reason.INVALID_JSON, f"{type(error).__name__}: {str(error)[:500]}") from None
+
+
+def validate(raw: Any, image_root: str | None = None, run_id: str | None = None,
+             optional_labels: bool = False, source: Any = None,
+             where: str = "") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The one rule every reader applies to a raw record: (record, None) or (None, dead letter).
+
+    Args:
+        raw: a parsed record, or the undecoded JSONL line (bytes), parsed here.
+        source: what the dead letter keeps as `raw` (default: `raw`), e.g. the JSONL line.
+        where: where the record came from (`file:line`), prefixed to the dead letter's error.
+    """
+    stage = "read" if isinstance(raw, bytes) else "validate"
+    try:
+        if isinstance(raw, bytes):
+            source, raw = raw, parse_json_line(raw)
+            stage = "validate"
+        return normalize(raw, image_root, optional_labels), None
+    except Exception as error:  # noqa: BLE001 - no record may fail a run; RecordError is the expected one
+        reason = error.reason if isinstance(error, RecordError) else Reason.UNEXPECTED
+        message = str(error) if isinstance(error, RecordError) else f"{type(error).__name__}: {error}"
+        return None, dead_letter(stage, reason, f"{where}: {message}" if where else message,
+                                 raw if source is None else source, product_id=_product_id_of(raw),
+                                 run_id=run_id)
+
+
 def raw_json(raw: Any) -> str:
     """The raw input as JSON text for the dead-letter table, truncated to a bounded size."""
-    if isinstance(raw, bytes):
-        text = raw.decode("utf-8", errors="replace")
+    if isinstance(raw, (bytes, bytearray)):
+        text = bytes(raw[: MAX_RAW_CHARS * 4]).decode("utf-8", errors="replace")
     else:
         try:
             text = json.dumps(raw, ensure_ascii=False, default=str)
-        except (TypeError, ValueError):
-            text = repr(raw)
-    return text.encode("utf-8", errors="replace").decode("utf-8")[:MAX_RAW_CHARS]
+        except (TypeError, ValueError, RecursionError):
+            text = f"<{type(raw).__name__} that cannot be shown as JSON>"
+    return _scrub(text[:MAX_RAW_CHARS])
+
+
+def _product_id_of(raw: Any) -> str | None:
+    """The product_id of a raw record as clean text, when it has a usable one."""
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        return clean_text(raw.get("product_id"), MAX_LIST_ITEM_CHARS * 5, "product_id")
+    except RecordError:
+        return None
 
 
 def dead_letter(stage: str, reason: Reason | str, error: str, raw: Any,
                 product_id: str | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """A row of the dead-letter schema (`schemas/dead_letters.json`)."""
-    if product_id is None and isinstance(raw, Mapping):
-        product_id = raw.get("product_id") and str(raw.get("product_id"))
+    """A row of the dead-letter schema (`schemas/dead_letters.json`), writable whatever `raw` holds."""
     return {
-        "product_id": product_id,
+        "product_id": _scrub(product_id) if product_id is not None else _product_id_of(raw),
         "stage": stage,
         "reason": reason.value if isinstance(reason, Reason) else str(reason),
-        "error": error[:10_000],
+        "error": _scrub(error[:10_000]),
         "raw": raw_json(raw),
         "run_id": run_id,
     }

@@ -54,23 +54,28 @@ def parse_lines(path: str | Path) -> tuple[str | None, list[tuple[int, tuple[str
     """
     version = None
     entries: list[tuple[int, tuple[str, ...]]] = []
-    with open(path, encoding="utf-8-sig") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip():
-                continue
-            if line.startswith("#"):
-                match = _VERSION.match(line)
-                if match and version is None:
-                    version = match.group(1)
-                continue
-            match = _LINE.match(line)
-            if not match:
-                raise TaxonomyError(f"{path}:{number}: cannot parse line {line!r}")
-            parts = tuple(part.strip() for part in match.group(2).split(">"))
-            if any(not part for part in parts):
-                raise TaxonomyError(f"{path}:{number}: empty category name in {line!r}")
-            entries.append((int(match.group(1)), parts))
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = error.object[:error.start].count(b"\n") + 1
+        byte = error.object[error.start]
+        raise TaxonomyError(f"{path}:{line}: not UTF-8 text (byte 0x{byte:02x})") from None
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            match = _VERSION.match(line)
+            if match and version is None:
+                version = match.group(1)
+            continue
+        match = _LINE.match(line)
+        if not match:
+            raise TaxonomyError(f"{path}:{number}: cannot parse line {line!r}")
+        parts = tuple(part.strip() for part in match.group(2).split(">"))
+        if any(not part for part in parts):
+            raise TaxonomyError(f"{path}:{number}: empty category name in {line!r}")
+        entries.append((int(match.group(1)), parts))
     return version, entries
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.partitions import new_attempt
+from pipelines.usage import ArgumentParser, UsageError
 from pipelines.watermark import Watermark
 
 LOGGER = logging.getLogger(__name__)
@@ -89,8 +90,8 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="linnet backfill", description=__doc__,
         epilog="Other flags (--input/--input-table, --model, --output/--output-table, Beam options) "
                "go to each day's scoring run.")
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None, score_partition: ScorePartition | None =
     try:
         for day_done in backfill(days, scorer, scoring_argv, watermark, run_id):
             done.append(day_done)
+    except UsageError:  # the scoring flags are wrong for every day: one line, exit 2
+        raise
     except Exception:  # noqa: BLE001 - reported below and by the exit code; the watermark stays put
         LOGGER.exception("backfill %s failed after %d day(s)", run_id, len(done))
         status = 1

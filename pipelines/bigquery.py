@@ -224,19 +224,21 @@ class ReadProductsFromBigQuery(beam.PTransform):
     Args:
         day: when given, only products whose `updated_at` falls on that day (UTC); a query's result
             must then have an `updated_at` column.
+        run_id, optional_labels: as for `ReadProducts`.
     """
 
     def __init__(self, connection: BigQueryConnection, table: str | None = None, query: str | None = None,
-                 day: dt.date | None = None, image_root: str | None = None) -> None:
+                 day: dt.date | None = None, image_root: str | None = None, run_id: str | None = None,
+                 optional_labels: bool = False) -> None:
         super().__init__()
         self.read = ReadBigQueryRows(connection, table, query, day and day_restriction(day))
-        self.image_root = image_root
+        self.validate_fn = ValidateProductFn(image_root, run_id, optional_labels)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         validated = (
             pbegin
             | "ReadRows" >> self.read
-            | "Validate" >> beam.ParDo(ValidateProductFn(self.image_root)).with_outputs(
+            | "Validate" >> beam.ParDo(self.validate_fn).with_outputs(
                 DEAD_LETTER, main=PRODUCTS)
         )
         return {PRODUCTS: validated[PRODUCTS], DEAD_LETTER: validated[DEAD_LETTER]}
@@ -368,3 +370,23 @@ class WriteBigQueryPartition(beam.PTransform):
                 self.connection, self.table, self.schema_name, self.day, self.attempt,
                 self.staging_folder, self.run_id))
         )
+
+
+class WriteBigQueryPartitions(beam.PTransform):
+    """`{table: rows}` → partition `day` of each table `dataset.table` (`WriteBigQueryPartition`, one
+    transaction per table); outputs the manifests.
+
+    Args:
+        schemas: table name → its `schemas/` schema name.
+    """
+
+    def __init__(self, connection: BigQueryConnection, dataset: str, schemas: dict[str, str], day: dt.date,
+                 temp_location: str, run_id: str | None = None) -> None:
+        super().__init__()
+        self.writes = {table: WriteBigQueryPartition(connection, f"{dataset}.{table}", schema, day,
+                                                     temp_location, run_id)
+                       for table, schema in schemas.items()}
+
+    def expand(self, tables: dict[str, beam.PCollection]) -> beam.PCollection:
+        return ([tables[table] | f"Write[{table}]" >> write for table, write in self.writes.items()]
+                | "Manifests" >> beam.Flatten())

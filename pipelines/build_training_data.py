@@ -13,7 +13,6 @@ import json
 import logging
 import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from tfx_bsl.public import tfxio
 
 from linnet_core import transform
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, embed_categories
+from linnet_core.publish import partial_dir, replace_dir
 from linnet_core.records import RecordError, dead_letter
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import (
@@ -51,10 +51,17 @@ from linnet_core.training_data import (
     stats_report,
     to_example,
 )
-from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery
-from pipelines.embed import EMBEDDED, EmbedConfig, EmbedProducts, load_embedder, without_vectors
+from pipelines.bigquery import BigQueryConnection, BigQueryOptions, ReadProductsFromBigQuery
+from pipelines.embed import (
+    EMBEDDED,
+    EmbedConfig,
+    EmbeddingOptions,
+    EmbedProducts,
+    load_embedder,
+    without_vectors,
+)
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts, WriteTable
-from pipelines.options import OutputOptions, ProductInputOptions, require
+from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 
 LOGGER = logging.getLogger(__name__)
 EXAMPLES = "examples"
@@ -421,15 +428,6 @@ def write_category_embeddings(taxonomy_path: str, embed: EmbedConfig, output: st
     LOGGER.info("wrote %d category embeddings (%s)", len(embeddings.ids), embeddings.encoder_id)
 
 
-def _publish(staging: Path, output: Path) -> None:
-    """Replaces `output` with the finished `staging` folder by renames, so no reader sees half."""
-    previous = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
-    if output.exists():
-        output.rename(previous)
-    staging.rename(output)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
         embed: beam.PTransform | None = None) -> dict[str, Any]:
     """Builds the training data and returns (and prints) its stats.
@@ -442,13 +440,14 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     Raises:
         RuntimeError: records were lost between input and output.
     """
-    options = PipelineOptions(argv)
+    options = pipeline_options(argv, "linnet build-training-data", ProductInputOptions, OutputOptions,
+                               TrainingDataOptions, EmbeddingOptions, BigQueryOptions, description=__doc__)
     require(options.view_as(OutputOptions), "output")
     final = options.view_as(OutputOptions).output
     local = "://" not in final
     if local:
         Path(final).parent.mkdir(parents=True, exist_ok=True)
-        staging = str(Path(final).with_name(f".{Path(final).name}.partial-{uuid.uuid4().hex[:8]}"))
+        staging = str(partial_dir(Path(final)))
     else:
         staging = final
     cfg = _config(options, staging)
@@ -468,7 +467,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     if FileSystems.exists(f"{staging}/tmp"):
         FileSystems.delete([f"{staging}/tmp"])
     if local:
-        _publish(Path(staging), Path(final))
+        replace_dir(Path(staging), Path(final))
     json.dump(stats, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return stats

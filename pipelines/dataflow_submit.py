@@ -6,7 +6,6 @@ Workers install LinNét from its `setup.py` sdist (`--setup_file`), or run a pre
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import defaults
+from pipelines.usage import ArgumentParser
 
 MODEL_MANIFEST = "model.json"
 COPY_CHUNK_BYTES = 8 << 20
@@ -65,7 +65,7 @@ def dataflow_flags(project: str, region: str, bucket: str, job_name: str | None 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `linnet dataflow-submit`; flags it does not know go to the command it runs."""
-    parser = argparse.ArgumentParser(prog="linnet dataflow-submit", description=__doc__)
+    parser = ArgumentParser(prog="linnet dataflow-submit", description=__doc__)
     parser.add_argument("--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT"), help="GCP project")
     parser.add_argument("--region", default="us-central1", help="Dataflow region")
     parser.add_argument("--bucket", required=True, help="gs://BUCKET[/PREFIX] for model, temp and staging")

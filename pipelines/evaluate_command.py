@@ -17,6 +17,7 @@ from linnet_core.evaluation.evaluate import BASELINES, EvaluationConfig, run
 from linnet_core.evaluation.report import HP_FLOOR, to_json_safe
 from linnet_core.store_cap import STORE_CAP
 from pipelines import defaults
+from pipelines.usage import ArgumentParser
 
 HEADLINE = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_precision", "aurc", "n", "n_labelled")
 
@@ -28,7 +29,7 @@ def _baselines(value: str) -> tuple[str, ...]:
 
 def parse_config(argv: list[str] | None) -> EvaluationConfig:
     """Flags → a validated EvaluationConfig (argparse exits with a message on bad flags)."""
-    parser = argparse.ArgumentParser(prog="linnet evaluate", description=__doc__,
+    parser = ArgumentParser(prog="linnet evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", help="categorized table: Parquet glob or directory")
     parser.add_argument("--labels", help="products table with gpt_id (Parquet glob or directory)")

@@ -14,23 +14,28 @@ from pathlib import Path
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from linnet_core.taxonomy import Taxonomy, TaxonomyError
-from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts, WriteTable
-from pipelines.options import OutputOptions, ProductInputOptions, require
+from linnet_core.taxonomy import Taxonomy
+from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts
+from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
+from pipelines.partitions import WritePartitions, new_attempt
 from pipelines.sources import default_image_root
 
 LOGGER = logging.getLogger(__name__)
+DEAD_LETTERS = "dead_letters"
+SUMMARY = "summary.json"
 
 
-def build(pipeline: beam.Pipeline, input_pattern: str, output: str, image_root: str | None) -> None:
-    """Adds the import graph to `pipeline`: read, validate, write products and dead letters."""
-    products = pipeline | "ReadProducts" >> ReadProducts(input_pattern, image_root)
-    _ = products[PRODUCTS] | "WriteProducts" >> WriteTable(f"{output}/products/part", "products")
-    _ = products[DEAD_LETTER] | "WriteDeadLetters" >> WriteTable(
-        f"{output}/dead_letters/part", "dead_letters", num_shards=1)
+def build(pipeline: beam.Pipeline, input_pattern: str, output: str, image_root: str | None,
+          run_id: str | None = None) -> None:
+    """Adds the import graph to `pipeline`: read, validate, deduplicate, then replace the products and
+    dead-letter tables of `output` together (`WritePartitions`: a failed run leaves the old ones)."""
+    read = pipeline | "ReadProducts" >> ReadProducts(input_pattern, image_root, run_id=run_id)
+    unique = read[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
+    dead = (read[DEAD_LETTER], unique[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
+    _ = ({PRODUCTS: unique[PRODUCTS], DEAD_LETTERS: dead}
+         | "WriteTables" >> WritePartitions(output, {PRODUCTS: "products", DEAD_LETTERS: "dead_letters"},
+                                            None, run_id))
 
 
 def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
@@ -60,37 +65,31 @@ def summarize(output: str, taxonomy: Taxonomy | None = None) -> dict:
     }
 
 
-def _clear(output: str) -> None:
-    """An import replaces its tables: stale shards of an earlier run must not be read with the new."""
-    stale = [f"{output}/{table}" for table in ("products", "dead_letters")]
-    existing = [path for path in stale if FileSystems.exists(path)]
-    if existing:
-        FileSystems.delete(existing)
-
-
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Runs the import and returns (and prints) its summary. Raises RuntimeError if counts disagree."""
-    options = PipelineOptions(argv)
+    options = pipeline_options(argv, "linnet import-products", ProductInputOptions, OutputOptions,
+                               description=__doc__)
     flags, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(outputs, "output")
     image_root = flags.image_root or default_image_root(flags.input)
-    _clear(outputs.output)
+    run_id = outputs.run_id or new_attempt()
+    taxonomy = Taxonomy.load(flags.taxonomy)  # a bad taxonomy fails before any work, not after it
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, flags.input, outputs.output, image_root)
+    build(pipeline, flags.input, outputs.output, image_root, run_id)
+    # The summary marks a finished import (run-local reuses it): it goes before the tables change
+    # and comes back after they are committed, so it never describes tables it does not match.
+    summary_path = Path(outputs.output) / SUMMARY
+    summary_path.unlink(missing_ok=True)
     result = pipeline.run()
     result.wait_until_finish()
-    try:
-        taxonomy = Taxonomy.load(flags.taxonomy)
-    except (TaxonomyError, OSError) as error:
-        LOGGER.warning("label depths not computed: %s", error)
-        taxonomy = None
-    summary = summarize(outputs.output, taxonomy)
+    summary = {"run_id": run_id, **summarize(outputs.output, taxonomy)}
     summary["records_in"] = _counter(result, "records_read")
-    Path(outputs.output).mkdir(parents=True, exist_ok=True)
-    (Path(outputs.output) / "summary.json").write_text(json.dumps(summary, indent=2))
     json.dump(summary, sys.stdout, indent=2, ensure_ascii=False)
     print()
     if summary["records_in"] != summary["rows"] + summary["dead_letters"]:
         raise RuntimeError(f"records lost: {summary['records_in']} in, {summary['rows']} written, "
                            f"{summary['dead_letters']} dead letters")
+    temporary = summary_path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(summary, indent=2))
+    temporary.replace(summary_path)
     return summary

@@ -1,16 +1,18 @@
 """Reading products and writing tables: the IO composites every LinNét pipeline shares.
 
 `ReadProducts` turns JSONL or Parquet files into validated product records plus dead letters,
-reading each file on its own so that one corrupt file becomes dead letters, not a failed job.
+reading each file on its own so that one corrupt file (or row group) becomes dead letters, not a
+failed job: whatever the bytes, every record in is one record or one dead letter out.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
+import glob
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -19,7 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 import schemas
-from linnet_core.records import Reason, RecordError, dead_letter, normalize, updated_on
+from linnet_core.records import Reason, dead_letter, updated_on, validate
 from linnet_core.training_data import choose_duplicate
 
 LOGGER = logging.getLogger(__name__)
@@ -35,66 +37,145 @@ def _is_parquet(path: str) -> bool:
     return path.endswith((".parquet", ".pq")) or "/part-" in path and not path.endswith((".jsonl", ".json"))
 
 
-class ParseProductFilesFn(beam.DoFn):
-    """Yields raw records of one readable file (JSONL lines or Parquet rows), or a dead letter.
+Checked = tuple[dict[str, Any] | None, dict[str, Any] | None]
 
-    A line that is not JSON becomes a dead letter; an unreadable Parquet file becomes one dead letter
-    naming the file (its rows cannot be counted, so the file itself is the lost record).
+
+def check_inputs(file_pattern: str) -> list[str]:
+    """The globs of `file_pattern` (comma-separated); local ones must match at least one file.
+
+    Raises:
+        IsADirectoryError, FileNotFoundError: with the pattern, for one clear line instead of a
+            failure deep inside the job (object-store globs are matched by the job itself).
     """
+    patterns = [pattern.strip() for pattern in file_pattern.split(",") if pattern.strip()]
+    if not patterns:
+        raise FileNotFoundError("--input is empty: give a JSONL or Parquet file or glob")
+    for pattern in patterns:
+        if "://" in pattern:
+            continue
+        if Path(pattern).is_dir():
+            raise IsADirectoryError(f"--input {pattern} is a directory: give files, e.g. {pattern}/*.jsonl")
+        if not any(Path(path).is_file() for path in glob.glob(pattern)):
+            raise FileNotFoundError(f"--input {pattern} matches no file")
+    return patterns
 
-    def __init__(self) -> None:
+
+def read_product_file(open_file: Callable[[], BinaryIO], path: str, image_root: str | None = None,
+                      run_id: str | None = None, optional_labels: bool = False) -> Iterator[Checked]:
+    """Every record of one JSONL or Parquet file, checked (`records.validate`): exactly one
+    (record, None) or (None, dead letter) per record the file holds, so records in = out + dead.
+
+    A line that is not JSON is a dead letter. A Parquet row group that cannot be decoded gives one
+    dead letter per row it held (the footer knows how many); a file whose footer cannot be read, or a
+    JSONL file that cannot be read further, gives one dead letter for the file (or for its rest).
+    """
+    def check(raw: Any, where: str, source: Any = None) -> Checked:
+        return validate(raw, image_root, run_id, optional_labels, source=source, where=where)
+
+    def lost(error: Exception, raw: dict[str, Any], stage: str = READ_STAGE,
+             reason: Reason = Reason.CORRUPT_FILE) -> Checked:
+        return None, dead_letter(stage, reason, f"{path}: {type(error).__name__}: {error}", raw,
+                                 run_id=run_id)
+
+    if not _is_parquet(path):
+        lines = _numbered_lines(open_file)
+        number = 0
+        while True:
+            try:
+                number, line = next(lines)
+            except StopIteration:
+                return
+            except Exception as error:  # noqa: BLE001 - a truncated or unreadable file: its rest is lost
+                LOGGER.warning("unreadable JSONL file %s after line %d: %s", path, number, error)
+                yield lost(error, {"file": path, "after_line": number})
+                return
+            yield check(line, f"{path}:{number}")
+    try:
+        handle = open_file()
+        parquet = pq.ParquetFile(handle)
+    except Exception as error:  # noqa: BLE001 - no footer: the rows cannot be counted, the file is lost
+        LOGGER.warning("unreadable Parquet file %s: %s", path, error)
+        yield lost(error, {"file": path})
+        return
+    with handle:
+        for group in range(parquet.num_row_groups):
+            rows, done = parquet.metadata.row_group(group).num_rows, 0
+            try:
+                for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                    for row, error in _batch_rows(batch):
+                        where = f"{path}: row group {group} row {done}"
+                        done += 1
+                        yield check(row, where) if error is None else lost(
+                            error, {"file": path, "row_group": group, "row": done - 1}, VALIDATE_STAGE,
+                            Reason.BAD_FIELD_TYPE)
+            except Exception as error:  # noqa: BLE001 - a corrupt row group: each of its rows is lost
+                LOGGER.warning("corrupt row group %d of %s (%d rows): %s", group, path, rows - done, error)
+                for row in range(done, rows):
+                    yield lost(error, {"file": path, "row_group": group, "row": row})
+
+
+def _numbered_lines(open_file: Callable[[], BinaryIO]) -> Iterator[tuple[int, bytes]]:
+    with open_file() as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                yield number, line
+
+
+def _batch_rows(batch: Any) -> Iterator[tuple[dict[str, Any] | None, Exception | None]]:
+    """The rows of a record batch as dicts; a row Python cannot hold (a timestamp past year 9999, say)
+    comes with its error, and the batch's other rows still come."""
+    try:
+        yield from ((row, None) for row in batch.to_pylist())
+        return
+    except Exception:  # noqa: BLE001 - convert row by row to find the bad ones
+        pass
+    for index in range(batch.num_rows):
+        try:
+            yield batch.slice(index, 1).to_pylist()[0], None
+        except Exception as error:  # noqa: BLE001 - this row cannot be converted
+            yield None, error
+
+
+class ReadProductFilesFn(beam.DoFn):
+    """One matched file → its products and dead letters (`read_product_file`), counted."""
+
+    def __init__(self, image_root: str | None = None, run_id: str | None = None,
+                 optional_labels: bool = False) -> None:
+        self.image_root = image_root
+        self.run_id = run_id
+        self.optional_labels = optional_labels
         self.records_read = Metrics.counter("linnet", "records_read")
-        self.bad_files = Metrics.counter("linnet", "unreadable_files")
+        self.valid = Metrics.counter("linnet", "records_valid")
+        self.invalid = Metrics.counter("linnet", "records_invalid")
 
     def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
-        path = readable.metadata.path
-        if _is_parquet(path):
-            yield from self._parquet(readable, path)
-        else:
-            yield from self._jsonl(readable, path)
-
-    def _jsonl(self, readable: fileio.ReadableFile, path: str) -> Iterator[Any]:
-        with readable.open() as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                self.records_read.inc()
-                try:
-                    yield json.loads(line.decode("utf-8", errors="replace"))
-                except json.JSONDecodeError as error:
-                    yield TaggedOutput(DEAD_LETTER, dead_letter(
-                        READ_STAGE, Reason.INVALID_JSON, f"{path}:{number}: {error}", line))
-
-    def _parquet(self, readable: fileio.ReadableFile, path: str) -> Iterator[Any]:
-        try:
-            with readable.open() as handle:
-                parquet = pq.ParquetFile(handle)
-                for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-                    for row in batch.to_pylist():
-                        self.records_read.inc()
-                        yield row
-        except Exception as error:  # noqa: BLE001 - any decode failure of a file is a dead letter
-            self.bad_files.inc()
+        for record, dead in read_product_file(readable.open, readable.metadata.path, self.image_root,
+                                              self.run_id, self.optional_labels):
             self.records_read.inc()
-            LOGGER.warning("unreadable Parquet file %s: %s", path, error)
-            yield TaggedOutput(DEAD_LETTER, dead_letter(
-                READ_STAGE, Reason.CORRUPT_FILE, f"{path}: {type(error).__name__}: {error}", {"file": path}))
+            if record is not None:
+                self.valid.inc()
+                yield record
+            else:
+                self.invalid.inc()
+                yield TaggedOutput(DEAD_LETTER, dead)
 
 
 class ValidateProductFn(beam.DoFn):
-    """Normalizes one raw record (`linnet_core.records.normalize`) or routes it to the dead letters."""
+    """Checks one raw record (`linnet_core.records.validate`): the record, or a dead letter."""
 
-    def __init__(self, image_root: str | None = None) -> None:
+    def __init__(self, image_root: str | None = None, run_id: str | None = None,
+                 optional_labels: bool = False) -> None:
         self.image_root = image_root
+        self.run_id = run_id
+        self.optional_labels = optional_labels
         self.valid = Metrics.counter("linnet", "records_valid")
         self.invalid = Metrics.counter("linnet", "records_invalid")
 
     def process(self, raw: Any) -> Iterator[Any]:
-        try:
-            record = normalize(raw, self.image_root)
-        except RecordError as error:
+        record, dead = validate(raw, self.image_root, self.run_id, self.optional_labels)
+        if record is None:
             self.invalid.inc()
-            yield TaggedOutput(DEAD_LETTER, dead_letter(VALIDATE_STAGE, error.reason, str(error), raw))
+            yield TaggedOutput(DEAD_LETTER, dead)
             return
         self.valid.inc()
         yield record
@@ -117,38 +198,37 @@ class KeepDayFn(beam.DoFn):
 class ReadProducts(beam.PTransform):
     """Files matching `file_pattern` (JSONL or Parquet) → tagged `products` and `dead_letter`.
 
+    Each file is read and checked in one step, so no raw record (which may hold anything) crosses a
+    Beam coder; the clean records are then spread over workers.
+
     Args:
-        file_pattern: a glob (local or gs://) or a comma-separated list of globs.
+        file_pattern: a glob (local or gs://) or a comma-separated list of globs; local ones must match.
         image_root: relative image paths are resolved against it.
         day: when given, keep only products whose `updated_at` falls on that day (UTC); the others
             are counted (`records_other_days`), not dead letters: they belong to other partitions.
+        run_id: recorded in the dead letters.
+        optional_labels: a bad label is dropped instead of making a dead letter (scoring).
     """
 
-    def __init__(self, file_pattern: str, image_root: str | None = None, day: dt.date | None = None) -> None:
+    def __init__(self, file_pattern: str, image_root: str | None = None, day: dt.date | None = None,
+                 run_id: str | None = None, optional_labels: bool = False) -> None:
         super().__init__()
-        self.patterns = [pattern.strip() for pattern in file_pattern.split(",") if pattern.strip()]
-        self.image_root = image_root
+        self.patterns = check_inputs(file_pattern)
+        self.read_fn = ReadProductFilesFn(image_root, run_id, optional_labels)
         self.day = day
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        parsed = (
+        read = (
             pbegin
             | "Patterns" >> beam.Create(self.patterns)
             | "MatchFiles" >> fileio.MatchAll(fileio.EmptyMatchTreatment.DISALLOW)
             | "ReadMatches" >> fileio.ReadMatches()
-            | "ParseFiles" >> beam.ParDo(ParseProductFilesFn()).with_outputs(DEAD_LETTER, main="raw")
+            | "ReadAndValidate" >> beam.ParDo(self.read_fn).with_outputs(DEAD_LETTER, main=PRODUCTS)
         )
-        validated = (
-            parsed.raw
-            | "Reshuffle" >> beam.Reshuffle()
-            | "Validate" >> beam.ParDo(ValidateProductFn(self.image_root)).with_outputs(
-                DEAD_LETTER, main=PRODUCTS)
-        )
-        dead = (parsed[DEAD_LETTER], validated[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
-        products = validated[PRODUCTS]
+        products = read[PRODUCTS] | "Reshuffle" >> beam.Reshuffle()
         if self.day is not None:
             products = products | "OnDay" >> beam.ParDo(KeepDayFn(self.day))
-        return {PRODUCTS: products, DEAD_LETTER: dead}
+        return {PRODUCTS: products, DEAD_LETTER: read[DEAD_LETTER]}
 
 
 def to_row(record: dict[str, Any], table: str) -> dict[str, Any]:

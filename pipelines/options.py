@@ -2,9 +2,43 @@
 
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions
+import argparse
+from collections.abc import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipelines import defaults
+from pipelines.usage import ArgumentParser, UsageError
+
+BEAM_FLAGS = ("Beam pipeline flags (--runner, --direct_num_workers, --project, --region, --temp_location, "
+              "...) are accepted too.")
+
+
+class _PipelineArgumentParser(ArgumentParser, _BeamArgumentParser):
+    """Strict parsing (`usage.ArgumentParser`) of the flags Beam's options classes declare."""
+
+
+def pipeline_options(argv: Sequence[str] | None, prog: str, *own: type[PipelineOptions],
+                     description: str | None = None) -> PipelineOptions:
+    """The options of a Beam command, parsed strictly: Beam itself only warns about a flag no options
+    class knows and runs without it. `--help` lists the command's `own` flags and exits.
+
+    Raises:
+        UsageError: an unknown flag (naming the closest known one) or a bad value.
+    """
+    argv = list(argv or [])
+    if "-h" in argv or "--help" in argv:
+        helper = _PipelineArgumentParser(prog=prog, description=description, epilog=BEAM_FLAGS,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        for options_class in own:
+            options_class._add_argparse_args(helper)
+        helper.print_help()
+        raise SystemExit(0)
+    parser = _PipelineArgumentParser(prog=prog, add_help=False)
+    for options_class in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
+        options_class._add_argparse_args(parser)
+    parser.parse_args(argv)
+    return PipelineOptions(argv)
 
 
 class ProductInputOptions(PipelineOptions):
@@ -37,7 +71,7 @@ class OutputOptions(PipelineOptions):
 
 
 def require(flags: PipelineOptions, *names: str) -> None:
-    """Raise ValueError naming the missing flags (argparse `required` would break other pipelines)."""
+    """Raise UsageError naming the missing flags (argparse `required` would break other pipelines)."""
     missing = [f"--{name}" for name in names if getattr(flags, name, None) in (None, "")]
     if missing:
-        raise ValueError(f"missing required flag(s): {', '.join(missing)}")
+        raise UsageError(f"missing required flag(s): {', '.join(missing)}")

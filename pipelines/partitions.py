@@ -3,16 +3,28 @@
 A run writes its files under `ROOT/TABLE/_staging/`, then commits them as the partition: a rerun
 replaces the partition (never adds to it) and a run that fails before the commit leaves nothing
 visible. Every committed partition holds a `_SUCCESS` manifest naming its files and row counts.
+
+The tables of one run (categorized rows and dead letters, say) commit together: the commit point is
+one journal object `ROOT/_commits/<partition>.json` naming the run's attempt and tables, written
+after every table is staged; each table is then swapped in and the journal removed. A commit killed
+after its journal is rolled forward (`recover`) by the next commit of that partition, so the tables
+end up all old or all new. Concurrent runs of one partition on a local disk serialise their commits
+on a lock file beside the journal and never delete each other's staged files: the last to commit
+wins with a complete partition.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import re
+import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +42,13 @@ LOGGER = logging.getLogger(__name__)
 MANIFEST = "_SUCCESS"
 STAGING = "_staging"
 TRASH = "_trash"
+COMMITS = "_commits"
 DATA_SUFFIX = ".parquet"
+STALE_STAGING = dt.timedelta(days=2)  # staged files of an attempt this old belong to no live run
+LOCK_TIMEOUT_S = 600.0
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_DATE_LIKE = re.compile(r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}$")
+_ATTEMPT_TIME = "%Y%m%dT%H%M%S"
 
 
 @dataclass(frozen=True)
@@ -43,14 +60,18 @@ class Partition:
 
     def __post_init__(self) -> None:
         if self.key == "date":
-            dt.date.fromisoformat(self.value)
+            try:
+                dt.date.fromisoformat(self.value)
+            except ValueError:
+                raise ValueError(f"bad partition date {self.value!r}: no such day (YYYY-MM-DD)") from None
         elif self.key != "run" or not _RUN_ID.match(self.value):
             raise ValueError(f"bad partition {self.key}={self.value!r}: expected date=YYYY-MM-DD or "
                              "run=<letters, digits, _ . ->")
 
     @classmethod
     def parse(cls, text: str) -> Partition:
-        """`2026-11-24`, `date=2026-11-24` or `run=<id>`; a bare value that is no date is a run id.
+        """`2026-11-24`, `date=2026-11-24` or `run=<id>`; a bare value that does not look like a date
+        is a run id (one that does, `2025-02-30` say, must be a real day: a typo is no run id).
 
         Raises:
             ValueError: an impossible date, or a run id with characters unsafe in a path.
@@ -58,10 +79,7 @@ class Partition:
         key, sep, value = text.strip().partition("=")
         if sep:
             return cls(key, value)
-        try:
-            return cls.for_day(dt.date.fromisoformat(key))
-        except ValueError:
-            return cls("run", key)
+        return cls("date" if _DATE_LIKE.match(key) else "run", key)
 
     @classmethod
     def for_day(cls, day: dt.date) -> Partition:
@@ -80,18 +98,24 @@ class Partition:
 
 
 def new_attempt() -> str:
-    """A token unique to one run attempt: names its staging folder and its files."""
-    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    """A token unique to one run attempt: names its staging folder and its files (and says when it began)."""
+    return f"{dt.datetime.now(dt.UTC):{_ATTEMPT_TIME}}-{uuid.uuid4().hex[:8]}"
 
 
-def partition_dir(root: str, table: str, partition: Partition) -> str:
-    """Where the committed partition of `table` lives."""
-    return FileSystems.join(root, table, partition.name)
+def partition_dir(root: str, table: str, partition: Partition | None) -> str:
+    """Where the committed partition of `table` lives; partition None: the whole table `ROOT/TABLE`."""
+    return FileSystems.join(root, table, partition.name) if partition else FileSystems.join(root, table)
 
 
-def staging_dir(root: str, table: str, partition: Partition, attempt: str) -> str:
+def staging_dir(root: str, table: str, partition: Partition | None, attempt: str) -> str:
     """Where one attempt writes before its commit; `_`-prefixed, so dataset readers skip it."""
+    if partition is None:  # beside the table folder, which the commit renames as a whole
+        return FileSystems.join(root, STAGING, f"{table}.{attempt}")
     return FileSystems.join(root, table, STAGING, f"{partition.name}.{attempt}")
+
+
+def _commit_name(partition: Partition | None) -> str:
+    return partition.name if partition else "tables"
 
 
 def _is_local(path: str) -> bool:
@@ -207,73 +231,240 @@ def _commit_by_manifest(files: list[str], final: str, attempt: str,
     return manifest
 
 
-def discard_staging(root: str, table: str, partition: Partition) -> int:
-    """Delete what attempts at this partition left under `_staging` (data never visible); returns
-    how many attempt folders went."""
-    staging_root = FileSystems.join(root, table, STAGING)
+def discard_staging(root: str, table: str, partition: Partition | None, attempt: str | None = None,
+                    stale_after: dt.timedelta = STALE_STAGING) -> int:
+    """Delete what `attempt`, and attempts older than `stale_after`, left under `_staging` (data never
+    visible); returns how many attempt folders went. Younger attempts may be live concurrent runs of
+    this partition: their staged files are theirs to commit."""
+    staging_root = (FileSystems.join(root, STAGING) if partition is None
+                    else FileSystems.join(root, table, STAGING))
+    prefix = f"{table if partition is None else partition.name}."
     if _is_local(staging_root):  # a failed attempt may leave empty folders, which a match cannot see
-        folders = sorted(str(path) for path in Path(staging_root).glob(f"{partition.name}.*"))
+        names = sorted(path.name for path in Path(staging_root).glob(f"{prefix}*"))
     else:
-        pattern = FileSystems.join(staging_root, f"{partition.name}.*", "**")
+        pattern = FileSystems.join(staging_root, f"{prefix}*", "**")
         paths = [meta.path for meta in FileSystems.match([pattern])[0].metadata_list]
-        attempts = {path[len(staging_root):].lstrip("/").split("/")[0] for path in paths}
-        folders = sorted(FileSystems.join(staging_root, name) for name in attempts)
-    for folder in folders:
-        delete_folder(folder)
-    return len(folders)
+        names = sorted({path[len(staging_root):].lstrip("/").split("/")[0] for path in paths})
+    cutoff = dt.datetime.now(dt.UTC) - stale_after
+    gone = [name for name in names
+            if name == f"{prefix}{attempt}" or _attempt_began(name[len(prefix):]) < cutoff]
+    for name in gone:
+        delete_folder(FileSystems.join(staging_root, name))
+    return len(gone)
 
 
-class CommitPartitionFn(beam.DoFn):
-    """Commits the staged files of one partition once all of them are written (one element in)."""
+def _attempt_began(attempt: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(attempt.split("-")[0], _ATTEMPT_TIME).replace(tzinfo=dt.UTC)
+    except ValueError:  # not named by new_attempt: no run of ours will commit it
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
 
-    def __init__(self, root: str, table: str, partition: Partition, attempt: str,
+
+class PartitionBusyError(RuntimeError):
+    """Another run holds the commit lock of a partition for longer than we wait."""
+
+
+@contextlib.contextmanager
+def commit_lock(root: str, partition: Partition | None, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Serialise the commits of one partition of `root` through a lock file (`O_EXCL`), on local disks.
+
+    A lock whose holder is a dead process on this host is taken over (a run killed mid-commit);
+    a live holder is waited for (commits take seconds), up to `timeout_s`. Object stores have no
+    exclusive create here: their commits are not serialised (the journal still keeps them whole).
+
+    Raises:
+        PartitionBusyError: the lock stayed held for `timeout_s`; the message names its holder.
+    """
+    if not _is_local(root):
+        yield
+        return
+    path = Path(root, COMMITS, f"{_commit_name(partition)}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": dt.datetime.now(dt.UTC).isoformat()}
+    deadline, waiting = time.monotonic() + timeout_s, False
+    while True:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is None or _holder_is_dead(holder):
+                LOGGER.warning("taking over the stale commit lock %s (%s)", path, holder)
+                path.unlink(missing_ok=True)
+                continue
+            if time.monotonic() > deadline:
+                raise PartitionBusyError(
+                    f"{path} is held by pid {holder.get('pid')} on {holder.get('host')} since "
+                    f"{holder.get('since')}: another run is committing {_commit_name(partition)}; "
+                    "wait for it, or delete the lock file if that run is gone") from None
+            if not waiting:
+                LOGGER.info("waiting for %s (held by pid %s)", path, holder.get("pid"))
+                waiting = True
+            time.sleep(0.1)
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(me, handle)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> dict[str, Any] | None:
+    """The lock's holder; None for a lock that is unreadable and older than a second (its writer died
+    between create and write)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        try:
+            return None if time.time() - path.stat().st_mtime > 1 else {}
+        except FileNotFoundError:
+            return {}
+
+
+def _holder_is_dead(holder: dict[str, Any]) -> bool:
+    if not holder or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+def _journal_path(root: str, partition: Partition | None) -> str:
+    return FileSystems.join(root, COMMITS, f"{_commit_name(partition)}.json")
+
+
+def _apply(root: str, partition: Partition | None, journal: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Swap in every table the journal names (each step idempotent), then drop the journal."""
+    attempt, manifests = journal["attempt"], []
+    for table in journal["tables"]:
+        staged, final = staging_dir(root, table, partition, attempt), partition_dir(root, table, partition)
+        manifests.append(commit_partition(staged, final, attempt, table=table,
+                                          partition=_commit_name(partition), run_id=journal["run_id"]))
+    FileSystems.delete([_journal_path(root, partition)])
+    return manifests
+
+
+def recover(root: str, partition: Partition | None) -> list[dict[str, Any]]:
+    """Roll forward a commit of this partition that was killed after its journal; returns the
+    manifests it completed ([] when there was none). Callers hold `commit_lock`."""
+    path = _journal_path(root, partition)
+    if not FileSystems.exists(path):
+        return []
+    with FileSystems.open(path) as handle:
+        journal = json.loads(handle.read().decode("utf-8"))
+    LOGGER.warning("rolling forward the interrupted commit %s of run %s", journal["attempt"],
+                   journal["run_id"])
+    return _apply(root, partition, journal)
+
+
+def commit_tables(root: str, tables: list[str], partition: Partition | None, attempt: str,
+                  run_id: str | None = None) -> list[dict[str, Any]]:
+    """Commit the staged files of `attempt` as partition `partition` of every table, together.
+
+    Returns:
+        One manifest per table, in `tables` order.
+    """
+    with commit_lock(root, partition):
+        recover(root, partition)
+        journal = {"attempt": attempt, "run_id": run_id, "tables": tables,
+                   "partition": _commit_name(partition), "written_at": dt.datetime.now(dt.UTC).isoformat()}
+        _write_json_atomically(_journal_path(root, partition), journal)
+        manifests = _apply(root, partition, journal)
+    for table in tables:
+        discard_staging(root, table, partition, attempt)
+    return manifests
+
+
+def _write_json_atomically(path: str, value: dict[str, Any]) -> None:
+    """One step: a local file is written aside and renamed; an object write is atomic already."""
+    if not _is_local(path):
+        _write_json(path, value)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(f"{path}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+class CommitTablesFn(beam.DoFn):
+    """Commits the staged files of every table of one run once all are written (one element in);
+    outputs one manifest per table."""
+
+    def __init__(self, root: str, tables: list[str], partition: Partition | None, attempt: str,
                  run_id: str | None) -> None:
         self.root = root
-        self.table = table
+        self.tables = tables
         self.partition = partition
         self.attempt = attempt
         self.run_id = run_id
-        self.rows_committed = Metrics.counter("linnet", f"{table}_rows_committed")
+        self.rows_committed = {table: Metrics.counter("linnet", f"{table}_rows_committed")
+                               for table in tables}
 
-    def process(self, _written_files: list[str]) -> Iterator[dict[str, Any]]:
-        manifest = commit_partition(
-            staging_dir(self.root, self.table, self.partition, self.attempt),
-            partition_dir(self.root, self.table, self.partition), self.attempt,
-            table=self.table, partition=self.partition.name, run_id=self.run_id)
-        discard_staging(self.root, self.table, self.partition)
-        self.rows_committed.inc(manifest["rows"])
-        yield manifest
+    def process(self, _written: list[str]) -> Iterator[dict[str, Any]]:
+        for manifest in commit_tables(self.root, self.tables, self.partition, self.attempt, self.run_id):
+            self.rows_committed[manifest["table"]].inc(manifest["rows"])
+            yield manifest
 
 
-class WritePartition(beam.PTransform):
-    """Rows → one committed partition `ROOT/TABLE/<partition>/` of Parquet files in `schema`.
+class WritePartitions(beam.PTransform):
+    """`{table: rows}` → one partition of every table, committed together (`commit_tables`).
 
-    Outputs the partition's manifest (one dict) once it is committed, so later steps (the watermark,
-    a run summary) can wait on it.
+    Outputs the manifests (one per table) once committed, so later steps (the watermark, a run
+    summary) can wait on them.
 
     Args:
         root: the output folder (local or gs://).
-        table: table folder name; also the schema name unless `schema` is given.
-        partition: the partition this run replaces.
-        run_id: recorded in the manifest.
+        schemas: table folder name → schema name (`schemas/<name>.json`).
+        partition: the partition this run replaces; None replaces whole tables `ROOT/TABLE/`.
+        run_id: recorded in the manifests.
     """
 
-    def __init__(self, root: str, table: str, partition: Partition, run_id: str | None = None,
-                 schema: str | None = None) -> None:
+    def __init__(self, root: str, schemas: Mapping[str, str], partition: Partition | None,
+                 run_id: str | None = None) -> None:
         super().__init__()
         self.root = root
-        self.table = table
-        self.schema = schema or table
+        self.schemas = dict(schemas)
         self.partition = partition
         self.run_id = run_id
         self.attempt = new_attempt()
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        prefix = FileSystems.join(staging_dir(self.root, self.table, self.partition, self.attempt), "part")
-        return (
+    def expand(self, tables: Mapping[str, beam.PCollection]) -> beam.PCollection:
+        written = [
             rows
-            | "WriteStaged" >> WriteTable(prefix, self.schema)
-            | "AllFilesWritten" >> beam.combiners.ToList()
-            | "Commit" >> beam.ParDo(CommitPartitionFn(self.root, self.table, self.partition, self.attempt,
-                                                       self.run_id))
+            | f"WriteStaged[{table}]" >> WriteTable(
+                FileSystems.join(staging_dir(self.root, table, self.partition, self.attempt), "part"),
+                self.schemas[table])
+            | f"AllFilesWritten[{table}]" >> beam.combiners.ToList()
+            | f"Written[{table}]" >> beam.Map(lambda _files, table=table: table)
+            for table, rows in tables.items()]
+        return (
+            written
+            | "AllTablesStaged" >> beam.Flatten()
+            | "AllWritten" >> beam.combiners.ToList()
+            | "Commit" >> beam.ParDo(CommitTablesFn(self.root, list(tables), self.partition, self.attempt,
+                                                    self.run_id))
         )
+
+
+class WritePartition(WritePartitions):
+    """Rows → one committed partition `ROOT/TABLE/<partition>/` of Parquet files in `schema` (the
+    one-table case of `WritePartitions`); outputs the manifest.
+
+    Args:
+        table: table folder name; also the schema name unless `schema` is given.
+    """
+
+    def __init__(self, root: str, table: str, partition: Partition, run_id: str | None = None,
+                 schema: str | None = None) -> None:
+        super().__init__(root, {table: schema or table}, partition, run_id)
+        self.table = table
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return super().expand({self.table: rows})

@@ -6,18 +6,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 
 from linnet_core.encoders.prepare import prepare_models
 from pipelines import defaults
+from pipelines.usage import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Prepare both encoders under `--models_dir` and print the manifest; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="linnet prepare-models", description=__doc__)
+    parser = ArgumentParser(prog="linnet prepare-models", description=__doc__)
     parser.add_argument("--models_dir", default=str(defaults.MODELS),
                         help="where the prepared models go (default: $LINNET_CACHE/models)")
     parser.add_argument("--force", action="store_true", help="rebuild even when the models are present")

@@ -7,7 +7,6 @@ scheduler would run it; finished stages are reused (delete `out/` or pass `--fre
 
 from __future__ import annotations
 
-import argparse
 import logging
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 from pipelines import defaults
+from pipelines.usage import ArgumentParser
 
 LOGGER = logging.getLogger(__name__)
 HELD_OUT_SPLIT = "validation"
@@ -48,7 +48,7 @@ def held_out_products(products_dir: Path, training_data: Path, output: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linnet run-local", description=__doc__)
+    parser = ArgumentParser(prog="linnet run-local", description=__doc__)
     parser.add_argument("--input", default=defaults.PRODUCTS_JSONL, help="labelled products (JSONL)")
     parser.add_argument("--output", default=str(defaults.OUTPUT), help="where every stage writes")
     parser.add_argument("--sample", type=int, default=0,

@@ -29,12 +29,21 @@ from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import load_thresholds
 from pipelines import defaults
-from pipelines.embed import IMAGE_STATUSES, EmbedProducts, local_models_dir, read_uri, without_vectors
+from pipelines.bigquery import BigQueryOptions
+from pipelines.embed import (
+    IMAGE_STATUSES,
+    EmbeddingOptions,
+    EmbedProducts,
+    local_models_dir,
+    read_uri,
+    without_vectors,
+)
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
-from pipelines.options import OutputOptions, ProductInputOptions, require
+from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
-from pipelines.sources import product_source, table_sink
+from pipelines.sources import product_source, table_sinks
 from pipelines.store_context import STORE_CONTEXT, StoreContext
+from pipelines.usage import UsageError
 from pipelines.watermark import AdvanceWatermark
 
 LOGGER = logging.getLogger(__name__)
@@ -180,12 +189,12 @@ def code_version() -> str:
 
 
 def build(products: dict[str, beam.PCollection], embed: beam.PTransform, context: StoreContext,
-          categorize: Categorize, write: dict[str, beam.PTransform], run_id: str
-          ) -> dict[str, beam.PCollection]:
+          categorize: Categorize, write: beam.PTransform, run_id: str) -> beam.PCollection:
     """The scoring graph: validated products → deduplicate → embed → store context → categorize → write.
 
-    `products` is the tagged output of a read (`products`, `dead_letter`); `write` maps `rows` and
-    `dead_letter` to the sinks. Returns the sinks' outputs (partition manifests).
+    `products` is the tagged output of a read (`products`, `dead_letter`); `write` takes
+    `{categorized: rows, dead_letters: rows}` and commits both (`sources.table_sinks`). Returns its
+    output (the partition manifests).
     """
     unique = products[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
     embedded = unique[PRODUCTS] | "EmbedProducts" >> embed
@@ -194,10 +203,7 @@ def build(products: dict[str, beam.PCollection], embed: beam.PTransform, context
     dead = ((products[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], in_store[DEAD_LETTER],
              categorized[DEAD_LETTER])
             | "MergeDeadLetters" >> beam.Flatten())
-    return {
-        "rows": categorized["rows"] | "WriteCategories" >> write["rows"],
-        DEAD_LETTER: dead | "WriteDeadLetters" >> write[DEAD_LETTER],
-    }
+    return {CATEGORIZED: categorized["rows"], DEAD_LETTERS: dead} | "WriteTables" >> write
 
 
 def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
@@ -239,7 +245,7 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     inputs, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(flags, "model")
     if not (outputs.output or outputs.output_dataset):
-        raise ValueError("give --output (files) or --output_dataset (BigQuery)")
+        raise UsageError("give --output (files) or --output_dataset (BigQuery)")
     try:
         info = json.loads(read_uri(FileSystems.join(flags.model, MODEL_JSON)))
     except FileNotFoundError:
@@ -257,22 +263,21 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
                "code_version": code_version(), "run_id": run_id, "scored_at": dt.datetime.now(dt.UTC)}
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
-    products = pipeline | "ReadProducts" >> product_source(options, day)
+    products = pipeline | "ReadProducts" >> product_source(options, day, run_id, optional_labels=True)
     categorize = Categorize(flags.model, inputs.taxonomy, flags.shopify_taxonomy or None, lineage,
                             flags.decoding, levels, flags.max_batch_size)
     context = StoreContext(flags.model, int(info["store_context_width"]), run_id, flags.store_context,
                            {key: info[key] for key in ("model_version", "thresholds_version")},
                            flags.max_batch_size)
-    write = {"rows": table_sink(options, CATEGORIZED, "categorized", partition, run_id),
-             DEAD_LETTER: table_sink(options, DEAD_LETTERS, "dead_letters", partition, run_id)}
+    write = table_sinks(options, {CATEGORIZED: "categorized", DEAD_LETTERS: "dead_letters"}, partition,
+                        run_id)
     manifests = build(products, EmbedProducts.from_options(options, run_id), context, categorize, write,
                       run_id)
     if watermark:
         day = partition.day
         if day is None:
             raise ValueError("--watermark needs a date partition")
-        _ = ((manifests["rows"], manifests[DEAD_LETTER]) | "Committed" >> beam.Flatten()
-             | "AdvanceWatermark" >> AdvanceWatermark(watermark, day, run_id))
+        _ = manifests | "AdvanceWatermark" >> AdvanceWatermark(watermark, day, run_id)
     return pipeline
 
 
@@ -288,7 +293,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         RuntimeError: rows in ≠ rows out + dead letters (nothing may be lost).
         ValueError: missing flags, or a taxonomy that is not the model's.
     """
-    options = PipelineOptions(argv)
+    options = pipeline_options(argv, "linnet score", ProductInputOptions, OutputOptions, ScoreOptions,
+                               EmbeddingOptions, BigQueryOptions, description=__doc__)
     flags, outputs = options.view_as(ScoreOptions), options.view_as(OutputOptions)
     run_id = outputs.run_id or new_attempt()
     partition = Partition.parse(flags.partition or dt.datetime.now(dt.UTC).date().isoformat())

@@ -12,10 +12,10 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery, WriteBigQueryPartition
+from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery, WriteBigQueryPartitions
 from pipelines.io import ReadProducts
 from pipelines.options import OutputOptions, ProductInputOptions
-from pipelines.partitions import Partition, WritePartition
+from pipelines.partitions import Partition, WritePartitions
 
 
 def default_image_root(file_pattern: str) -> str:
@@ -24,21 +24,29 @@ def default_image_root(file_pattern: str) -> str:
     return str(Path(first).parent) if "://" in first else str(Path(first).parent.resolve())
 
 
-def product_source(options: PipelineOptions, day: dt.date | None = None) -> beam.PTransform:
+def product_source(options: PipelineOptions, day: dt.date | None = None, run_id: str | None = None,
+                   optional_labels: bool = False) -> beam.PTransform:
     """`ReadProducts` over `--input` files, or BigQuery when `--input_table` or `--query` is given.
 
-    With `day`, only products whose `updated_at` falls on that day (UTC) are read.
+    With `day`, only products whose `updated_at` falls on that day (UTC) are read; `run_id` and
+    `optional_labels` are `ReadProducts`'.
     """
     flags = options.view_as(ProductInputOptions)
     if flags.input_table or flags.query:
         return ReadProductsFromBigQuery(BigQueryConnection.from_options(options), table=flags.input_table,
-                                        query=flags.query, day=day, image_root=flags.image_root)
-    return ReadProducts(flags.input, flags.image_root or default_image_root(flags.input), day=day)
+                                        query=flags.query, day=day, image_root=flags.image_root,
+                                        run_id=run_id, optional_labels=optional_labels)
+    return ReadProducts(flags.input, flags.image_root or default_image_root(flags.input), day=day,
+                        run_id=run_id, optional_labels=optional_labels)
 
 
-def table_sink(options: PipelineOptions, table: str, schema: str, partition: Partition,
-               run_id: str) -> beam.PTransform:
-    """The partition writer of one table: `--output` files, or `--output_dataset` BigQuery tables.
+def table_sinks(options: PipelineOptions, schemas: dict[str, str], partition: Partition,
+                run_id: str) -> beam.PTransform:
+    """The writer of one partition of several tables (`{table: rows}` in, one manifest per table out):
+    `--output` files, every table committed together, or `--output_dataset` BigQuery tables.
+
+    Args:
+        schemas: table name → its `schemas/` schema name.
 
     Raises:
         ValueError: BigQuery output with a run partition (BigQuery tables are partitioned by day) or
@@ -51,6 +59,6 @@ def table_sink(options: PipelineOptions, table: str, schema: str, partition: Par
         temp = options.view_as(GoogleCloudOptions).temp_location or flags.output
         if not temp:
             raise ValueError("BigQuery output needs --temp_location (or --output) for staged files")
-        return WriteBigQueryPartition(BigQueryConnection.from_options(options),
-                                      f"{flags.output_dataset}.{table}", schema, partition.day, temp, run_id)
-    return WritePartition(flags.output, table, partition, run_id, schema=schema)
+        return WriteBigQueryPartitions(BigQueryConnection.from_options(options), flags.output_dataset,
+                                       schemas, partition.day, temp, run_id)
+    return WritePartitions(flags.output, schemas, partition, run_id)

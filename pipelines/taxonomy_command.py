@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from pipelines import defaults
+from pipelines.usage import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linnet taxonomy", description=__doc__)
+    parser = ArgumentParser(prog="linnet taxonomy", description=__doc__)
     parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
     parser.add_argument("--locale", help="locale such as de-DE for localized names (en-US fallback)")
     parser.add_argument("--node", help="describe this node id")

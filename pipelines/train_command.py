@@ -5,7 +5,6 @@ Under a TF_CONFIG cluster every worker runs this same command; the chief writes 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -14,10 +13,11 @@ from linnet_core.model.data import DataError
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import ThresholdsError, load_thresholds
 from pipelines import defaults
+from pipelines.usage import ArgumentParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linnet train", description=__doc__)
+    parser = ArgumentParser(prog="linnet train", description=__doc__)
     parser.add_argument("--data", required=True, help="training-data directory (build-training-data)")
     parser.add_argument("--config", help="model config JSON (default: linnet_core/config/model.json)")
     parser.add_argument("--output", required=True, help="model directory to write")

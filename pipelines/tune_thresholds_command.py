@@ -23,12 +23,13 @@ from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import DELTA, ThresholdsError, load_floors
 from linnet_core.training_data import DEFAULT_FOLDS
 from pipelines import defaults
+from pipelines.usage import ArgumentParser
 
 DEFAULT_SENSITIVE = str(defaults.PROJECT_ROOT / "config" / "sensitive_categories.json")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linnet tune-thresholds", description=__doc__,
+    parser = ArgumentParser(prog="linnet tune-thresholds", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model directory (re-exported in place)")
     parser.add_argument("--data", "--training-data", dest="data", required=True,

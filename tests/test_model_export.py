@@ -318,3 +318,33 @@ def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
                      "--target-precision", "0.5", "--sensitive", "none"]) == 0
     report = json.loads((model_dir / "thresholds_report.json").read_text())
     assert report["calibration"] == {"folds": None, "store_cap": 150, "products": 300, "stores": 7}
+
+
+def test_train_publishes_the_model_whole_and_a_failure_keeps_the_old_one(trained, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """Reproduction 7: `train` wrote model.json before the SavedModel export finished, and score and
+    run-local take model.json as "model complete"."""
+    from linnet_core.model import train as train_module
+
+    model_dir, data = trained
+    output = tmp_path / "model"
+    shutil.copytree(model_dir, output)
+    before = read_model_json(output)["model_version"]
+    (tmp_path / "config.json").write_text(json.dumps({**SMALL_CONFIG, "epochs": 1}))
+    argv = ["train", "--data", str(data), "--config", str(tmp_path / "config.json"), "--output", str(output)]
+    real_export, visible = train_module.export_inference_model, []
+
+    def export_then_die(directory: Path, *args, **kwargs) -> Path:
+        visible.append(read_model_json(output)["model_version"])
+        real_export(directory, *args, **kwargs)
+        raise RuntimeError("killed after the export")
+
+    monkeypatch.setattr(train_module, "export_inference_model", export_then_die)
+    assert cli.main(argv) == 1
+    assert visible == [before], "while the new model was exported, model.json still named the old one"
+    assert read_model_json(output)["model_version"] == before and (output / "saved_model").is_dir()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "model"], "no half-written dir"
+    monkeypatch.undo()
+    assert cli.main(argv) == 0
+    assert read_model_json(output)["model_version"] != before
+    assert (output / "saved_model" / "saved_model.pb").exists()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -46,7 +51,7 @@ def test_partition_names_parse_and_reject_unsafe_values():
     assert Partition.parse("date=2026-11-24").day == dt.date(2026, 11, 24)
     assert Partition.parse("nightly-42").name == "run=nightly-42"
     assert Partition.parse("run=abc").day is None
-    for bad in ("date=2026-02-30", "run=../etc", "run=a/b", "shard=1"):
+    for bad in ("date=2026-02-30", "2025-02-30", "2026-13-01", "run=../etc", "run=a/b", "shard=1"):
         with pytest.raises(ValueError):
             Partition.parse(bad)
 
@@ -82,6 +87,11 @@ def test_failed_rerun_keeps_the_committed_partition_whole(tmp_path: Path):
     assert visible_ids(tmp_path) == ["a", "b"]
     write(tmp_path, [product("c")])
     assert visible_ids(tmp_path) == ["c"]
+    # The failed attempt's staged files stay while they could be a live concurrent run's ...
+    [left] = (tmp_path / "products" / "_staging").iterdir()
+    # ... and go with the next commit once they are older than any run.
+    left.rename(left.with_name(f"{DAY.name}.20000101T000000-deadbeef"))
+    write(tmp_path, [product("d")])
     assert list((tmp_path / "products" / "_staging").iterdir()) == []
 
 
@@ -137,3 +147,70 @@ def test_a_retried_commit_of_the_same_attempt_changes_nothing(tmp_path: Path):
     assert not Path(staged).exists()
     assert partitions.commit_partition(staged, final, "att1") == first
     assert [Path(path).name for path in partitions.committed_files(final)] == ["part-0.parquet"]
+
+
+WRITER = Path(__file__).with_name("partition_writer.py")
+
+
+def start_writer(root: Path, run_id: str, ids: list[str], die_at: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(WRITER.parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(WRITER), str(root), run_id, ",".join(ids),
+                             *([die_at] if die_at else [])], env=env, stderr=subprocess.PIPE, text=True)
+
+
+def run_writer(root: Path, run_id: str, ids: list[str], die_at: str | None = None) -> int:
+    process = start_writer(root, run_id, ids, die_at)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
+    return process.returncode
+
+
+def table_state(root: Path, table: str) -> tuple[str | None, list[str]]:
+    """(run_id of the committed partition, the product ids a dataset reader sees)."""
+    manifest = partitions.read_manifest(str(root / table / DAY.name))
+    ids = ds.dataset(root / table, format="parquet", partitioning="hive").to_table().column("product_id")
+    return (manifest or {}).get("run_id"), sorted(ids.to_pylist())
+
+
+def test_tables_of_a_run_commit_together_even_when_killed(tmp_path: Path):
+    """Reproduction 6: a SIGKILL between the table commits left one table new and the other old."""
+    assert run_writer(tmp_path, "run-1", ["a", "b"]) == 0
+    assert run_writer(tmp_path, "run-2", ["c", "d", "e"], die_at="after_first_table") == -signal.SIGKILL
+    journal = tmp_path / partitions.COMMITS / f"{DAY.name}.json"
+    assert json.loads(journal.read_text())["run_id"] == "run-2", "the commit point was passed"
+    # The next commit of the partition first rolls run-2 forward; this one then dies before its own
+    # commit point (and leaves its lock behind): both tables are run-2's, whole.
+    assert run_writer(tmp_path, "run-3", ["f"], die_at="before_journal") == -signal.SIGKILL
+    assert table_state(tmp_path, "products") == table_state(tmp_path, "dead_letters") == (
+        "run-2", ["c", "d", "e"])
+    assert not journal.exists()
+    # A dead run's lock is taken over, not waited on.
+    assert run_writer(tmp_path, "run-4", ["g", "h"]) == 0
+    assert table_state(tmp_path, "products") == table_state(tmp_path, "dead_letters") == ("run-4", ["g", "h"])
+
+
+def test_recover_completes_an_interrupted_commit(tmp_path: Path):
+    run_writer(tmp_path, "run-1", ["a"])
+    run_writer(tmp_path, "run-2", ["b", "c"], die_at="after_first_table")
+    with partitions.commit_lock(str(tmp_path), DAY):
+        manifests = partitions.recover(str(tmp_path), DAY)
+    assert [(m["table"], m["run_id"], m["rows"]) for m in manifests] == [
+        ("products", "run-2", 2), ("dead_letters", "run-2", 2)]
+    assert table_state(tmp_path, "products") == table_state(tmp_path, "dead_letters") == ("run-2", ["b", "c"])
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_concurrent_runs_on_one_partition_leave_one_whole_run(tmp_path: Path, trial: int):
+    """Reproduction 3: two runs on one partition deleted each other's staged files; both tables
+    were once committed empty."""
+    runs = {"run-a": [f"a{i}" for i in range(30)], "run-b": [f"b{i}" for i in range(20)]}
+    writers = [start_writer(tmp_path, run_id, ids) for run_id, ids in runs.items()]
+    for writer in writers:
+        _, stderr = writer.communicate(timeout=300)
+        assert writer.returncode == 0, stderr[-3000:]
+    run_id, ids = table_state(tmp_path, "products")
+    assert ids == sorted(runs[run_id]), "the last commit wins, whole"
+    assert table_state(tmp_path, "dead_letters") == (run_id, ids)
+    assert list((tmp_path / "products" / "_staging").iterdir()) == []
+    assert not (tmp_path / partitions.COMMITS / f"{DAY.name}.lock").exists()

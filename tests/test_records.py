@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 
+import pyarrow as pa
 import pytest
 
+import schemas
 from linnet_core.features import product_text, title_text
-from linnet_core.records import MAX_CHARS, Reason, RecordError, dead_letter, normalize
+from linnet_core.records import MAX_CHARS, Reason, RecordError, dead_letter, normalize, validate
+from pipelines.io import to_row
 
 
 def test_normalizes_fields() -> None:
@@ -80,3 +84,77 @@ def test_core_does_not_import_beam() -> None:
     code = ("import sys, linnet_core.taxonomy, linnet_core.shopify, linnet_core.records, "
             "linnet_core.features; sys.exit('apache_beam' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def _writable(row: dict, table: str) -> None:
+    """Raises unless `row` converts to the Arrow schema of `table` (what the Parquet writer needs)."""
+    pa.Table.from_pylist([to_row(row, table)], schema=schemas.arrow_schema(table))
+
+
+def test_lone_surrogate_escapes_become_writable_text() -> None:
+    """Reproduction 1: `"A\\ud800B"` in a title or a product_id crashed import and score."""
+    for line in (rb'{"product_id": "p1", "title": "A\ud800B"}', rb'{"product_id": "p\udfff1", "title": "t"}'):
+        record, dead = validate(line)
+        assert dead is None and "\ufffd" not in record["title"]
+        _writable(record, "products")
+    assert validate(rb'{"product_id": "p1", "title": "A\ud800B"}')[0]["title"] == "A?B"
+    record, dead = validate(rb'{"product_id": "p\ud800", "updated_at": "x"}')
+    assert record is None and dead["product_id"] == "p?" and dead["reason"] == "bad_updated_at"
+    _writable(dead, "dead_letters")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 10**20, 2**63, 3237.7, 1.5,
+                                   True, -5, 0, "12a", "\u0663", "1_000", [4434], {"id": 1}])
+def test_a_label_that_is_no_whole_gpt_id_is_rejected(value: object) -> None:
+    """Reproduction 2: Infinity and 1e20 crashed runs, 3237.7 was truncated to another category."""
+    with pytest.raises(RecordError) as caught:
+        normalize({"product_id": "p", "title": "t", "gpt_id": value})
+    assert caught.value.reason is Reason.UNKNOWN_LABEL
+
+
+@pytest.mark.parametrize(("value", "expected"), [(4434, 4434), (4434.0, 4434), (" 4434 ", 4434), ("", None)])
+def test_whole_label_ids_are_kept(value: object, expected: int | None) -> None:
+    assert normalize({"product_id": "p", "title": "t", "gpt_id": value})["gpt_id"] == expected
+
+
+def test_json_infinity_label_is_a_dead_letter_not_a_crash() -> None:
+    record, dead = validate(b'{"product_id": "p1", "title": "t", "gpt_id": Infinity}')
+    assert record is None and dead["reason"] == "unknown_label_id" and dead["product_id"] == "p1"
+    _writable(dead, "dead_letters")
+
+
+def test_optional_labels_drop_a_bad_label_and_keep_the_product() -> None:
+    """Reproduction 9: score dead-lettered a product whose (optional) label was bad."""
+    raw = {"product_id": "p", "title": "t", "gpt_id": 3237.7, "gpt_path": "A > B"}
+    record = normalize(raw, optional_labels=True)
+    assert (record["title"], record["gpt_id"], record["gpt_path"]) == ("t", None, None)
+    assert validate(raw, optional_labels=True)[1] is None
+    assert validate(raw)[1]["reason"] == "unknown_label_id"
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    ({"product_id": "p", "title": "t", "tags": 5}, "tags"),
+    ({"product_id": "p", "title": {"en": "t"}}, "title"),
+    ({"product_id": ["p"], "title": "t"}, "product_id"),
+    ({"product_id": "p", "title": "t", "options": [{"name": "Size"}]}, "options[]"),
+    ({"product_id": "p", "title": "t", "vendor": float("nan")}, "vendor"),
+])
+def test_bad_field_type_names_the_field(raw: dict, field: str) -> None:
+    """Reproduction 9: `bad_field_type` did not say which field."""
+    with pytest.raises(RecordError, match=f"field '{re.escape(field)}'") as caught:
+        normalize(raw)
+    assert caught.value.reason is Reason.BAD_FIELD_TYPE
+
+
+@pytest.mark.parametrize("line", [b"[" * 100_000, b'{"a": ' * 50_000, b"1" * 5_000, b"\xff\xfe{", b"{}}"])
+def test_any_unparseable_line_is_an_invalid_json_dead_letter(line: bytes) -> None:
+    record, dead = validate(line, run_id="r1")
+    assert record is None
+    assert (dead["stage"], dead["reason"], dead["run_id"]) == ("read", "invalid_json", "r1")
+    _writable(dead, "dead_letters")
+
+
+def test_dead_letters_carry_the_run_id() -> None:
+    """Reproduction 9: dead letters of the read and validate stages had run_id null."""
+    assert validate(b"{broken", run_id="r7")[1]["run_id"] == "r7"
+    assert validate({"title": "no id"}, run_id="r7")[1]["run_id"] == "r7"

@@ -13,25 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from synthetic_training_data import write_training_data
 
 from linnet_core.features import IMAGE_DIM, TEXT_DIM
 from linnet_core.taxonomy import Taxonomy
-from pipelines import cli, defaults, score
+from pipelines import defaults, score
 from pipelines.io import DEAD_LETTER, PRODUCTS
 
-SMALL_CONFIG = {"shared_units": [32], "level_units": [16], "epochs": 1, "batch_size": 64}
 PHOTO = next((defaults.SHARED_DATA / "products" / "images").glob("*.jpg"))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, gpt: Taxonomy) -> Path:
-    root = tmp_path_factory.mktemp("score_model")
-    write_training_data(root / "data", gpt, sizes={"train": 200, "validation": 50})
-    (root / "config.json").write_text(json.dumps(SMALL_CONFIG))
-    assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model")]) == 0
-    return root / "model"
 
 
 def _faulty_inputs(folder: Path) -> str:

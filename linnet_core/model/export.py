@@ -18,6 +18,7 @@ from linnet_core.model import MODEL_JSON
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.inference_model import InferenceModel
 from linnet_core.model.training_model import build_training_model
+from linnet_core.publish import replace_dir
 from linnet_core.store_context import ContextLayout
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
@@ -88,9 +89,7 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
     staging = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=model_dir))
     try:
         module.save(str(staging))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        replace_dir(staging, target)  # by renames: model.json never sees saved_model/ missing
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     save_thresholds(thresholds, model_dir / THRESHOLDS_JSON)

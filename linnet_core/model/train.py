@@ -41,6 +41,7 @@ from linnet_core.model.export import (
     write_model_json,
 )
 from linnet_core.model.training_model import build_training_model, compile_training_model
+from linnet_core.publish import written_whole
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, default_thresholds, save_thresholds
 from linnet_core.training_data import CLASS_WEIGHTS, SPLITS, VALIDATION
@@ -179,11 +180,14 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
     curves = report.curves(history.history, taxonomy.max_depth)
     if cluster.is_chief:
         weights = network.get_weights()
-        _write_model_dir(Path(output_dir), weights, config, taxonomy, thresholds or default_thresholds(),
-                         curves, {"train_examples": n_train, "validation_examples": n_validation,
-                                  "workers": cluster.num_workers, "train_seconds": round(seconds, 1),
-                                  "data_dir": str(data_dir), "splits": list(splits),
-                                  "held_out_splits": list(holdout)})
+        # Written aside and renamed into place: model.json never names a model whose SavedModel is
+        # half-written, and a failed run keeps the previous model.
+        with written_whole(Path(output_dir)) as staging:
+            _write_model_dir(staging, weights, config, taxonomy, thresholds or default_thresholds(),
+                             curves, {"train_examples": n_train, "validation_examples": n_validation,
+                                      "workers": cluster.num_workers, "train_seconds": round(seconds, 1),
+                                      "data_dir": str(data_dir), "splits": list(splits),
+                                      "held_out_splits": list(holdout)})
     return curves
 
 

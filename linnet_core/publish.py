@@ -1,0 +1,41 @@
+"""Replacing an output folder whole: written aside, then renamed into place.
+
+Readers (and `linnet run-local`, which takes `model.json` or `stats.json` as "stage done") see the
+old folder or the new one, never a half-written one; a failed write leaves the old folder as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def partial_dir(output: Path) -> Path:
+    """A fresh hidden folder name beside `output` to write the new content into."""
+    return output.with_name(f".{output.name}.partial-{uuid.uuid4().hex[:8]}")
+
+
+def replace_dir(staging: Path, output: Path) -> None:
+    """Replaces `output` with the finished `staging` folder by renames, so no reader sees half."""
+    previous = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+    if output.exists():
+        output.rename(previous)
+    staging.rename(output)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def written_whole(output: Path) -> Iterator[Path]:
+    """Yields a folder to write `output`'s new content into; it becomes `output` when the block
+    ends, and is deleted instead when the block raises."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = partial_dir(output)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_dir(staging, output)
