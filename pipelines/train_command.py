@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="model directory to write")
     parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
     parser.add_argument("--thresholds", help="thresholds.json to bake in (default: 0.5 per level)")
+    parser.add_argument("--shopify_taxonomy", "--shopify-taxonomy", dest="shopify_taxonomy",
+                        default=defaults.SHOPIFY_TAXONOMY,
+                        help="Shopify taxonomy folder whose GPT mapping the model keeps ('none': no mapping)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -32,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         taxonomy = Taxonomy.load(args.taxonomy)
         thresholds = load_thresholds(args.thresholds) if args.thresholds else None
-        train(args.data, args.output, config, taxonomy, thresholds, cluster)
+        shopify = None if args.shopify_taxonomy == "none" else args.shopify_taxonomy
+        train(args.data, args.output, config, taxonomy, thresholds, cluster, shopify)
     except (ConfigError, DataError, TaxonomyError, ThresholdsError, OSError) as error:
         print(f"linnet train: {error}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ import pytest
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from apache_beam.portability.api import beam_runner_api_pb2
+from model_dirs import write_stand_in_model
 
 from pipelines import backfill
 from pipelines import bigquery as bq
@@ -110,21 +111,28 @@ def test_graph_has_the_stable_labels(dry_run):
         assert label in labels
 
 
-def test_model_is_staged_once_with_its_manifest_last(tmp_path: Path):
+def test_model_is_staged_per_content_version_with_its_manifest_last(tmp_path: Path):
     model = tmp_path / "model"
-    (model / "saved_model" / "variables").mkdir(parents=True)
-    (model / "saved_model" / "saved_model.pb").write_bytes(b"graph")
-    (model / "saved_model" / "variables" / "variables.index").write_bytes(b"index")
-    (model / "model.json").write_text(json.dumps({"model_version": "m-123"}))
+    version = write_stand_in_model(model)
     bucket = tmp_path / "bucket"
 
     uri = stage_model(str(model), str(bucket))
-    assert uri == str(bucket / "models" / "m-123")
+    assert uri == str(bucket / "models" / version)
     staged = sorted(str(path.relative_to(uri)) for path in Path(uri).rglob("*") if path.is_file())
-    assert staged == ["model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index"]
-    (model / "saved_model" / "saved_model.pb").write_bytes(b"changed")
+    assert staged == ["model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index",
+                      "thresholds.json", "training_model.weights.h5"]
     assert stage_model(str(model), str(bucket)) == uri
-    assert (Path(uri) / "saved_model" / "saved_model.pb").read_bytes() == b"graph"
+    # Thresholds changed without a re-export: the folder no longer is the version model.json names.
+    thresholds = json.loads((model / "thresholds.json").read_text())
+    (model / "thresholds.json").write_text(json.dumps({**thresholds, "levels": [0.6] * 7}))
+    with pytest.raises(ValueError, match="re-export"):
+        stage_model(str(model), str(bucket))
+    # A re-export (what a retune does) names new content: it is staged beside the old version.
+    retuned = write_stand_in_model(model, level_threshold=0.6)
+    assert retuned != version
+    assert stage_model(str(model), str(bucket)) == str(bucket / "models" / retuned)
+    assert (bucket / "models" / retuned / "saved_model" / "saved_model.pb").read_bytes() == b"graph 0.6"
+    assert (Path(uri) / "saved_model" / "saved_model.pb").read_bytes() == b"graph 0.5"
     with pytest.raises(FileNotFoundError, match="model.json"):
         stage_model(str(tmp_path / "bucket"), str(bucket))
 
