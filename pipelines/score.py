@@ -17,12 +17,12 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from linnet_core import __version__
 from linnet_core.categorization import DECISIONS, Lineage, categorized_row
 from linnet_core.features import MODEL_INPUTS
-from linnet_core.model import MODEL_JSON
+from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY, THRESHOLDS_JSON
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
@@ -30,8 +30,9 @@ from linnet_core.thresholds import load_thresholds
 from pipelines import defaults
 from pipelines.embed import IMAGE_STATUSES, EmbedProducts, local_models_dir, read_uri, without_vectors
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
-from pipelines.options import OutputOptions, ProductInputOptions, require
+from pipelines.options import OutputOptions, require
 from pipelines.partitions import Partition, new_attempt
+from pipelines.progress import beam_counters
 from pipelines.sources import product_source, table_sink
 from pipelines.watermark import AdvanceWatermark
 
@@ -58,8 +59,6 @@ class ScoreOptions(PipelineOptions):
                             default=256, help="upper cap on the model's batch size")
         parser.add_argument("--watermark", default=None,
                             help="advance this watermark file to the partition's day after the commit")
-        parser.add_argument("--shopify_taxonomy", "--shopify-taxonomy", dest="shopify_taxonomy",
-                            default=defaults.SHOPIFY_TAXONOMY, help="Shopify taxonomy folder")
 
 
 class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
@@ -77,9 +76,11 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
         self.max_batch_size = max_batch_size
 
     def load_model(self) -> Any:
-        from linnet_core.model.predictor import Predictor  # TensorFlow loads on workers only
+        from linnet_core.model.export import SAVED_MODEL  # TensorFlow loads on workers only
+        from linnet_core.model.predictor import Predictor
 
-        return Predictor(local_models_dir(self.model_dir), batch_size=self.max_batch_size)
+        local = local_models_dir(self.model_dir, only=(SAVED_MODEL, MODEL_JSON, THRESHOLDS_JSON))
+        return Predictor(local, batch_size=self.max_batch_size)
 
     def run_inference(self, batch: Sequence[dict], model: Any,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
@@ -98,17 +99,22 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
 
 
 class ToCategorizedRowFn(beam.DoFn):
-    """A prediction → a categorized row with lineage (`linnet_core.categorization`)."""
+    """A prediction → a categorized row with lineage (`linnet_core.categorization`).
 
-    def __init__(self, taxonomy_file: str, shopify_dir: str | None, lineage: dict[str, Any]) -> None:
-        self.taxonomy_file = taxonomy_file
-        self.shopify_dir = shopify_dir
+    The taxonomy and the Shopify mapping come from the model directory (local or gs://), which is all
+    a worker is given.
+    """
+
+    def __init__(self, model_dir: str, lineage: dict[str, Any]) -> None:
+        self.model_dir = model_dir
         self.lineage = lineage
         self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in DECISIONS}
 
     def setup(self) -> None:
-        self.taxonomy = Taxonomy.load(self.taxonomy_file)
-        self.shopify = ShopifyMapping.load(self.shopify_dir, self.taxonomy) if self.shopify_dir else None
+        local = Path(local_models_dir(self.model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
+        self.taxonomy = Taxonomy.load(local / TAXONOMY_COPY)
+        shopify = local / SHOPIFY_COPY
+        self.shopify = ShopifyMapping.load(shopify, self.taxonomy) if shopify.is_dir() else None
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[dict[str, Any]]:
         _, result = element
@@ -139,13 +145,12 @@ class Categorize(beam.PTransform):
         lineage: taxonomy_version, thresholds_version, code_version, run_id, scored_at for every row.
     """
 
-    def __init__(self, model_dir: str, taxonomy_file: str, shopify_dir: str | None, lineage: dict[str, Any],
-                 decoding: str | None = None, thresholds: Sequence[float] | None = None,
-                 max_batch_size: int = 256) -> None:
+    def __init__(self, model_dir: str, lineage: dict[str, Any], decoding: str | None = None,
+                 thresholds: Sequence[float] | None = None, max_batch_size: int = 256) -> None:
         super().__init__()
         self.handler = KeyedModelHandler(CategorizerModelHandler(model_dir, decoding, thresholds,
                                                                  max_batch_size))
-        self.row_fn = ToCategorizedRowFn(taxonomy_file, shopify_dir, lineage)
+        self.row_fn = ToCategorizedRowFn(model_dir, lineage)
 
     def expand(self, embedded: beam.PCollection) -> dict[str, beam.PCollection]:
         predictions, failures = (
@@ -208,6 +213,7 @@ def run_summary(result: beam.runners.runner.PipelineResult, run_id: str, partiti
         "images": {name: _counter(result, f"image_{name}") for name in IMAGE_STATUSES},
     }
     summary["balanced"] = summary["rows_in"] == summary["rows_out"] + summary["dead_letters"]
+    summary["counters"] = beam_counters(result)
     return summary
 
 
@@ -223,8 +229,7 @@ def _write_summary(output: str | None, summary: dict) -> None:
 
 def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, watermark: str | None,
                   only_updated_on_day: bool, test_pipeline: beam.Pipeline | None) -> beam.Pipeline:
-    flags = options.view_as(ScoreOptions)
-    inputs, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
+    flags, outputs = options.view_as(ScoreOptions), options.view_as(OutputOptions)
     require(flags, "model")
     if not (outputs.output or outputs.output_dataset):
         raise ValueError("give --output (files) or --output_dataset (BigQuery)")
@@ -232,22 +237,16 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
         info = json.loads(read_uri(FileSystems.join(flags.model, MODEL_JSON)))
     except FileNotFoundError:
         raise ValueError(f"--model {flags.model} is not a model directory: it has no {MODEL_JSON}") from None
-    taxonomy = Taxonomy.load(inputs.taxonomy)
-    if taxonomy.fingerprint != info["taxonomy_fingerprint"]:
-        raise ValueError(f"taxonomy {inputs.taxonomy} (version {taxonomy.version}, fingerprint "
-                         f"{taxonomy.fingerprint}) is not the model's ({info['taxonomy_version']}, "
-                         f"{info['taxonomy_fingerprint']})")
     levels, thresholds_version = None, info["thresholds_version"]
     if flags.thresholds:
         chosen = load_thresholds(flags.thresholds)
         levels, thresholds_version = list(chosen.levels), chosen.version
-    lineage = {"taxonomy_version": taxonomy.version, "thresholds_version": thresholds_version,
+    lineage = {"taxonomy_version": info["taxonomy_version"], "thresholds_version": thresholds_version,
                "code_version": code_version(), "run_id": run_id, "scored_at": dt.datetime.now(dt.UTC)}
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
     products = pipeline | "ReadProducts" >> product_source(options, day)
-    categorize = Categorize(flags.model, inputs.taxonomy, flags.shopify_taxonomy or None, lineage,
-                            flags.decoding, levels, flags.max_batch_size)
+    categorize = Categorize(flags.model, lineage, flags.decoding, levels, flags.max_batch_size)
     write = {"rows": table_sink(options, CATEGORIZED, "categorized", partition, run_id),
              DEAD_LETTER: table_sink(options, DEAD_LETTERS, "dead_letters", partition, run_id)}
     manifests = build(products, EmbedProducts.from_options(options, run_id), categorize, write, run_id)
@@ -262,7 +261,8 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
         only_updated_on_day: bool = False) -> dict:
-    """Score one partition (`--partition`, default today's UTC date); returns the run summary.
+    """Score one partition (`--partition`, default today's UTC date); returns the run summary
+    (`dry_run: true` and no counts when `--dry_run` only built the job).
 
     Args:
         only_updated_on_day: score only the products whose `updated_at` falls on the partition's day
@@ -279,6 +279,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     pipeline = _pipeline_for(options, partition, run_id, flags.watermark, only_updated_on_day, test_pipeline)
     result = pipeline.run()
     result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:  # a job built (DataflowRunner), not run: nothing to count
+        summary = {"run_id": run_id, "partition": partition.name, "dry_run": True, "model": flags.model}
+        print(json.dumps(summary, indent=2))
+        return summary
     summary = run_summary(result, run_id, partition)
     _write_summary(outputs.output, summary)
     print(json.dumps(summary, indent=2))
