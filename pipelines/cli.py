@@ -6,6 +6,7 @@ Subcommand modules are imported only when called, so `linnet taxonomy` does not 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,6 +31,14 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _log_progress() -> None:
+    """LinNét's own INFO lines (progress of long stages, slow events) on stderr; other libraries'
+    (Beam's, TensorFlow's) from WARNING, as before."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("linnet_core", "pipelines"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `linnet COMMAND ARGS...` to the command's entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -39,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"linnet: unknown command {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    _log_progress()
     module_name, function_name = COMMANDS[argv[0]][0].split(":")
     entry = getattr(importlib.import_module(module_name), function_name)
     result = entry(argv[1:])
