@@ -20,7 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, require
-from pipelines.sources import default_image_root
+from pipelines.progress import beam_counters
+from pipelines.sources import default_image_root, refuse_bigquery_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     options = PipelineOptions(argv)
     flags, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(outputs, "output")
+    refuse_bigquery_input(options, "import-products")
     image_root = flags.image_root or default_image_root(flags.input)
     _clear(outputs.output)
     pipeline = test_pipeline or beam.Pipeline(options=options)
@@ -86,6 +88,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         taxonomy = None
     summary = summarize(outputs.output, taxonomy)
     summary["records_in"] = _counter(result, "records_read")
+    summary["counters"] = beam_counters(result)
     Path(outputs.output).mkdir(parents=True, exist_ok=True)
     (Path(outputs.output) / "summary.json").write_text(json.dumps(summary, indent=2))
     json.dump(summary, sys.stdout, indent=2, ensure_ascii=False)

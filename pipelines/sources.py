@@ -36,6 +36,20 @@ def product_source(options: PipelineOptions, day: dt.date | None = None) -> beam
     return ReadProducts(flags.input, flags.image_root or default_image_root(flags.input), day=day)
 
 
+def refuse_bigquery_input(options: PipelineOptions, command: str) -> None:
+    """For commands that read product files only: BigQuery input flags are an error, not ignored.
+
+    Raises:
+        ValueError: `--input_table` or `--query` was given.
+    """
+    flags = options.view_as(ProductInputOptions)
+    given = [flag for flag, value in (("--input_table", flags.input_table), ("--query", flags.query))
+             if value]
+    if given:
+        raise ValueError(f"linnet {command} reads product files (--input) only; {' and '.join(given)} "
+                         f"would be ignored: score or build training data from BigQuery directly")
+
+
 def table_sink(options: PipelineOptions, table: str, schema: str, partition: Partition,
                run_id: str) -> beam.PTransform:
     """The partition writer of one table: `--output` files, or `--output_dataset` BigQuery tables.
