@@ -270,7 +270,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
     Raises:
         RuntimeError: rows in ≠ rows out + dead letters (nothing may be lost).
-        ValueError: missing flags, or a taxonomy that is not the model's.
+        ValueError: missing flags, or --model is not a model directory.
     """
     options = PipelineOptions(argv)
     flags, outputs = options.view_as(ScoreOptions), options.view_as(OutputOptions)
