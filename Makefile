@@ -13,7 +13,8 @@ PROJECT ?=
 REGION ?= us-central1
 BUCKET ?=
 OUT ?= out
-TARGET_PRECISION ?= 0.7
+# Empty: the CLI's default (linnet_core.thresholds.DEFAULT_TARGET_PRECISION, 0.7), the one default.
+TARGET_PRECISION ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help install test lint run-local bench-embed bench-score evaluate cross-validate dataflow-submit clean
@@ -40,7 +41,8 @@ test: lint  ## Lint, then the whole test suite (slow end-to-end tests included).
 	$(BIN)/python -m pytest -q tests
 
 run-local: install  ## The whole job on the DirectRunner: import, training data, train, thresholds, score, evaluate.
-	$(LINNET) run-local --output $(OUT) $(if $(SAMPLE),--sample $(SAMPLE)) --target-precision $(TARGET_PRECISION)
+	$(LINNET) run-local --output $(OUT) $(if $(SAMPLE),--sample $(SAMPLE)) \
+		$(if $(TARGET_PRECISION),--target-precision $(TARGET_PRECISION))
 
 $(OUT)/training_data/stats.json: | install
 	$(LINNET) build-training-data --output $(OUT)/training_data
@@ -50,7 +52,7 @@ $(OUT)/model/model.json: $(OUT)/training_data/stats.json
 
 evaluate: $(OUT)/model/model.json  ## Train (or reuse) a model, tune thresholds, evaluate held-out stores + baselines.
 	$(LINNET) tune-thresholds --model $(OUT)/model --data $(OUT)/training_data \
-		--target-precision $(TARGET_PRECISION)
+		$(if $(TARGET_PRECISION),--target-precision $(TARGET_PRECISION))
 	$(LINNET) evaluate --model $(OUT)/model --training-data $(OUT)/training_data --split validation \
 		--output $(OUT)/evaluation
 

@@ -183,7 +183,7 @@ def text_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rounds: int, rs
     products = load_products(4 * n, with_images=False)
     pairs = [features.embedded_texts(record) for record in products]
     texts = [text for pair in pairs for text in pair]
-    encoder = load_text_encoder(cfg.text_model or str(Path(cfg.models_dir) / TEXT_MODEL_NAME),
+    encoder = load_text_encoder(cfg.text_model or str(Path(cfg.models()) / TEXT_MODEL_NAME),
                                 cfg.text_engine, cfg.max_tokens, cfg.threads or None)
     lengths = np.array([ids.shape[1] for ids in encoder.token_ids(texts)])
     report = {"encoder": encoder.encoder_id, "mean_chars": round(sum(map(len, texts)) / len(texts)),
@@ -199,7 +199,7 @@ def text_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rounds: int, rs
 
 def image_bench(n: int, cfg: EmbedConfig, batch_sizes: list[int], rounds: int, rss: PeakRss) -> dict:
     products = load_products(4 * n, with_images=True)
-    encoder = ImageEncoder(cfg.models_dir, cfg.image_engine, cfg.threads or None)
+    encoder = ImageEncoder(cfg.models(), cfg.image_engine, cfg.threads or None)
     decoders = ThreadPoolExecutor(encoder.threads)
 
     def pixels(record: dict) -> object:

@@ -72,6 +72,19 @@ def parse_mapping(path: str | Path) -> tuple[dict[str, str], dict[str, int], set
     return header, mapping, unmapped
 
 
+def mapping_files(directory: str | Path, locale: str = "en") -> tuple[str, str]:
+    """The files `ShopifyMapping.load` reads, relative to `directory`: the newest GPT mapping and the
+    locale's category names (what a model directory keeps of a Shopify taxonomy folder).
+
+    Raises:
+        TaxonomyError: the folder has no mapping file.
+    """
+    found = sorted(Path(directory).glob("shopify_to_google_*.yml"))
+    if not found:
+        raise TaxonomyError(f"no shopify_to_google_*.yml in {directory}")
+    return found[-1].name, f"categories/categories.{locale}.txt"
+
+
 class ShopifyMapping:
     """Shopify categories with their GPT mapping, checked against a GPT `Taxonomy`.
 
@@ -100,11 +113,9 @@ class ShopifyMapping:
     def load(cls, directory: str | Path, gpt: Taxonomy, locale: str = "en") -> ShopifyMapping:
         """Load `<directory>/categories/categories.<locale>.txt` and the GPT mapping file beside it."""
         directory = Path(directory)
-        mapping_files = sorted(directory.glob("shopify_to_google_*.yml"))
-        if not mapping_files:
-            raise TaxonomyError(f"no shopify_to_google_*.yml in {directory}")
-        header, mapping, _ = parse_mapping(mapping_files[-1])
-        categories = parse_categories(directory / "categories" / f"categories.{locale}.txt")
+        mapping_file, categories_file = (directory / name for name in mapping_files(directory, locale))
+        header, mapping, _ = parse_mapping(mapping_file)
+        categories = parse_categories(categories_file)
         return cls(categories, mapping, gpt, version=header.get("input_taxonomy", "unknown"))
 
     def __len__(self) -> int:

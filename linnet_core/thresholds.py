@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,11 @@ EVIDENCE = (*PRODUCT_EVIDENCE, STORE_CONTEXT)
 DEFAULT_LEVEL_THRESHOLD = 0.5
 DELTA = 0.05
 BOOTSTRAP_RESAMPLES = 400
+# The precision target of `linnet tune-thresholds`, `run-local` and `make` (docs/training.md: targets
+# hold on unseen stores up to ~0.8; 0.9 leaves a few percent coverage).
+DEFAULT_TARGET_PRECISION = 0.7
+# Floors for sensitive subtrees shipped with the package (`load_floors(None)`).
+DEFAULT_FLOORS = "config/sensitive_categories.json"
 # The threshold of a level or subtree that no threshold could certify: the float32 just above 1.0, so
 # that even a saturated confidence (exactly 1.0 in float32) is below it in the model and in numpy.
 CLOSED = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
@@ -495,8 +501,17 @@ def tune(level_ids: np.ndarray, level_confidences: np.ndarray, true_level_ids: n
 
 
 # -- sensitive subtrees ------------------------------------------------------------------------------
-def load_floors(path: str | Path, taxonomy=None) -> dict[int, float]:
-    """Manual floors for sensitive subtrees from a JSON file `{"floors": [{"id", "path", "floor"}, ...]}`.
+def floors_text(path: str | Path | None = None) -> str:
+    """A floors file's text; None: the package's own (`linnet_core/config/sensitive_categories.json`),
+    so that tuning needs no checkout."""
+    if path is None:
+        return resources.files("linnet_core").joinpath(DEFAULT_FLOORS).read_text(encoding="utf-8")
+    return Path(path).read_text(encoding="utf-8")
+
+
+def load_floors(path: str | Path | None, taxonomy=None) -> dict[int, float]:
+    """Manual floors for sensitive subtrees from a JSON file `{"floors": [{"id", "path", "floor"}, ...]}`
+    (None: the package's default floors, `floors_text`).
 
     With a taxonomy, each id must exist and its `path` (when given) must name the same node.
 
@@ -504,7 +519,7 @@ def load_floors(path: str | Path, taxonomy=None) -> dict[int, float]:
         ThresholdsError: bad content, an unknown id or a path that does not match its id.
     """
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(floors_text(path))
         entries = data["floors"]
         floors = {int(entry["id"]): float(entry["floor"]) for entry in entries}
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:

@@ -35,6 +35,9 @@ TRAIN, VALIDATION, CALIBRATION = "train", "validation", "calibration"
 SPLITS = (TRAIN, VALIDATION, CALIBRATION)
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 CLASS_WEIGHTS = "class_weights.json"
+# {"text": encoder_id, "image": encoder_id}: the encoders the data's embeddings come from; the model
+# directory keeps a copy, and its version hashes it (scoring must embed with the same encoders)
+ENCODERS_JSON = "encoders.json"
 DEFAULT_SPLIT_BY = ("store",)
 LAST_RESORT_SPLIT_FIELD = "product_id"
 UNKNOWN_LANG = "und"

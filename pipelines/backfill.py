@@ -79,7 +79,8 @@ def backfill(days: list[dt.date], score_partition: ScorePartition, scoring_argv:
     for day in days:
         LOGGER.info("backfill %s: scoring %s", run_id, day)
         manifest = score_partition(day, list(scoring_argv))
-        mark = watermark.advance(day, run_id) if watermark else None
+        # A dry run (`--dry_run`: the job built, not run) committed nothing.
+        mark = watermark.advance(day, run_id) if watermark and not manifest.get("dry_run") else None
         yield {"day": day.isoformat(), "manifest": manifest, "watermark": mark and mark.isoformat()}
 
 

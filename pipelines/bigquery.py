@@ -12,6 +12,7 @@ logical date of the run that wrote the row; tables are partitioned by it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -26,11 +27,13 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 import schemas
 from pipelines.io import DEAD_LETTER, PRODUCTS, ValidateProductFn, WriteTable
-from pipelines.partitions import day_bounds, delete_folder, new_attempt, parquet_rows
+from pipelines.partitions import day_bounds, new_attempt, parquet_rows
 
 LOGGER = logging.getLogger(__name__)
 PARTITION_COLUMN = "partition_date"
 STAGING_EXPIRY = dt.timedelta(days=1)
+# Written into an attempt's staging folder once its partition is committed: its manifest.
+COMMITTED = "_COMMITTED"
 _TABLE_ID = re.compile(r"^(?P<project>(?:[a-z0-9.-]+:)?[a-z][a-z0-9-]{4,28}[a-z0-9])[.:]"
                        r"(?P<dataset>\w{1,1024})\.(?P<table>[\w$-]{1,1024})$")
 
@@ -285,8 +288,7 @@ def commit_bigquery_partition(client: Any, table: str, schema_name: str, day: dt
     The files are loaded into an expiring staging table, their row count checked against the files'
     footers, then one multi-statement transaction deletes the partition and inserts the staged rows:
     readers see the old or the new partition, a rerun replaces it, a failure before commit changes
-    nothing. A bundle retried after a successful commit finds its files deleted and fails loudly
-    rather than writing twice.
+    nothing. A retry after a successful commit is `CommitBigQueryPartitionFn`'s to recognise.
 
     Raises:
         RuntimeError: the staging table does not hold exactly the files' rows.
@@ -316,7 +318,12 @@ def commit_bigquery_partition(client: Any, table: str, schema_name: str, day: dt
 
 
 class CommitBigQueryPartitionFn(beam.DoFn):
-    """Commits the staged files of one partition to BigQuery once all are written (one element in)."""
+    """Commits the staged files of one partition to BigQuery once all are written (one element in).
+
+    Idempotent: the commit's manifest is written into the attempt's staging folder (`_COMMITTED`)
+    before its files are deleted, so a bundle retried after a successful commit returns that manifest
+    instead of failing on the deleted files; a retry before the marker commits the same rows again.
+    """
 
     def __init__(self, connection: BigQueryConnection, table: str, schema_name: str, day: dt.date,
                  attempt: str, staging_folder: str, run_id: str | None) -> None:
@@ -330,10 +337,22 @@ class CommitBigQueryPartitionFn(beam.DoFn):
         self.rows_committed = Metrics.counter("linnet", f"{schema_name}_rows_committed")
 
     def process(self, written_files: list[str]) -> Iterator[dict[str, Any]]:
-        manifest = commit_bigquery_partition(
-            self.connection.client(), self.table, self.schema_name, self.day, sorted(set(written_files)),
-            self.attempt, run_id=self.run_id)
-        delete_folder(self.staging_folder)
+        marker = FileSystems.join(self.staging_folder, COMMITTED)
+        if FileSystems.exists(marker):
+            with FileSystems.open(marker) as handle:
+                manifest = json.loads(handle.read())
+            LOGGER.info("%s partition %s was committed by attempt %s already", self.table, self.day,
+                        self.attempt)
+        else:
+            manifest = commit_bigquery_partition(
+                self.connection.client(), self.table, self.schema_name, self.day,
+                sorted(set(written_files)), self.attempt, run_id=self.run_id)
+            with FileSystems.create(marker) as handle:
+                handle.write(json.dumps(manifest).encode())
+        staged = FileSystems.match([FileSystems.join(self.staging_folder, "**")])[0].metadata_list
+        leftovers = [metadata.path for metadata in staged if metadata.path != marker]
+        if leftovers:
+            FileSystems.delete(leftovers)
         self.rows_committed.inc(manifest["rows"])
         yield manifest
 

@@ -37,6 +37,7 @@ from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import (
     CLASS_WEIGHTS,
     DEFAULT_STORE_CAP,
+    ENCODERS_JSON,
     SPLITS,
     TRAIN,
     SplitConfig,
@@ -51,7 +52,7 @@ from linnet_core.training_data import (
     stats_report,
     to_example,
 )
-from pipelines.bigquery import BigQueryConnection, BigQueryOptions, ReadProductsFromBigQuery
+from pipelines.bigquery import BigQueryOptions
 from pipelines.embed import (
     EMBEDDED,
     EmbedConfig,
@@ -60,8 +61,10 @@ from pipelines.embed import (
     load_embedder,
     without_vectors,
 )
-from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts, WriteTable
+from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
+from pipelines.progress import beam_counters
+from pipelines.sources import product_source
 
 LOGGER = logging.getLogger(__name__)
 EXAMPLES = "examples"
@@ -99,7 +102,6 @@ class BuildConfig:
     """Validated settings of one run; `output` is the folder being written (the staging folder)."""
 
     input: str
-    input_table: str | None
     taxonomy: str
     output: str
     image_root: str | None
@@ -126,7 +128,6 @@ def _config(options: PipelineOptions, output: str) -> BuildConfig:
                          f"got {flags.split_fractions!r}") from None
     return BuildConfig(
         input=inputs.input,
-        input_table=inputs.input_table,
         taxonomy=inputs.taxonomy,
         output=output,
         image_root=inputs.image_root or str(Path(inputs.input.split(",")[0]).parent),
@@ -397,14 +398,6 @@ def build(pipeline: beam.Pipeline, cfg: BuildConfig, read: beam.PTransform, embe
          | "WriteStats" >> WriteStats(cfg.output, cfg.taxonomy, cfg.split, cfg.weights))
 
 
-def _reader(options: PipelineOptions, cfg: BuildConfig) -> beam.PTransform:
-    """`ReadProducts` over `--input` files, or the BigQuery source when `--input_table` is given."""
-    if cfg.input_table:
-        return ReadProductsFromBigQuery(BigQueryConnection.from_options(options), table=cfg.input_table,
-                                        image_root=cfg.image_root)
-    return ReadProducts(cfg.input, cfg.image_root)
-
-
 def check(stats: dict[str, Any]) -> None:
     """Raises RuntimeError when records were lost: inputs ≠ examples + dead letters, or a split whose
     TFRecord count differs from its examples."""
@@ -419,12 +412,16 @@ def check(stats: dict[str, Any]) -> None:
 def write_category_embeddings(taxonomy_path: str, embed: EmbedConfig, output: str) -> None:
     """DATA/category_embeddings.npz: every node's full path encoded by the text encoder the
     products' embeddings come from (the same `EmbedConfig`), with its encoder_id, for the taxonomy
-    prior (`linnet_core.category_prior`). A few thousand short texts: the driver encodes them."""
-    text = load_embedder(embed).text
+    prior (`linnet_core.category_prior`). A few thousand short texts: the driver encodes them.
+    DATA/encoders.json names both encoders."""
+    embedder = load_embedder(embed)
+    text = embedder.text
     embeddings = embed_categories(Taxonomy.load(taxonomy_path), text.encode, text.encoder_id, text.dim,
-                                  embed.cache_dir)
+                                  embed.cache_folder())
     with FileSystems.create(f"{output}/{CATEGORY_EMBEDDINGS}") as handle:
         handle.write(embeddings.to_bytes())
+    with FileSystems.create(f"{output}/{ENCODERS_JSON}") as handle:
+        handle.write(json.dumps({"text": text.encoder_id, "image": embedder.image.encoder_id}).encode())
     LOGGER.info("wrote %d category embeddings (%s)", len(embeddings.ids), embeddings.encoder_id)
 
 
@@ -452,13 +449,18 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         staging = final
     cfg = _config(options, staging)
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, cfg, _reader(options, cfg), embed or EmbedProducts.from_options(options, cfg.run_id))
+    # --input files, or BigQuery with --input_table or --query: the same choice as `linnet score`'s
+    build(pipeline, cfg, product_source(options), embed or EmbedProducts.from_options(options, cfg.run_id))
     try:
-        pipeline.run().wait_until_finish()
+        result = pipeline.run()
+        result.wait_until_finish()
         metadata_io.write_metadata(transform.raw_metadata(), f"{staging}/metadata")
         with FileSystems.open(f"{staging}/stats.json") as handle:
             stats = json.loads(handle.read())
         check(stats)
+        stats["counters"] = beam_counters(result)
+        with FileSystems.create(f"{staging}/stats.json") as handle:
+            handle.write(json.dumps(stats, indent=2, ensure_ascii=False).encode())
         write_category_embeddings(cfg.taxonomy, EmbedConfig.from_options(options), staging)
     except BaseException:
         if local:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import logging
 import sys
 
 from pipelines.usage import UsageError
@@ -48,6 +49,14 @@ def one_line(error: BaseException) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "…"
 
 
+def _log_progress() -> None:
+    """LinNét's own INFO lines (progress of long stages, slow events) on stderr; other libraries'
+    (Beam's, TensorFlow's) from WARNING, as before."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("linnet_core", "pipelines"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `linnet COMMAND ARGS...` to the command's entry point; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -61,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean {close[0]}?)" if close else ""
         print(f"linnet: unknown command {argv[0]!r}{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
+    _log_progress()
     module_name, function_name = COMMANDS[argv[0]][0].split(":")
     try:
         entry = getattr(importlib.import_module(module_name), function_name)

@@ -14,27 +14,34 @@ from pathlib import Path
 
 from apache_beam.io.filesystems import FileSystems
 
+from linnet_core.model import MODEL_JSON as MODEL_MANIFEST
+from linnet_core.model.version import directory_version
 from pipelines import defaults
 from pipelines.usage import ArgumentParser
 
-MODEL_MANIFEST = "model.json"
 COPY_CHUNK_BYTES = 8 << 20
 
 
 def stage_model(model_dir: str, bucket: str) -> str:
     """Copy a local model folder to `BUCKET/models/<model_version>/`; returns that URI.
 
-    `model.json` is copied last, so a staged model is complete exactly when its `model.json` exists,
-    and a model version already staged is not copied again.
+    The version is the hash of the folder's content (`linnet_core.model.version`), so a retune (which
+    re-exports) is staged anew. `model.json` is copied last, so a staged model is complete exactly when
+    its `model.json` exists, and a version already staged is not copied again.
 
     Raises:
         FileNotFoundError: `model_dir` has no model.json (not a `linnet train` output).
+        ValueError: model.json's version is not the hash of the folder's files (changed since export).
     """
     source = Path(model_dir)
     manifest = source / MODEL_MANIFEST
     if not manifest.is_file():
         raise FileNotFoundError(f"{model_dir} is not a model folder: no {MODEL_MANIFEST}")
-    version = json.loads(manifest.read_text(encoding="utf-8"))["model_version"]
+    version = json.loads(manifest.read_text(encoding="utf-8")).get("model_version")
+    content = directory_version(source)
+    if version != content:
+        raise ValueError(f"{model_dir}: model.json names version {version} but its files hash to "
+                         f"{content}: re-export it (`linnet tune-thresholds` re-exports)")
     destination = FileSystems.join(bucket, "models", version)
     if FileSystems.exists(FileSystems.join(destination, MODEL_MANIFEST)):
         return destination

@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from linnet_core.encoders import image as image_encoders
 from linnet_core.encoders import text as text_encoders
 from linnet_core.encoders.embedder import IMAGE_STATUSES, ProductEmbedder
+from linnet_core.progress import Progress
 from linnet_core.records import Reason, dead_letter
 from pipelines import defaults
 
@@ -36,6 +37,8 @@ DEAD_LETTER = "dead_letter"
 STAGE = "embed"
 NAMESPACE = "linnet.embed"
 NO_CACHE = "none"
+# The embedding cache under the LinNét cache of the machine that embeds (a worker's, not the launcher's).
+LOCAL_CACHE = "local"
 
 
 class EmbeddingOptions(PipelineOptions):
@@ -46,8 +49,10 @@ class EmbeddingOptions(PipelineOptions):
         def flag(name: str, **kwargs: Any) -> None:
             parser.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, **kwargs)
 
-        flag("models_dir", default=str(defaults.MODELS),
-             help="prepared models (`linnet prepare-models`); a gs:// copy works on Dataflow")
+        flag("models_dir", default=None,
+             help="prepared models (`linnet prepare-models`); a gs:// copy works on Dataflow (default: "
+                  "the models of the machine that embeds, $LINNET_CACHE/models, which the worker "
+                  "image carries)")
         flag("text_model", default=None,
              help="HF model directory or hub id (default: <models_dir>/multilingual-e5-small)")
         flag("text_engine", default="onnx", choices=text_encoders.ENGINES,
@@ -57,17 +62,22 @@ class EmbeddingOptions(PipelineOptions):
         flag("max_tokens", type=int, default=text_encoders.DEFAULT_MAX_TOKENS,
              help="text truncation in tokens")
         flag("embed_batch_size", type=int, default=32, help="upper cap on a batch")
-        flag("embedding_cache", default=str(defaults.CACHE / "embeddings"),
-             help=f"local embedding cache directory, or {NO_CACHE!r} to disable it")
+        flag("embedding_cache", default=LOCAL_CACHE,
+             help=f"local embedding cache directory, {LOCAL_CACHE!r} (default: $LINNET_CACHE/embeddings "
+                  f"of the machine that embeds) or {NO_CACHE!r} to disable it")
         flag("encoder_threads", type=int, default=0,
              help="threads per encoder in each worker process (0: all cores)")
 
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """Validated embedding settings; picklable, so workers rebuild the encoders from it."""
+    """Validated embedding settings; picklable, so workers rebuild the encoders from it.
 
-    models_dir: str = str(defaults.MODELS)
+    Nothing in it is a path of the launcher's machine unless given: `models_dir` None and `cache_dir`
+    `LOCAL_CACHE` resolve where the encoders load (`models`, `cache_folder`).
+    """
+
+    models_dir: str | None = None
     text_model: str | None = None
     text_engine: str = "onnx"
     image_engine: str = "onnx"
@@ -90,6 +100,14 @@ class EmbedConfig:
                              f"{self.cache_dir!r}")
         if self.threads < 0:
             raise ValueError(f"encoder_threads must be 0 (all cores) or more, got {self.threads}")
+
+    def models(self) -> str:
+        """The prepared models folder: `models_dir`, or this machine's default."""
+        return self.models_dir or str(defaults.MODELS)
+
+    def cache_folder(self) -> str | None:
+        """The embedding cache folder on this machine (None: no cache)."""
+        return str(defaults.CACHE / "embeddings") if self.cache_dir == LOCAL_CACHE else self.cache_dir
 
     @classmethod
     def from_options(cls, options: PipelineOptions) -> EmbedConfig:
@@ -121,14 +139,18 @@ def read_uri(uri: str) -> bytes:
         raise
 
 
-def local_models_dir(models_dir: str) -> str:
-    """`models_dir` itself when local; a remote one (gs://...) is copied once into a temporary folder."""
+def local_models_dir(models_dir: str, only: Sequence[str] = ()) -> str:
+    """`models_dir` itself when local; a remote one (gs://...) is copied once into a temporary folder
+    (with `only`, just those files and folders of it, by relative name)."""
     if "://" not in models_dir:
         return models_dir
     root = models_dir.rstrip("/")
     target = Path(tempfile.mkdtemp(prefix="linnet-models-"))
     for metadata in FileSystems.match([f"{root}/**"])[0].metadata_list:
-        destination = target / metadata.path[len(root) + 1:]
+        relative = metadata.path[len(root) + 1:]
+        if only and not any(relative == name or relative.startswith(f"{name}/") for name in only):
+            continue
+        destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(read_uri(metadata.path))
     logger.info("copied models from %s to %s", models_dir, target)
@@ -137,13 +159,13 @@ def local_models_dir(models_dir: str) -> str:
 
 def load_embedder(cfg: EmbedConfig) -> ProductEmbedder:
     """Both encoders (and the cache) as the config says; the slow step that runs once per worker."""
-    models = local_models_dir(cfg.models_dir)
+    models = local_models_dir(cfg.models())
     threads = cfg.threads or os.cpu_count() or 1
     text_model = cfg.text_model or str(Path(models) / text_encoders.TEXT_MODEL_NAME)
     text = text_encoders.load_text_encoder(text_model, cfg.text_engine, cfg.max_tokens, threads)
     image = image_encoders.ImageEncoder(models, cfg.image_engine, threads)
     logger.info("loaded encoders %s and %s", text.encoder_id, image.encoder_id)
-    return ProductEmbedder(text, image, cfg.cache_dir, threads)
+    return ProductEmbedder(text, image, cfg.cache_folder(), threads)
 
 
 class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedder]):
@@ -159,6 +181,7 @@ class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedd
     def run_inference(self, batch: Sequence[dict], model: ProductEmbedder,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         outcomes = model.embed(batch, read_uri)
+        Progress.shared("embedding", unit="products").update(len(batch))
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, outcomes, strict=True)]
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:

@@ -19,7 +19,8 @@ from linnet_core.taxonomy import Taxonomy
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import WritePartitions, new_attempt
-from pipelines.sources import default_image_root
+from pipelines.progress import beam_counters
+from pipelines.sources import default_image_root, refuse_bigquery_input
 
 LOGGER = logging.getLogger(__name__)
 DEAD_LETTERS = "dead_letters"
@@ -71,6 +72,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
                                description=__doc__)
     flags, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(outputs, "output")
+    refuse_bigquery_input(options, "import-products")
     image_root = flags.image_root or default_image_root(flags.input)
     run_id = outputs.run_id or new_attempt()
     taxonomy = Taxonomy.load(flags.taxonomy)  # a bad taxonomy fails before any work, not after it
@@ -84,6 +86,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     result.wait_until_finish()
     summary = {"run_id": run_id, **summarize(outputs.output, taxonomy)}
     summary["records_in"] = _counter(result, "records_read")
+    summary["counters"] = beam_counters(result)
     json.dump(summary, sys.stdout, indent=2, ensure_ascii=False)
     print()
     if summary["records_in"] != summary["rows"] + summary["dead_letters"]:

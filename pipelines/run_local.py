@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from linnet_core.thresholds import DEFAULT_TARGET_PRECISION
 from pipelines import defaults
 from pipelines.usage import ArgumentParser
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=0,
                         help="use only the first N products per pass (0 = the full set)")
     parser.add_argument("--fresh", action="store_true", help="redo every stage")
-    parser.add_argument("--target-precision", type=float, default=0.7,
+    parser.add_argument("--target-precision", type=float, default=DEFAULT_TARGET_PRECISION,
                         help="precision the thresholds are certified for on cross-fitted unseen stores; "
                              "on the shared data targets hold up to ~0.8, the labels' noise caps more")
     args = parser.parse_args(argv)

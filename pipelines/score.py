@@ -18,12 +18,12 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from linnet_core import __version__
 from linnet_core.categorization import DECISIONS, Lineage, categorized_row
 from linnet_core.features import MODEL_INPUTS
-from linnet_core.model import MODEL_JSON
+from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
@@ -41,8 +41,9 @@ from pipelines.embed import (
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
+from pipelines.progress import beam_counters
 from pipelines.sources import product_source, table_sinks
-from pipelines.store_context import STORE_CONTEXT, StoreContext
+from pipelines.store_context import STORE_CONTEXT, StoreContext, load_predictor
 from pipelines.usage import UsageError
 from pipelines.watermark import AdvanceWatermark
 
@@ -69,8 +70,6 @@ class ScoreOptions(PipelineOptions):
                             default=256, help="upper cap on the model's batch size")
         parser.add_argument("--watermark", default=None,
                             help="advance this watermark file to the partition's day after the commit")
-        parser.add_argument("--shopify_taxonomy", "--shopify-taxonomy", dest="shopify_taxonomy",
-                            default=defaults.SHOPIFY_TAXONOMY, help="Shopify taxonomy folder")
         parser.add_argument("--store_context", "--store-context", dest="store_context", default=None,
                             help="directory of the store-context tables (any Beam filesystem): each store's "
                                  "products scored in earlier runs give context to today's, and this run's "
@@ -92,9 +91,7 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
         self.max_batch_size = max_batch_size
 
     def load_model(self) -> Any:
-        from linnet_core.model.predictor import Predictor  # TensorFlow loads on workers only
-
-        return Predictor(local_models_dir(self.model_dir), batch_size=self.max_batch_size)
+        return load_predictor(self.model_dir, self.max_batch_size)
 
     def run_inference(self, batch: Sequence[dict], model: Any,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
@@ -116,17 +113,22 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
 
 
 class ToCategorizedRowFn(beam.DoFn):
-    """A prediction → a categorized row with lineage (`linnet_core.categorization`)."""
+    """A prediction → a categorized row with lineage (`linnet_core.categorization`).
 
-    def __init__(self, taxonomy_file: str, shopify_dir: str | None, lineage: dict[str, Any]) -> None:
-        self.taxonomy_file = taxonomy_file
-        self.shopify_dir = shopify_dir
+    The taxonomy and the Shopify mapping come from the model directory (local or gs://), which is all
+    a worker is given.
+    """
+
+    def __init__(self, model_dir: str, lineage: dict[str, Any]) -> None:
+        self.model_dir = model_dir
         self.lineage = lineage
         self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in DECISIONS}
 
     def setup(self) -> None:
-        self.taxonomy = Taxonomy.load(self.taxonomy_file)
-        self.shopify = ShopifyMapping.load(self.shopify_dir, self.taxonomy) if self.shopify_dir else None
+        local = Path(local_models_dir(self.model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
+        self.taxonomy = Taxonomy.load(local / TAXONOMY_COPY)
+        shopify = local / SHOPIFY_COPY
+        self.shopify = ShopifyMapping.load(shopify, self.taxonomy) if shopify.is_dir() else None
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[dict[str, Any]]:
         _, result = element
@@ -157,13 +159,12 @@ class Categorize(beam.PTransform):
         lineage: taxonomy_version, thresholds_version, code_version, run_id, scored_at for every row.
     """
 
-    def __init__(self, model_dir: str, taxonomy_file: str, shopify_dir: str | None, lineage: dict[str, Any],
-                 decoding: str | None = None, thresholds: Sequence[float] | None = None,
-                 max_batch_size: int = 256) -> None:
+    def __init__(self, model_dir: str, lineage: dict[str, Any], decoding: str | None = None,
+                 thresholds: Sequence[float] | None = None, max_batch_size: int = 256) -> None:
         super().__init__()
         self.handler = KeyedModelHandler(CategorizerModelHandler(model_dir, decoding, thresholds,
                                                                  max_batch_size))
-        self.row_fn = ToCategorizedRowFn(taxonomy_file, shopify_dir, lineage)
+        self.row_fn = ToCategorizedRowFn(model_dir, lineage)
 
     def expand(self, embedded: beam.PCollection) -> dict[str, beam.PCollection]:
         predictions, failures = (
@@ -226,6 +227,7 @@ def run_summary(result: beam.runners.runner.PipelineResult, run_id: str, partiti
         "images": {name: _counter(result, f"image_{name}") for name in IMAGE_STATUSES},
     }
     summary["balanced"] = summary["rows_in"] == summary["rows_out"] + summary["dead_letters"]
+    summary["counters"] = beam_counters(result)
     return summary
 
 
@@ -241,8 +243,7 @@ def _write_summary(output: str | None, summary: dict) -> None:
 
 def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, watermark: str | None,
                   only_updated_on_day: bool, test_pipeline: beam.Pipeline | None) -> beam.Pipeline:
-    flags = options.view_as(ScoreOptions)
-    inputs, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
+    flags, outputs = options.view_as(ScoreOptions), options.view_as(OutputOptions)
     require(flags, "model")
     if not (outputs.output or outputs.output_dataset):
         raise UsageError("give --output (files) or --output_dataset (BigQuery)")
@@ -250,22 +251,16 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
         info = json.loads(read_uri(FileSystems.join(flags.model, MODEL_JSON)))
     except FileNotFoundError:
         raise ValueError(f"--model {flags.model} is not a model directory: it has no {MODEL_JSON}") from None
-    taxonomy = Taxonomy.load(inputs.taxonomy)
-    if taxonomy.fingerprint != info["taxonomy_fingerprint"]:
-        raise ValueError(f"taxonomy {inputs.taxonomy} (version {taxonomy.version}, fingerprint "
-                         f"{taxonomy.fingerprint}) is not the model's ({info['taxonomy_version']}, "
-                         f"{info['taxonomy_fingerprint']})")
     levels, thresholds_version = None, info["thresholds_version"]
     if flags.thresholds:
         chosen = load_thresholds(flags.thresholds)
         levels, thresholds_version = list(chosen.levels), chosen.version
-    lineage = {"taxonomy_version": taxonomy.version, "thresholds_version": thresholds_version,
+    lineage = {"taxonomy_version": info["taxonomy_version"], "thresholds_version": thresholds_version,
                "code_version": code_version(), "run_id": run_id, "scored_at": dt.datetime.now(dt.UTC)}
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
     products = pipeline | "ReadProducts" >> product_source(options, day, run_id, optional_labels=True)
-    categorize = Categorize(flags.model, inputs.taxonomy, flags.shopify_taxonomy or None, lineage,
-                            flags.decoding, levels, flags.max_batch_size)
+    categorize = Categorize(flags.model, lineage, flags.decoding, levels, flags.max_batch_size)
     context = StoreContext(flags.model, int(info["store_context_width"]), run_id, flags.store_context,
                            {key: info[key] for key in ("model_version", "thresholds_version")},
                            flags.max_batch_size)
@@ -283,7 +278,8 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None,
         only_updated_on_day: bool = False) -> dict:
-    """Score one partition (`--partition`, default today's UTC date); returns the run summary.
+    """Score one partition (`--partition`, default today's UTC date); returns the run summary
+    (`dry_run: true` and no counts when `--dry_run` only built the job).
 
     Args:
         only_updated_on_day: score only the products whose `updated_at` falls on the partition's day
@@ -291,7 +287,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
     Raises:
         RuntimeError: rows in ≠ rows out + dead letters (nothing may be lost).
-        ValueError: missing flags, or a taxonomy that is not the model's.
+        ValueError: missing flags, or --model is not a model directory.
     """
     options = pipeline_options(argv, "linnet score", ProductInputOptions, OutputOptions, ScoreOptions,
                                EmbeddingOptions, BigQueryOptions, description=__doc__)
@@ -301,6 +297,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     pipeline = _pipeline_for(options, partition, run_id, flags.watermark, only_updated_on_day, test_pipeline)
     result = pipeline.run()
     result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:  # a job built (DataflowRunner), not run: nothing to count
+        summary = {"run_id": run_id, "partition": partition.name, "dry_run": True, "model": flags.model}
+        print(json.dumps(summary, indent=2))
+        return summary
     summary = run_summary(result, run_id, partition)
     _write_summary(outputs.output, summary)
     print(json.dumps(summary, indent=2))

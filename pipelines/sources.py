@@ -40,6 +40,20 @@ def product_source(options: PipelineOptions, day: dt.date | None = None, run_id:
                         run_id=run_id, optional_labels=optional_labels)
 
 
+def refuse_bigquery_input(options: PipelineOptions, command: str) -> None:
+    """For commands that read product files only: BigQuery input flags are an error, not ignored.
+
+    Raises:
+        ValueError: `--input_table` or `--query` was given.
+    """
+    flags = options.view_as(ProductInputOptions)
+    given = [flag for flag, value in (("--input_table", flags.input_table), ("--query", flags.query))
+             if value]
+    if given:
+        raise ValueError(f"linnet {command} reads product files (--input) only; {' and '.join(given)} "
+                         f"would be ignored: score or build training data from BigQuery directly")
+
+
 def table_sinks(options: PipelineOptions, schemas: dict[str, str], partition: Partition,
                 run_id: str) -> beam.PTransform:
     """The writer of one partition of several tables (`{table: rows}` in, one manifest per table out):

@@ -45,6 +45,17 @@ MEMBERS, STORES = "members", "stores"
 MEMBERS_SCHEMA, STORES_SCHEMA = "store_context_members", "store_context"
 
 
+def load_predictor(model_dir: str, batch_size: int) -> Any:
+    """The model as both scoring handlers load it on a worker: the SavedModel and its two JSON files,
+    copied from a remote folder first (TensorFlow loads on workers only)."""
+    from linnet_core.model import MODEL_JSON
+    from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON
+    from linnet_core.model.predictor import Predictor
+
+    local = local_models_dir(model_dir, only=(SAVED_MODEL, MODEL_JSON, THRESHOLDS_JSON))
+    return Predictor(local, batch_size=batch_size)
+
+
 class StoreEvidenceHandler(ModelHandler[dict, np.ndarray, Any]):
     """RunInference handler for the SavedModel's first pass: a product record → its contribution."""
 
@@ -54,9 +65,7 @@ class StoreEvidenceHandler(ModelHandler[dict, np.ndarray, Any]):
         self.max_batch_size = max_batch_size
 
     def load_model(self) -> Any:
-        from linnet_core.model.predictor import Predictor  # TensorFlow loads on workers only
-
-        return Predictor(local_models_dir(self.model_dir), batch_size=self.max_batch_size)
+        return load_predictor(self.model_dir, self.max_batch_size)
 
     def run_inference(self, batch: Sequence[dict], model: Any,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:

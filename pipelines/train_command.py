@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(repeatable; default: none, a production model on every labelled store). "
                              "Held-out reports need it: `--holdout validation` trains the model "
                              "`linnet evaluate` judges")
+    parser.add_argument("--shopify_taxonomy", "--shopify-taxonomy", dest="shopify_taxonomy",
+                        default=defaults.SHOPIFY_TAXONOMY,
+                        help="Shopify taxonomy folder whose GPT mapping the model keeps ('none': no mapping)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -37,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         taxonomy = Taxonomy.load(args.taxonomy)
         thresholds = load_thresholds(args.thresholds) if args.thresholds else None
-        train(args.data, args.output, config, taxonomy, thresholds, cluster, args.holdout)
+        shopify = None if args.shopify_taxonomy == "none" else args.shopify_taxonomy
+        train(args.data, args.output, config, taxonomy, thresholds, cluster, shopify, args.holdout)
     except (ConfigError, DataError, TaxonomyError, ThresholdsError, OSError) as error:
         print(f"linnet train: {error}", file=sys.stderr)
         return 1

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+from model_dirs import write_stand_in_model
 
 from pipelines import partitions
 from pipelines.dataflow_submit import stage_model
@@ -56,12 +56,11 @@ def main(workdir: str) -> dict:
     _write(["b", "d"])
     mark = Watermark(f"{ROOT}/_watermark.json")
     marks = [mark.advance(dt.date(2026, 11, 23)), mark.advance(dt.date(2026, 11, 24))]
+    version = write_stand_in_model(Path(workdir) / "model")
     model = Path(workdir) / "model"
-    (model / "saved_model").mkdir(parents=True)
-    (model / "saved_model" / "saved_model.pb").write_bytes(b"graph")
-    (model / "model.json").write_text(json.dumps({"model_version": "m-1"}))
     return {"first": first, "crashed": crashed, "after_crash": after_crash, "second": _visible_ids(),
             "manifest": partitions.read_manifest(partitions.partition_dir(ROOT, "products", DAY)),
             "objects": _objects(f"{ROOT}/products"), "watermark": [str(day) for day in marks],
-            "stored_watermark": str(mark.read()), "model_uri": stage_model(str(model), "gs://linnet-test"),
+            "stored_watermark": str(mark.read()), "model_version": version,
+            "model_uri": stage_model(str(model), "gs://linnet-test"),
             "model_objects": _objects("gs://linnet-test/models")}

@@ -116,6 +116,20 @@ def test_reads_a_query_result(connection, dataset):
         assert_that(rows, equal_to([{"product_id": "b", "store": "s2"}, {"product_id": "c", "store": "s2"}]))
 
 
+def test_a_query_reaches_every_command_that_reads_products(connection, emulator, dataset):
+    """`product_source` is the one choice of input that score, backfill and build-training-data make."""
+    from pipelines.sources import product_source
+
+    table = f"{dataset}.products"
+    seed_products(connection, table, [product("a"), product("b", store="s2"), product("c", store="s2")])
+    options = PipelineOptions([f"--project={emulator.project}", f"--bigquery_endpoint={emulator.endpoint}",
+                               f"--bigquery_storage_endpoint={emulator.storage_endpoint}",
+                               f"--query=SELECT * FROM `{table}` WHERE store = 's2'"])
+    with TestPipeline() as pipeline:
+        read = pipeline | product_source(options)
+        assert_that(read[PRODUCTS] | beam.Map(lambda record: record["product_id"]), equal_to(["b", "c"]))
+
+
 def write_partition(connection, table: str, rows: list[dict], day: dt.date, temp: Path,
                     fail_on: str | None = None) -> None:
     with TestPipeline() as pipeline:
@@ -143,8 +157,24 @@ def test_rerun_replaces_its_partition_only(connection, dataset, tmp_path):
     assert row["level_confidences"][0] == pytest.approx(0.9) and row["scored_at"] == at(DAY, 23)
     client = connection.client()
     assert [item.table_id for item in client.list_tables(dataset)] == ["categorized"]
-    assert list((tmp_path / "linnet-bigquery").iterdir()) == []
+    assert [path.name for path in (tmp_path / "linnet-bigquery").rglob("*") if path.is_file()] == [
+        bq.COMMITTED] * 3, "only the commit markers stay"
     assert client.get_table(table).time_partitioning.field == "partition_date"
+
+
+def test_a_retry_after_a_successful_commit_succeeds(connection, dataset, tmp_path):
+    """The runner may retry the commit's bundle after the commit went through (a worker lost before the
+    bundle finished): the retry finds the staged files gone and must return the same manifest."""
+    table = f"{dataset}.categorized"
+    write = bq.WriteBigQueryPartition(connection, table, "categorized", DAY, str(tmp_path), "run-1")
+    with TestPipeline() as pipeline:
+        _ = pipeline | beam.Create([categorized("a"), categorized("b")]) | write
+    committed = partition_rows(connection, table)
+    retry = bq.CommitBigQueryPartitionFn(connection, write.table, "categorized", DAY, write.attempt,
+                                         write.staging_folder, "run-1")
+    (manifest,) = retry.process([f"{write.staging_folder}/part-00000-of-00001.parquet"])
+    assert manifest["rows"] == 2 and manifest["attempt"] == write.attempt
+    assert partition_rows(connection, table) == committed == {DAY.isoformat(): ["a", "b"]}
 
 
 def test_failed_run_changes_nothing(connection, dataset, tmp_path):

@@ -1,130 +1,51 @@
-"""The Dataflow job of a scoring-shaped pipeline builds offline: options, packaging and graph are valid.
+"""The real `score` and `backfill` Dataflow jobs build offline; model staging; the deploy files.
 
 `DataflowRunner` with `--dry_run=True` does everything short of staging and submitting: it runs the
 Dataflow overrides, pickles every DoFn into the portable pipeline, builds the `setup.py` sdist that
-workers install, and produces the job request. Nothing here touches the network.
+workers install, and produces the job request. gs:// is the storage emulator (tests/gcs_emulator.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import datetime as dt
 import importlib.util
 import json
 import re
-import tarfile
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-import apache_beam as beam
 import pytest
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
-from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.options.pipeline_options import PipelineOptions
+from model_dirs import write_stand_in_model
 
 from pipelines import backfill
-from pipelines import bigquery as bq
 from pipelines.dataflow_submit import dataflow_flags, stage_model
-from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts
-from pipelines.partitions import Partition, WritePartition
 
-DAY = dt.date(2026, 11, 24)
 BUCKET = "gs://linnet-dry-run"
 
 
-class LengthModelHandler(ModelHandler[dict, dict, Any]):
-    """A stand-in model (title length) with the same RunInference shape as the categorizer."""
-
-    def load_model(self) -> Any:
-        return len
-
-    def run_inference(self, batch: Sequence[dict], model: Any,
-                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
-        return [PredictionResult(record, model(record.get("title") or "")) for record in batch]
-
-
-def to_row(result: PredictionResult) -> dict:
-    return {"product_id": result.example["product_id"], "depth": result.inference}
-
-
-def build(pipeline: beam.Pipeline) -> None:
-    connection = bq.BigQueryConnection("linnet-demo")
-    from_files = pipeline | "ReadProducts" >> ReadProducts(f"{BUCKET}/products/*.parquet")
-    from_table = pipeline | "ReadProductsFromBigQuery" >> bq.ReadProductsFromBigQuery(
-        connection, table="linnet-demo.shop.products", day=DAY)
-    products = (from_files[PRODUCTS], from_table[PRODUCTS]) | "MergeProducts" >> beam.Flatten()
-    dead = (from_files[DEAD_LETTER], from_table[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
-    rows = (
-        products
-        | "RunInference" >> RunInference(LengthModelHandler())
-        | "ToRow" >> beam.Map(to_row)
-    )
-    _ = rows | "WriteCategorized" >> WritePartition(f"{BUCKET}/out", "categorized", Partition.for_day(DAY))
-    _ = rows | "WriteCategorizedTable" >> bq.WriteBigQueryPartition(
-        connection, "linnet-demo.shop.categorized", "categorized", DAY, f"{BUCKET}/tmp")
-    _ = dead | "WriteDeadLetters" >> WritePartition(f"{BUCKET}/out", "dead_letters", Partition.for_day(DAY))
-
-
-@pytest.fixture(scope="module")
-def dry_run() -> tuple[Any, beam_runner_api_pb2.Pipeline, PipelineOptions]:
-    flags = dataflow_flags("linnet-demo", "us-central1", BUCKET, job_name="linnet-score-dry-run")
-    options = PipelineOptions([*flags, "--dry_run=True", "--machine_type=n2-standard-4",
-                               "--max_num_workers=4"])
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline)
-    result = pipeline.run()
-    return result.job, pipeline.runner.proto_pipeline, options
-
-
-def test_job_request_is_built(dry_run):
-    job, _, options = dry_run
-    assert job.proto.name == "linnet-score-dry-run"
-    assert job.proto.type_ == job.proto.type_.JOB_TYPE_BATCH
-    assert options.view_as(SetupOptions).setup_file.endswith("setup.py")
-
-
-def test_workers_install_the_project_from_its_sdist(dry_run):
-    _, proto, _ = dry_run
-    staged = {}
-    for environment in proto.components.environments.values():
-        assert environment.urn == "beam:env:docker:v1"
-        for dependency in environment.dependencies:
-            path = beam_runner_api_pb2.ArtifactFilePayload.FromString(dependency.type_payload).path
-            name = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(dependency.role_payload)
-            staged[name.staged_name] = path
-    assert Path(staged["workflow.tar.gz"]).name == "linnet-0.1.0.tar.gz"
-    with tarfile.open(staged["workflow.tar.gz"]) as sdist:
-        members = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    for needed in ("setup.py", "requirements.txt", "pipelines/bigquery.py", "pipelines/partitions.py",
-                   "linnet_core/records.py", "schemas/categorized.json", "schemas/dead_letters.json"):
-        assert needed in members
-
-
-def test_graph_has_the_stable_labels(dry_run):
-    _, proto, _ = dry_run
-    labels = {transform.unique_name for transform in proto.components.transforms.values()}
-    for label in ("ReadProducts", "ReadProductsFromBigQuery/ReadRows/OpenReadSession", "RunInference",
-                  "WriteCategorized/Commit", "WriteCategorizedTable/Commit", "WriteDeadLetters/Commit"):
-        assert label in labels
-
-
-def test_model_is_staged_once_with_its_manifest_last(tmp_path: Path):
+def test_model_is_staged_per_content_version_with_its_manifest_last(tmp_path: Path):
     model = tmp_path / "model"
-    (model / "saved_model" / "variables").mkdir(parents=True)
-    (model / "saved_model" / "saved_model.pb").write_bytes(b"graph")
-    (model / "saved_model" / "variables" / "variables.index").write_bytes(b"index")
-    (model / "model.json").write_text(json.dumps({"model_version": "m-123"}))
+    version = write_stand_in_model(model)
     bucket = tmp_path / "bucket"
 
     uri = stage_model(str(model), str(bucket))
-    assert uri == str(bucket / "models" / "m-123")
+    assert uri == str(bucket / "models" / version)
     staged = sorted(str(path.relative_to(uri)) for path in Path(uri).rglob("*") if path.is_file())
-    assert staged == ["model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index"]
-    (model / "saved_model" / "saved_model.pb").write_bytes(b"changed")
+    assert staged == ["model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index",
+                      "thresholds.json", "training_model.weights.h5"]
     assert stage_model(str(model), str(bucket)) == uri
-    assert (Path(uri) / "saved_model" / "saved_model.pb").read_bytes() == b"graph"
+    # Thresholds changed without a re-export: the folder no longer is the version model.json names.
+    thresholds = json.loads((model / "thresholds.json").read_text())
+    (model / "thresholds.json").write_text(json.dumps({**thresholds, "levels": [0.6] * 7}))
+    with pytest.raises(ValueError, match="re-export"):
+        stage_model(str(model), str(bucket))
+    # A re-export (what a retune does) names new content: it is staged beside the old version.
+    retuned = write_stand_in_model(model, level_threshold=0.6)
+    assert retuned != version
+    assert stage_model(str(model), str(bucket)) == str(bucket / "models" / retuned)
+    assert (bucket / "models" / retuned / "saved_model" / "saved_model.pb").read_bytes() == b"graph 0.6"
+    assert (Path(uri) / "saved_model" / "saved_model.pb").read_bytes() == b"graph 0.5"
     with pytest.raises(FileNotFoundError, match="model.json"):
         stage_model(str(tmp_path / "bucket"), str(bucket))
 
@@ -192,3 +113,53 @@ def test_template_parameters_are_flags_of_the_template_command():
     flags = set(PipelineOptions([]).get_all_options()) | {
         action.dest for parser in (scoring, backfill._parser()) for action in parser._actions}
     assert _template_parameters() <= flags
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, gpt) -> Path:
+    """A tiny trained model and its training data (with a calibration split to retune on)."""
+    from synthetic_training_data import write_training_data
+
+    from pipelines import cli
+
+    root = tmp_path_factory.mktemp("dry_run")
+    write_training_data(root / "data", gpt, sizes={"train": 200, "validation": 50, "calibration": 100})
+    (root / "config.json").write_text(json.dumps({"shared_units": [32], "level_units": [16], "epochs": 1,
+                                                  "batch_size": 64}))
+    assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
+                     "--output", str(root / "model")]) == 0
+    return root
+
+
+def test_real_jobs_build_for_dataflow_and_a_retune_is_restaged(trained_model: Path):
+    """`dataflow-submit --dry_run` stages the model by content version and builds the real score job; a
+    retune (`tune-thresholds`) gives a new version, which the next dry run stages. The real score and
+    backfill jobs (files and BigQuery) hold the staged gs:// model and no path of the launcher's machine,
+    and workers install the project's sdist."""
+    from gcs_emulator import run_scenario
+
+    result = run_scenario(Path(__file__).with_name("dataflow_dry_run_scenario.py"), trained_model)
+    assert result["submitted"] == [0, 0]
+    assert result["staged_first"] == [result["before"]]
+    assert result["after"] != result["before"]
+    assert result["staged"] == sorted([result["before"], result["after"]])
+    assert result["staged_thresholds"] == result["thresholds_version"] != "default"
+    assert result["floors_in_model"]
+    reads = {"score": "ReadProducts/", "backfill": "ReadProducts/",
+             "score_bigquery": "ReadProducts/ReadRows/"}
+    for job, read in reads.items():
+        built = result[job]
+        assert built["job_name"] == "linnet-dry-run" and built["batch"], job
+        labels = set(built["labels"])
+        for label in (read, "DeduplicateProducts/", "EmbedProducts/Embed/", "Categorize/RunInference/",
+                      "WriteCategories/", "WriteDeadLetters/"):
+            assert any(name.startswith(label) for name in labels), (job, label)
+        assert built["pickled_fns"] > 10
+        assert result["staged_uri"] in built["strings"], job  # the search reaches the model handler
+        local = [s for s in built["strings"] if any(s.startswith(root) for root in result["local_roots"])]
+        assert local == [], (job, local)
+        for needed in ("setup.py", "requirements.txt", "pipelines/score.py", "pipelines/bigquery.py",
+                       "linnet_core/config/sensitive_categories.json", "schemas/categorized.json"):
+            assert needed in built["sdist"], (job, needed)
+    assert any(name.startswith("AdvanceWatermark") for name in result["backfill"]["labels"])
+    assert "WriteCategories/Commit" in result["score_bigquery"]["labels"]

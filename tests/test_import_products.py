@@ -53,7 +53,7 @@ def test_import_writes_parquet_and_counts_add_up(tmp_path: Path, capsys: pytest.
     pattern = _write_inputs(tmp_path)
     output = tmp_path / "out"
     summary = import_products.run(["--input", pattern, "--output", str(output), "--image_root", "/imgs"])
-    assert summary["records_in"] == 9
+    assert summary["records_in"] == 9 == summary["counters"]["linnet:records_read"]
     assert (summary["rows"], summary["dead_letters"], summary["stores"]) == (3, 6, 2)
     assert summary["label_depth"] == {"4": 1, "unlabelled": 2}
     products = pq.read_table(output / "products").to_pylist()
@@ -66,6 +66,13 @@ def test_import_writes_parquet_and_counts_add_up(tmp_path: Path, capsys: pytest.
     assert json.loads(capsys.readouterr().out)["rows"] == 3
     rerun = import_products.run(["--input", pattern, "--output", str(output)])
     assert rerun["rows"] == 3, "a rerun replaces the tables instead of adding shards"
+
+
+def test_bigquery_input_flags_are_refused_not_ignored(tmp_path: Path) -> None:
+    for flag in ("--query=SELECT 1", "--input_table=p-123456.shop.products"):
+        with pytest.raises(ValueError, match="reads product files"):
+            import_products.run([flag, "--output", str(tmp_path)])
+    assert not (tmp_path / "products").exists()
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from synthetic_training_data import write_training_data
 from linnet_core.exemplars import Exemplars
 from linnet_core.model.export import export_inference_model, read_model_json
 from linnet_core.model.predictor import Predictor, TaxonomyMismatchError
+from linnet_core.model.version import directory_version
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
 from pipelines import cli
@@ -85,6 +86,9 @@ def test_train_writes_the_model_directory(trained: tuple[Path, Path], gpt: Taxon
     assert np.all(memory.labels[:, 0] >= 0) and np.allclose(np.linalg.norm(memory.vectors, axis=1), 1.0)
     assert info["taxonomy_fingerprint"] == gpt.fingerprint and info["taxonomy_version"] == "2021-09-21"
     assert info["thresholds_version"] == "default" and info["config"]["epochs"] == 3
+    # Everything a worker reads is in the folder, and the version is the hash of it.
+    assert (model_dir / "shopify" / "categories" / "categories.en.txt").is_file()
+    assert info["model_version"] == directory_version(model_dir) and "shopify" in info["version_parts"]
     assert info["training"]["train_examples"] == 600 and info["training"]["workers"] == 1
     assert set(info["validation"]) == {"greedy/thresholds", "greedy/no_thresholds", "exact/thresholds",
                                        "exact/no_thresholds"}
@@ -166,6 +170,9 @@ def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, P
                                                           tmp_path: Path) -> None:
     model_dir = shutil.copytree(trained[0], tmp_path / "model")
     inputs = _inputs(30)
+    version = read_model_json(model_dir)["model_version"]
+    export_inference_model(model_dir)  # the same content is the same version
+    assert read_model_json(model_dir)["model_version"] == version
     before = Predictor(model_dir, gpt).predict(inputs, thresholds=[0.0] * 7)
     root = before["level_ids"][0, 0]
     tuned = Thresholds(version="tuned-1", levels=(0.0,) * 7, overrides={int(root): 1.0})
@@ -173,6 +180,8 @@ def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, P
     export_inference_model(model_dir, tmp_path / "tuned.json")
     predictor = Predictor(model_dir, gpt)
     assert predictor.thresholds_version == "tuned-1" == read_model_json(model_dir)["thresholds_version"]
+    # New thresholds are new content: a new model version, in the SavedModel and in model.json.
+    assert predictor.model_version == read_model_json(model_dir)["model_version"] != version
     assert load_thresholds(model_dir / "thresholds.json") == tuned
     after = predictor.predict(inputs)
     np.testing.assert_array_equal(after["level_ids"], before["level_ids"])

@@ -135,9 +135,11 @@ def test_commits_on_gcs_through_the_storage_emulator(tmp_path: Path):
     files = [prefix + name for name in result["manifest"]["files"]]
     assert result["objects"] == sorted([prefix + "_SUCCESS", *files])
     assert result["watermark"] == ["2026-11-23", "2026-11-24"] and result["stored_watermark"] == "2026-11-24"
-    assert result["model_uri"] == "gs://linnet-test/models/m-1"
-    assert result["model_objects"] == ["gs://linnet-test/models/m-1/model.json",
-                                       "gs://linnet-test/models/m-1/saved_model/saved_model.pb"]
+    staged = f"gs://linnet-test/models/{result['model_version']}"
+    assert result["model_uri"] == staged
+    assert result["model_objects"] == [f"{staged}/{name}" for name in (
+        "model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index",
+        "thresholds.json", "training_model.weights.h5")]
 
 
 def test_a_retried_commit_of_the_same_attempt_changes_nothing(tmp_path: Path):

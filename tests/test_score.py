@@ -69,7 +69,8 @@ def test_score_survives_faults_and_reruns_replace(tmp_path: Path, model_dir: Pat
     assert summary["images"]["unreadable"] == 1
     for row in rows:
         assert len(row["level_ids"]) == 7 and row["decision"] in ("leaf", "backed_off", "abstained")
-        assert row["run_id"] == summary["run_id"] and row["model_version"].startswith("linnet-")
+        assert row["run_id"] == summary["run_id"]
+        assert row["model_version"] == json.loads((model_dir / "model.json").read_text())["model_version"]
         assert (row["gpt_id"] is None) == (row["decision"] == "abstained")
     assert next(r for r in rows if r["product_id"] == "dup")["updated_at"] == dt.datetime(
         2026, 11, 22, 8, tzinfo=dt.UTC)
@@ -103,7 +104,7 @@ def test_categorize_routes_a_failing_batch_to_dead_letters(model_dir: Path, gpt:
 
     lineage = {"taxonomy_version": gpt.version, "thresholds_version": "t", "code_version": "test",
                "run_id": "r", "scored_at": dt.datetime(2026, 11, 25, tzinfo=dt.UTC)}
-    categorize = score.Categorize(str(model_dir), defaults.TAXONOMY, None, lineage, max_batch_size=1)
+    categorize = score.Categorize(str(model_dir), lineage, max_batch_size=1)
     with TestPipeline() as pipeline:
         outputs = (pipeline
                    | beam.Create([embedded("ok-1"), embedded("broken", dim=7), embedded("ok-2")])

@@ -30,6 +30,7 @@ from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import array_dataset, class_labels, level_name, model_inputs, read_splits
 from linnet_core.model.export import CONFIG_JSON
 from linnet_core.model.inference_model import evidence_output
+from linnet_core.progress import Progress
 from linnet_core.store_context import ContextLayout, level_scores, store_contexts
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import STORE_CONTEXT
@@ -144,6 +145,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
              if embeddings_path.exists() else None)
     store_cap = data_store_cap(data_dir)
     parts = []
+    progress = Progress("cross-fitting", total=len(held_out), unit="folds", interval_s=0.0)
     for f in held_out:
         tf_keras.utils.set_random_seed(config.seed + f)  # the same folds give the same networks
         training = _select(pool, np.flatnonzero(fold != f))
@@ -155,6 +157,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
         rows = scored_rows[fold[scored_rows] == f]
         parts.append(_score_fold(network, _select(pool, rows), depth, prior, memory))
         logger.info("cross-fitting fold %d/%d: trained on %d products, scored %d", f + 1, folds, n, len(rows))
+        progress.update()
     return CalibrationSet.concatenate(parts)
 
 

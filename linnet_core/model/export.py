@@ -14,20 +14,20 @@ from pathlib import Path
 
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.exemplars import EXEMPLARS, Exemplars
-from linnet_core.model import MODEL_JSON
+from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY, THRESHOLDS_JSON
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.inference_model import InferenceModel
 from linnet_core.model.training_model import build_training_model
+from linnet_core.model.version import content_version, version_parts
 from linnet_core.publish import replace_dir
+from linnet_core.shopify import mapping_files
 from linnet_core.store_context import ContextLayout
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
 
 SAVED_MODEL = "saved_model"
-THRESHOLDS_JSON = "thresholds.json"
 CONFIG_JSON = "config.json"
 WEIGHTS = "training_model.weights.h5"
-TAXONOMY_COPY = "taxonomy-with-ids.en-US.txt"
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ def write_model_json(model_dir: str | Path, data: dict) -> None:
     Path(model_dir, MODEL_JSON).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def copy_shopify_mapping(shopify_dir: str | Path, model_dir: str | Path) -> None:
+    """MODEL/shopify/: the files of a Shopify taxonomy folder that scoring's mapping reads, so that
+    workers find it in the model directory."""
+    for name in mapping_files(shopify_dir):
+        target = Path(model_dir, SHOPIFY_COPY, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(shopify_dir, name), target)
+
+
 def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | None = None) -> Path:
     """(Re)build MODEL/saved_model from the trained weights, with new thresholds if given.
 
@@ -57,6 +66,8 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
             model.json's thresholds_version. None re-exports with MODEL/thresholds.json.
             MODEL/category_embeddings.npz, when present, gives the taxonomy priors and
             MODEL/exemplars.npz the exemplar memory.
+        The export's `model_version` is the content version of all of it
+        (`linnet_core.model.version`), so new thresholds give a new version.
 
     Returns:
         The SavedModel directory.
@@ -83,7 +94,9 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
     embeddings_path = model_dir / CATEGORY_EMBEDDINGS
     embeddings = CategoryEmbeddings.load(embeddings_path) if embeddings_path.exists() else None
     exemplars = Exemplars.load(model_dir / EXEMPLARS) if (model_dir / EXEMPLARS).exists() else None
-    module = InferenceModel(network, taxonomy, thresholds, info["model_version"],
+    parts = version_parts(model_dir, info, thresholds.to_json())
+    version = content_version(parts)
+    module = InferenceModel(network, taxonomy, thresholds, version,
                             info.get("default_decoding", "exact"), embeddings, exemplars)
     target = model_dir / SAVED_MODEL
     staging = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=model_dir))
@@ -93,9 +106,10 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     save_thresholds(thresholds, model_dir / THRESHOLDS_JSON)
-    write_model_json(model_dir, {**info, "thresholds_version": thresholds.version,
+    write_model_json(model_dir, {**info, "model_version": version, "version_parts": parts,
+                                 "thresholds_version": thresholds.version,
                                  "store_context_width": ContextLayout.of(taxonomy.level_sizes()).width})
-    logger.info("exported %s with thresholds %s", target, thresholds.version)
+    logger.info("exported %s as %s with thresholds %s", target, version, thresholds.version)
     return target
 
 

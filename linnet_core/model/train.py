@@ -36,6 +36,7 @@ from linnet_core.model.export import (
     TAXONOMY_COPY,
     THRESHOLDS_JSON,
     WEIGHTS,
+    copy_shopify_mapping,
     export_inference_model,
     read_model_json,
     write_model_json,
@@ -44,7 +45,7 @@ from linnet_core.model.training_model import build_training_model, compile_train
 from linnet_core.publish import written_whole
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, default_thresholds, save_thresholds
-from linnet_core.training_data import CLASS_WEIGHTS, SPLITS, VALIDATION
+from linnet_core.training_data import CLASS_WEIGHTS, ENCODERS_JSON, SPLITS, VALIDATION
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def _files(data_dir: str | Path, splits: Sequence[str]) -> list[str]:
 
 def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, taxonomy: Taxonomy,
           thresholds: Thresholds | None = None, cluster: Cluster | None = None,
-          holdout: Sequence[str] = ()) -> dict:
+          shopify_dir: str | Path | None = None, holdout: Sequence[str] = ()) -> dict:
     """Train on every split of DATA but the `holdout` ones (none: a production model on every labelled
     store); validate each epoch on DATA/validation when it is held out. The chief writes `output_dir`.
 
@@ -142,6 +143,8 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
         taxonomy: the taxonomy whose level indexes the data's labels use.
         thresholds: thresholds to bake in (default: default_thresholds()).
         cluster: from cluster_from_env() (called here when None).
+        shopify_dir: a Shopify taxonomy folder whose GPT mapping the model directory keeps (for the
+            rows' Shopify category); None: rows get none.
         holdout: splits whose stores the network and the exemplar memory never see (`training_splits`).
 
     Returns:
@@ -187,7 +190,7 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
                              curves, {"train_examples": n_train, "validation_examples": n_validation,
                                       "workers": cluster.num_workers, "train_seconds": round(seconds, 1),
                                       "data_dir": str(data_dir), "splits": list(splits),
-                                      "held_out_splits": list(holdout)})
+                                      "held_out_splits": list(holdout)}, shopify_dir)
     return curves
 
 
@@ -209,9 +212,11 @@ def fit_network(config: ModelConfig, level_sizes: list[int], dataset, steps_per_
 
 
 def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxonomy: Taxonomy,
-                     thresholds: Thresholds, curves: dict, training: dict) -> None:
-    """Weights, config, taxonomy copy, category embeddings (when the data has them), the exemplar memory
-    (the training splits), thresholds, model.json, curves; then export and the model card.
+                     thresholds: Thresholds, curves: dict, training: dict,
+                     shopify_dir: str | Path | None = None) -> None:
+    """Weights, config, taxonomy copy, category embeddings and encoder ids (when the data has them), the
+    Shopify mapping, the exemplar memory (the training splits), thresholds, model.json, curves; then
+    export and the model card: everything a worker reads travels in the model directory.
 
     The weights go through a fresh model built outside the strategy, so saving needs no collective
     op the other workers would have to join.
@@ -222,9 +227,11 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
     network.save_weights(str(output_dir / WEIGHTS))
     (output_dir / CONFIG_JSON).write_text(json.dumps(config.to_json(), indent=2) + "\n", encoding="utf-8")
     shutil.copyfile(taxonomy.source, output_dir / TAXONOMY_COPY)
-    embeddings = Path(training["data_dir"], CATEGORY_EMBEDDINGS)
-    if embeddings.exists():  # the taxonomy prior's node embeddings travel with the model
-        shutil.copyfile(embeddings, output_dir / CATEGORY_EMBEDDINGS)
+    for name in (CATEGORY_EMBEDDINGS, ENCODERS_JSON):  # the taxonomy prior's node embeddings travel too
+        if Path(training["data_dir"], name).exists():
+            shutil.copyfile(Path(training["data_dir"], name), output_dir / name)
+    if shopify_dir:
+        copy_shopify_mapping(shopify_dir, output_dir)
     data_dir = training["data_dir"]
     arrays = read_splits(data_dir, training["splits"])
     memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir))
@@ -232,8 +239,8 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
     training = {**training, "exemplars": len(memory.weights), "stores": len(set(arrays["store"]))}
     save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
     digest = hashlib.sha256((output_dir / WEIGHTS).read_bytes()).hexdigest()[:8]
-    write_model_json(output_dir, {
-        "model_version": f"linnet-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{digest}",
+    write_model_json(output_dir, {  # export adds model_version, the hash of the content
+        "training_run": f"linnet-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{digest}",
         "taxonomy_version": taxonomy.version,
         "taxonomy_fingerprint": taxonomy.fingerprint,
         "thresholds_version": thresholds.version,
