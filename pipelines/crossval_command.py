@@ -18,11 +18,12 @@ from linnet_core.evaluation.crossval import BASELINES, CROSSVAL_MD, TARGETS, run
 from linnet_core.store_cap import STORE_CAP
 from linnet_core.training_data import DEFAULT_FOLDS
 from pipelines import defaults
+from pipelines.usage import ArgumentParser, UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linnet cross-validate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="linnet cross-validate", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="training-data directory (every split is used)")
     parser.add_argument("--model", required=True,
                         help="model directory: config.json, category_embeddings.npz")
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines = () if args.baselines == "none" else tuple(b for b in args.baselines.split(",") if b)
     unknown = set(baselines) - set(BASELINES)
     if unknown:
-        parser.error(f"unknown baselines {sorted(unknown)}; choose from {','.join(BASELINES)}")
+        raise UsageError(f"unknown baselines {sorted(unknown)}; choose from {','.join(BASELINES)}")
     texts = product_texts(args.products) if baselines else {}
     result = run(args.data, texts, Taxonomy.load(args.taxonomy), args.output, args.model, args.folds,
                  args.store_cap, args.target_precision, baselines,

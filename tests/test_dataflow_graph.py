@@ -117,7 +117,7 @@ def test_template_parameters_are_flags_of_the_template_command():
 
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory: pytest.TempPathFactory, gpt) -> Path:
-    """A tiny trained model and its training data (with a calibration split to retune on)."""
+    """A tiny trained model and its training data (with a calibration split, held out, to retune on)."""
     from synthetic_training_data import write_training_data
 
     from pipelines import cli
@@ -127,7 +127,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, gpt) -> Path:
     (root / "config.json").write_text(json.dumps({"shared_units": [32], "level_units": [16], "epochs": 1,
                                                   "batch_size": 64}))
     assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model")]) == 0
+                     "--output", str(root / "model"), "--holdout", "calibration"]) == 0
     return root
 
 
@@ -151,8 +151,8 @@ def test_real_jobs_build_for_dataflow_and_a_retune_is_restaged(trained_model: Pa
         built = result[job]
         assert built["job_name"] == "linnet-dry-run" and built["batch"], job
         labels = set(built["labels"])
-        for label in (read, "DeduplicateProducts/", "EmbedProducts/Embed/", "Categorize/RunInference/",
-                      "WriteCategories/", "WriteDeadLetters/"):
+        for label in (read, "DeduplicateProducts/", "EmbedProducts/Embed/", "StoreContext/FirstPass/",
+                      "StoreContext/SumPerStore/", "Categorize/RunInference/", "WriteTables/"):
             assert any(name.startswith(label) for name in labels), (job, label)
         assert built["pickled_fns"] > 10
         assert result["staged_uri"] in built["strings"], job  # the search reaches the model handler
@@ -162,4 +162,4 @@ def test_real_jobs_build_for_dataflow_and_a_retune_is_restaged(trained_model: Pa
                        "linnet_core/config/sensitive_categories.json", "schemas/categorized.json"):
             assert needed in built["sdist"], (job, needed)
     assert any(name.startswith("AdvanceWatermark") for name in result["backfill"]["labels"])
-    assert "WriteCategories/Commit" in result["score_bigquery"]["labels"]
+    assert "WriteTables/Write[categorized]/Commit" in result["score_bigquery"]["labels"]
