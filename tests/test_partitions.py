@@ -155,17 +155,23 @@ WRITER = Path(__file__).with_name("partition_writer.py")
 
 
 def start_writer(root: Path, run_id: str, ids: list[str], die_at: str | None = None) -> subprocess.Popen:
+    """The writer in its own process; its stderr goes to a file (a full pipe would block a run that
+    holds the commit lock)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), str(WRITER.parent),
                                                         os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, str(WRITER), str(root), run_id, ",".join(ids),
-                             *([die_at] if die_at else [])], env=env, stderr=subprocess.PIPE, text=True)
+    with (root.parent / f"{root.name}-{run_id}.log").open("w") as log:
+        return subprocess.Popen([sys.executable, str(WRITER), str(root), run_id, ",".join(ids),
+                                 *([die_at] if die_at else [])], env=env, stderr=log)
+
+
+def finish(process: subprocess.Popen, root: Path, run_id: str) -> int:
+    returncode = process.wait(timeout=600)
+    assert returncode in (0, -signal.SIGKILL), (root.parent / f"{root.name}-{run_id}.log").read_text()[-3000:]
+    return returncode
 
 
 def run_writer(root: Path, run_id: str, ids: list[str], die_at: str | None = None) -> int:
-    process = start_writer(root, run_id, ids, die_at)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode in (0, -signal.SIGKILL), stderr[-3000:]
-    return process.returncode
+    return finish(start_writer(root, run_id, ids, die_at), root, run_id)
 
 
 def table_state(root: Path, table: str) -> tuple[str | None, list[str]]:
@@ -207,10 +213,8 @@ def test_concurrent_runs_on_one_partition_leave_one_whole_run(tmp_path: Path, tr
     """Reproduction 3: two runs on one partition deleted each other's staged files; both tables
     were once committed empty."""
     runs = {"run-a": [f"a{i}" for i in range(30)], "run-b": [f"b{i}" for i in range(20)]}
-    writers = [start_writer(tmp_path, run_id, ids) for run_id, ids in runs.items()]
-    for writer in writers:
-        _, stderr = writer.communicate(timeout=300)
-        assert writer.returncode == 0, stderr[-3000:]
+    writers = {run_id: start_writer(tmp_path, run_id, ids) for run_id, ids in runs.items()}
+    assert [finish(writer, tmp_path, run_id) for run_id, writer in writers.items()] == [0, 0]
     run_id, ids = table_state(tmp_path, "products")
     assert ids == sorted(runs[run_id]), "the last commit wins, whole"
     assert table_state(tmp_path, "dead_letters") == (run_id, ids)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -114,3 +118,48 @@ def test_categorize_routes_a_failing_batch_to_dead_letters(model_dir: Path, gpt:
         assert_that(outputs[DEAD_LETTER] | "Dead" >> beam.Map(lambda row: (row["product_id"], row["stage"],
                                                                             row["reason"])),
                     equal_to([("broken", "score", "scoring_failed")]), label="CheckDeadLetters")
+
+
+def test_score_scores_products_whose_text_or_label_is_broken(tmp_path: Path, model_dir: Path) -> None:
+    """Reproductions 1, 2 and 9: a lone surrogate (in a title or a product_id) and a gpt_id of
+    Infinity, 1e20 or 3237.7 crashed `score`; a bad optional label made a dead letter. All are scored."""
+    lines = [rb'{"product_id": "p1", "title": "Dog bed A\ud800B"}',
+             rb'{"product_id": "p\ud800", "title": "Coffee mug"}',
+             b'{"product_id": "p3", "title": "Garden hose", "gpt_id": Infinity}',
+             b'{"product_id": "p4", "title": "Desk lamp", "gpt_id": 100000000000000000000}',
+             b'{"product_id": "p5", "title": "Wool scarf", "gpt_id": 3237.7}']
+    (tmp_path / "broken.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    summary = score.run(["--input", str(tmp_path / "broken.jsonl"), "--model", str(model_dir),
+                         "--output", str(tmp_path / "out"), "--partition", "run=broken",
+                         "--embedding_cache", "none"])
+    assert (summary["rows_in"], summary["rows_out"], summary["dead_letters"]) == (5, 5, 0)
+    rows = pq.read_table(tmp_path / "out" / "categorized" / "run=broken").to_pylist()
+    assert sorted(row["product_id"] for row in rows) == ["p1", "p3", "p4", "p5", "p?"]
+
+
+@pytest.mark.slow
+def test_two_concurrent_score_runs_leave_one_whole_partition(tmp_path: Path, model_dir: Path) -> None:
+    """Reproduction 3: two `linnet score` runs on one --output and --partition, half a second apart,
+    deleted each other's staged files; once both tables were committed empty."""
+    products = [{"product_id": f"p{i}", "store": "s", "title": f"Product number {i}"} for i in range(12)]
+    (tmp_path / "products.jsonl").write_text("\n".join(json.dumps(p) for p in products) + "\n{broken\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    runs = []
+    for run_id in ("run-a", "run-b"):  # stderr to files: a full pipe would block a run holding the lock
+        log = tmp_path / f"{run_id}.log"
+        with log.open("w") as stderr:
+            runs.append((log, subprocess.Popen(
+                [sys.executable, "-m", "pipelines.cli", "score", "--input", str(tmp_path / "products.jsonl"),
+                 "--model", str(model_dir), "--output", str(tmp_path / "out"), "--partition", "2026-11-24",
+                 "--run_id", run_id, "--embedding_cache", "none"], env=env, stdout=subprocess.DEVNULL,
+                stderr=stderr)))
+        time.sleep(0.5)
+    for log, process in runs:
+        assert process.wait(timeout=900) == 0, log.read_text()[-3000:]
+    tables = {table: pq.read_table(tmp_path / "out" / table / "date=2026-11-24").to_pylist()
+              for table in ("categorized", "dead_letters")}
+    scored = sorted(row["product_id"] for row in tables["categorized"])
+    assert scored == sorted(product["product_id"] for product in products)
+    assert [row["reason"] for row in tables["dead_letters"]] == ["invalid_json"]
+    assert len({row["run_id"] for rows in tables.values() for row in rows}) == 1, "one run, not a mix"
