@@ -4,7 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODELS_DIR ?= $(or $(LINNET_CACHE),$(HOME)/.cache/linnet)/models
-MODELS_STAMP := $(MODELS_DIR)/prepared.json
 LINNET := $(BIN)/linnet
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE := 1
@@ -29,10 +28,9 @@ $(STAMP): requirements.txt requirements-dev.txt setup.py
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-$(MODELS_STAMP): | $(STAMP)
-	$(LINNET) prepare-models --models_dir $(MODELS_DIR)
-
-install: $(STAMP) $(MODELS_STAMP)  ## Create .venv with the pinned stack and prepare the encoders (no-op when present).
+install: $(STAMP)  ## Create .venv with the pinned stack and prepare the encoders (no-op when present).
+	@# Always asked: prepare-models rebuilds a folder of an older recipe, and returns at once otherwise.
+	@$(LINNET) prepare-models --models_dir $(MODELS_DIR) > /dev/null
 
 lint: install  ## Ruff over the code.
 	$(BIN)/ruff check linnet_core pipelines schemas tests bench
