@@ -17,12 +17,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from linnet_core import __version__
 from linnet_core.categorization import DECISIONS, Lineage, categorized_row
-from linnet_core.features import MODEL_INPUTS
 from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
@@ -43,7 +42,7 @@ from pipelines.options import OutputOptions, ProductInputOptions, pipeline_optio
 from pipelines.partitions import Partition, new_attempt
 from pipelines.progress import beam_counters
 from pipelines.sources import product_source, table_sinks
-from pipelines.store_context import STORE_CONTEXT, StoreContext, load_predictor
+from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext
 from pipelines.usage import UsageError
 from pipelines.watermark import AdvanceWatermark
 
@@ -76,7 +75,7 @@ class ScoreOptions(PipelineOptions):
                                  "products update it; default: context from this run's products only")
 
 
-class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
+class CategorizerModelHandler(SavedModelHandler):
     """RunInference handler for the inference SavedModel: one model per worker process.
 
     Elements are embedded product records; the result of each is the SavedModel's outputs for it.
@@ -84,19 +83,13 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
 
     def __init__(self, model_dir: str, decoding: str | None = None,
                  thresholds: Sequence[float] | None = None, max_batch_size: int = 256) -> None:
-        super().__init__()
-        self.model_dir = model_dir
+        super().__init__(model_dir, max_batch_size)
         self.decoding = decoding
         self.thresholds = thresholds
-        self.max_batch_size = max_batch_size
-
-    def load_model(self) -> Any:
-        return load_predictor(self.model_dir, self.max_batch_size)
 
     def run_inference(self, batch: Sequence[dict], model: Any,
                       inference_args: dict | None = None) -> Iterable[PredictionResult]:
-        inputs = {name: np.stack([np.asarray(record[name], np.float32) for record in batch])
-                  for name in MODEL_INPUTS}
+        inputs = self.inputs(batch)
         context = (np.stack([np.asarray(record[STORE_CONTEXT], np.float32) for record in batch])
                    if all(STORE_CONTEXT in record for record in batch) else None)
         outputs = model.predict(inputs, decoding=self.decoding, thresholds=self.thresholds,
@@ -104,9 +97,6 @@ class CategorizerModelHandler(ModelHandler[dict, dict, Any]):
         for index, record in enumerate(batch):
             yield PredictionResult(record, {name: value[index] for name, value in outputs.items()},
                                    model_id=model.model_version)
-
-    def batch_elements_kwargs(self) -> dict[str, int]:
-        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
 
     def get_metrics_namespace(self) -> str:
         return "linnet_categorize"

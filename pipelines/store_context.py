@@ -56,8 +56,9 @@ def load_predictor(model_dir: str, batch_size: int) -> Any:
     return Predictor(local, batch_size=batch_size)
 
 
-class StoreEvidenceHandler(ModelHandler[dict, np.ndarray, Any]):
-    """RunInference handler for the SavedModel's first pass: a product record → its contribution."""
+class SavedModelHandler(ModelHandler[dict, Any, Any]):
+    """What both scoring handlers share: the model loaded once per worker process, batches of embedded
+    product records stacked into the model's inputs."""
 
     def __init__(self, model_dir: str, max_batch_size: int = 256) -> None:
         super().__init__()
@@ -67,15 +68,23 @@ class StoreEvidenceHandler(ModelHandler[dict, np.ndarray, Any]):
     def load_model(self) -> Any:
         return load_predictor(self.model_dir, self.max_batch_size)
 
-    def run_inference(self, batch: Sequence[dict], model: Any,
-                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
-        inputs = {name: np.stack([np.asarray(record[name], np.float32) for record in batch])
-                  for name in MODEL_INPUTS}
-        for record, contribution in zip(batch, model.store_evidence(inputs), strict=True):
-            yield PredictionResult(record, contribution, model_id=model.model_version)
+    @staticmethod
+    def inputs(batch: Sequence[dict]) -> dict[str, np.ndarray]:
+        """The model inputs (features.MODEL_INPUTS) of a batch of embedded records."""
+        return {name: np.stack([np.asarray(record[name], np.float32) for record in batch])
+                for name in MODEL_INPUTS}
 
     def batch_elements_kwargs(self) -> dict[str, int]:
         return {"min_batch_size": 1, "max_batch_size": self.max_batch_size}
+
+
+class StoreEvidenceHandler(SavedModelHandler):
+    """RunInference handler for the SavedModel's first pass: a product record → its contribution."""
+
+    def run_inference(self, batch: Sequence[dict], model: Any,
+                      inference_args: dict | None = None) -> Iterable[PredictionResult]:
+        for record, contribution in zip(batch, model.store_evidence(self.inputs(batch)), strict=True):
+            yield PredictionResult(record, contribution, model_id=model.model_version)
 
     def get_metrics_namespace(self) -> str:
         return "linnet_store_context"

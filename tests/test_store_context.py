@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import apache_beam as beam
@@ -11,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from synthetic_training_data import write_training_data
 
 from linnet_core.features import IMAGE_DIM, TEXT_DIM
 from linnet_core.model.export import THRESHOLDS_JSON, export_inference_model, read_model_json
@@ -19,7 +17,6 @@ from linnet_core.model.predictor import Predictor
 from linnet_core.store_context import ContextLayout, leave_one_out, store_contexts
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import FirstPass, Thresholds, load_thresholds, save_thresholds
-from pipelines import cli
 from pipelines.io import DEAD_LETTER
 from pipelines.store_context import (
     CURRENT,
@@ -30,8 +27,6 @@ from pipelines.store_context import (
     SumContributions,
     current_version,
 )
-
-SMALL_CONFIG = {"shared_units": [32], "level_units": [16], "epochs": 1, "batch_size": 64}
 
 
 def test_leave_one_out_is_the_mean_of_the_other_products_of_the_store() -> None:
@@ -66,16 +61,6 @@ def test_sum_contributions_combines_per_store_in_bounded_state() -> None:
                 | beam.CombinePerKey(SumContributions())
                 | beam.MapTuple(lambda store, acc: (store, acc[0].tolist(), acc[1])))
         assert_that(sums, equal_to([("s", [1.0, 2.0], 2), ("t", [3.0, 3.0], 1)]))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, gpt: Taxonomy) -> Path:
-    root = tmp_path_factory.mktemp("context_model")
-    write_training_data(root / "data", gpt, sizes={"train": 200, "validation": 50})
-    (root / "config.json").write_text(json.dumps(SMALL_CONFIG))
-    assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model")]) == 0
-    return root / "model"
 
 
 def _embedded(product_id: str, store: str, seed: int) -> dict:
