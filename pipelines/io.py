@@ -136,30 +136,6 @@ def _batch_rows(batch: Any) -> Iterator[tuple[dict[str, Any] | None, Exception |
             yield None, error
 
 
-class ReadProductFilesFn(beam.DoFn):
-    """One matched file → its products and dead letters (`read_product_file`), counted."""
-
-    def __init__(self, image_root: str | None = None, run_id: str | None = None,
-                 optional_labels: bool = False) -> None:
-        self.image_root = image_root
-        self.run_id = run_id
-        self.optional_labels = optional_labels
-        self.records_read = Metrics.counter("linnet", "records_read")
-        self.valid = Metrics.counter("linnet", "records_valid")
-        self.invalid = Metrics.counter("linnet", "records_invalid")
-
-    def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
-        for record, dead in read_product_file(readable.open, readable.metadata.path, self.image_root,
-                                              self.run_id, self.optional_labels):
-            self.records_read.inc()
-            if record is not None:
-                self.valid.inc()
-                yield record
-            else:
-                self.invalid.inc()
-                yield TaggedOutput(DEAD_LETTER, dead)
-
-
 class ValidateProductFn(beam.DoFn):
     """Checks one raw record (`linnet_core.records.validate`): the record, or a dead letter."""
 
@@ -172,13 +148,31 @@ class ValidateProductFn(beam.DoFn):
         self.invalid = Metrics.counter("linnet", "records_invalid")
 
     def process(self, raw: Any) -> Iterator[Any]:
-        record, dead = validate(raw, self.image_root, self.run_id, self.optional_labels)
+        yield from self._route(*validate(raw, self.image_root, self.run_id, self.optional_labels))
+
+    def _route(self, record: dict | None, dead: dict | None) -> Iterator[Any]:
+        """A valid record on the main output, else its dead letter on `dead_letter`, counted."""
         if record is None:
             self.invalid.inc()
             yield TaggedOutput(DEAD_LETTER, dead)
             return
         self.valid.inc()
         yield record
+
+
+class ReadProductFilesFn(ValidateProductFn):
+    """One matched file → its products and dead letters (`read_product_file`), counted."""
+
+    def __init__(self, image_root: str | None = None, run_id: str | None = None,
+                 optional_labels: bool = False) -> None:
+        super().__init__(image_root, run_id, optional_labels)
+        self.records_read = Metrics.counter("linnet", "records_read")
+
+    def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
+        for record, dead in read_product_file(readable.open, readable.metadata.path, self.image_root,
+                                              self.run_id, self.optional_labels):
+            self.records_read.inc()
+            yield from self._route(record, dead)
 
 
 class KeepDayFn(beam.DoFn):
