@@ -107,13 +107,14 @@ class Predictor:
                 "use_overrides": tf.constant(bool(use_overrides)),
                 "fused": tf.constant(bool(fused)),
             }
-        n = len(check_inputs(inputs)[MODEL_INPUTS[0]])
+        arrays = check_inputs(inputs)
+        n = len(arrays[MODEL_INPUTS[0]])
         context = (np.zeros((n, self.store_context_width), np.float32) if store_context is None
                    else np.asarray(store_context, np.float32))
         if context.shape != (n, self.store_context_width):
             raise ValueError(f"store_context must have shape [{n}, {self.store_context_width}], "
                              f"got {context.shape}")
-        return self._batched(signature, {**inputs, STORE_CONTEXT_INPUT: context}, extra)
+        return self._run(signature, {**arrays, STORE_CONTEXT_INPUT: context}, extra)
 
     def predict_in_stores(self, inputs: Mapping[str, np.ndarray], stores: np.ndarray, **options
                           ) -> dict[str, np.ndarray]:
@@ -145,9 +146,10 @@ class Predictor:
         return tuple(name for name in self.metadata["evidence"].split(",") if name)
 
     def _batched(self, signature, inputs: Mapping[str, np.ndarray], extra: dict) -> dict:
-        arrays = check_inputs(inputs)
-        if STORE_CONTEXT_INPUT in inputs:
-            arrays[STORE_CONTEXT_INPUT] = np.asarray(inputs[STORE_CONTEXT_INPUT], np.float32)
+        return self._run(signature, check_inputs(inputs), extra)
+
+    def _run(self, signature, arrays: Mapping[str, np.ndarray], extra: dict) -> dict:
+        """The signature over checked float32 arrays, `batch_size` rows a call."""
         n = len(arrays[MODEL_INPUTS[0]])
         parts: dict[str, list[np.ndarray]] = {}
         for start in range(0, max(n, 1), self.batch_size):
