@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 
@@ -71,3 +73,14 @@ def categorized_row(record: Mapping[str, Any], level_ids: Sequence[int], level_c
         "scored_at": lineage.scored_at,
         "updated_at": record.get("updated_at"),
     }
+
+
+def prediction_row(record: Mapping[str, Any], outputs: Mapping[str, Any], lineage: Lineage,
+                   taxonomy: Taxonomy, shopify: ShopifyMapping | None = None) -> dict[str, Any]:
+    """The categorized row of one product from the model's outputs for it (one index of
+    `Predictor.predict`'s arrays): what the batch table and the online service both return."""
+    decoding = outputs["decoding"]
+    return categorized_row(
+        record, np.asarray(outputs["level_ids"]).tolist(), np.asarray(outputs["level_confidences"]).tolist(),
+        int(outputs["gpt_id"]), int(outputs["decision"]),
+        decoding.decode() if isinstance(decoding, bytes) else str(decoding), lineage, taxonomy, shopify)

@@ -46,11 +46,13 @@ class Reason(StrEnum):
 
 
 class RecordError(ValueError):
-    """A record that cannot be used, with a machine-readable reason."""
+    """A record that cannot be used, with a machine-readable reason and, where one field is to blame,
+    its name (the online service names it in its answer)."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.field = field
 
 
 class _TextExtractor(HTMLParser):
@@ -100,7 +102,8 @@ def _as_text(value: Any, field: str) -> str:
             return str(value)
         except ValueError:  # an int past Python's digit limit for str()
             pass
-    raise RecordError(Reason.BAD_FIELD_TYPE, f"field {field!r}: expected text, got {_describe(value)}")
+    raise RecordError(Reason.BAD_FIELD_TYPE, f"field {field!r}: expected text, got {_describe(value)}",
+                      field)
 
 
 def _describe(value: Any) -> str:
@@ -139,7 +142,7 @@ def clean_list(value: Any, field: str = "list") -> list[str]:
         value = _as_text(value, field)[: MAX_LIST_ITEMS * MAX_LIST_ITEM_CHARS * 4].split(",")
     elif isinstance(value, Mapping) or not isinstance(value, Iterable):
         raise RecordError(Reason.BAD_FIELD_TYPE,
-                          f"field {field!r}: expected a list or string, got {_describe(value)}")
+                          f"field {field!r}: expected a list or string, got {_describe(value)}", field)
     items = (clean_text(item, MAX_LIST_ITEM_CHARS, f"{field}[]") for item in value)
     return list(itertools.islice((item for item in items if item), MAX_LIST_ITEMS))
 
@@ -149,7 +152,8 @@ def parse_timestamp(value: Any) -> dt.datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool) or isinstance(value, (Mapping, list, tuple)):
-        raise RecordError(Reason.BAD_TIMESTAMP, f"updated_at is a {type(value).__name__}, not a time")
+        raise RecordError(Reason.BAD_TIMESTAMP, f"updated_at is a {type(value).__name__}, not a time",
+                          "updated_at")
     try:
         if isinstance(value, dt.datetime):
             parsed = value
@@ -161,13 +165,15 @@ def parse_timestamp(value: Any) -> dt.datetime | None:
             text = _as_text(value, "updated_at")[:64].strip()
             parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError) as error:
-        raise RecordError(Reason.BAD_TIMESTAMP, f"cannot parse updated_at {_short(value)}: {error}") from None
+        raise RecordError(Reason.BAD_TIMESTAMP, f"cannot parse updated_at {_short(value)}: {error}",
+                          "updated_at") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     try:
         return parsed.astimezone(dt.UTC)
     except OverflowError as error:  # an offset that moves year 1 or 9999 out of range
-        raise RecordError(Reason.BAD_TIMESTAMP, f"cannot parse updated_at {_short(value)}: {error}") from None
+        raise RecordError(Reason.BAD_TIMESTAMP, f"cannot parse updated_at {_short(value)}: {error}",
+                          "updated_at") from None
 
 
 def _short(value: Any) -> str:
@@ -207,7 +213,7 @@ def label_id(value: Any) -> int | None:
     elif isinstance(value, (str, bytes)) and _DIGITS.fullmatch(text := _as_text(value, "gpt_id").strip()):
         number = int(text)
     if number is None or not 0 < number < 2**63:
-        raise RecordError(Reason.UNKNOWN_LABEL, f"label gpt_id {_short(value)} is not a GPT id")
+        raise RecordError(Reason.UNKNOWN_LABEL, f"label gpt_id {_short(value)} is not a GPT id", "gpt_id")
     return number
 
 
@@ -231,7 +237,7 @@ def normalize(raw: Mapping[str, Any], image_root: str | None = None,
         raise RecordError(Reason.NOT_AN_OBJECT, f"record is a {type(raw).__name__}, not an object")
     product_id = clean_text(raw.get("product_id"), MAX_LIST_ITEM_CHARS * 5, "product_id")
     if not product_id:
-        raise RecordError(Reason.MISSING_PRODUCT_ID, "record has no product_id")
+        raise RecordError(Reason.MISSING_PRODUCT_ID, "record has no product_id", "product_id")
     record: dict[str, Any] = {"product_id": product_id, "store": clean_text(raw.get("store"), 500, "store")}
     for name in TEXT_FIELDS:
         record[name] = clean_text(raw.get(name), MAX_CHARS[name], name)

@@ -21,7 +21,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from linnet_core import __version__
-from linnet_core.categorization import DECISIONS, Lineage, categorized_row
+from linnet_core.categorization import DECISIONS, Lineage, prediction_row
 from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
@@ -102,6 +102,15 @@ class CategorizerModelHandler(SavedModelHandler):
         return "linnet_categorize"
 
 
+def load_taxonomies(model_dir: str) -> tuple[Taxonomy, ShopifyMapping | None]:
+    """The taxonomy and the Shopify mapping (None when the model has none) that travel in the model
+    directory (local or gs://): what a row builder needs, on a worker or in the online service."""
+    local = Path(local_models_dir(model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
+    taxonomy = Taxonomy.load(local / TAXONOMY_COPY)
+    shopify = local / SHOPIFY_COPY
+    return taxonomy, (ShopifyMapping.load(shopify, taxonomy) if shopify.is_dir() else None)
+
+
 class ToCategorizedRowFn(beam.DoFn):
     """A prediction → a categorized row with lineage (`linnet_core.categorization`).
 
@@ -115,21 +124,12 @@ class ToCategorizedRowFn(beam.DoFn):
         self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in DECISIONS}
 
     def setup(self) -> None:
-        local = Path(local_models_dir(self.model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
-        self.taxonomy = Taxonomy.load(local / TAXONOMY_COPY)
-        shopify = local / SHOPIFY_COPY
-        self.shopify = ShopifyMapping.load(shopify, self.taxonomy) if shopify.is_dir() else None
+        self.taxonomy, self.shopify = load_taxonomies(self.model_dir)
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[dict[str, Any]]:
         _, result = element
-        outputs = result.inference
         lineage = Lineage(model_version=result.model_id, **self.lineage)
-        decoding = outputs["decoding"]
-        row = categorized_row(
-            result.example, outputs["level_ids"].tolist(), outputs["level_confidences"].tolist(),
-            int(outputs["gpt_id"]), int(outputs["decision"]),
-            decoding.decode() if isinstance(decoding, bytes) else str(decoding),
-            lineage, self.taxonomy, self.shopify)
+        row = prediction_row(result.example, result.inference, lineage, self.taxonomy, self.shopify)
         self.decisions[row["decision"]].inc()
         yield row
 
@@ -177,6 +177,14 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{commit}"
+
+
+def base_lineage(info: dict, run_id: str, thresholds_version: str | None = None) -> dict[str, str]:
+    """The lineage a run stamps on every row, but `model_version` (the loaded model's) and `scored_at`:
+    from model.json, the thresholds file used (default the model's) and this code."""
+    return {"taxonomy_version": info["taxonomy_version"],
+            "thresholds_version": thresholds_version or info["thresholds_version"],
+            "code_version": code_version(), "run_id": run_id}
 
 
 def build(products: dict[str, beam.PCollection], embed: beam.PTransform, context: StoreContext,
@@ -245,8 +253,7 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     if flags.thresholds:
         chosen = load_thresholds(flags.thresholds)
         levels, thresholds_version = list(chosen.levels), chosen.version
-    lineage = {"taxonomy_version": info["taxonomy_version"], "thresholds_version": thresholds_version,
-               "code_version": code_version(), "run_id": run_id, "scored_at": dt.datetime.now(dt.UTC)}
+    lineage = {**base_lineage(info, run_id, thresholds_version), "scored_at": dt.datetime.now(dt.UTC)}
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
     products = pipeline | "ReadProducts" >> product_source(options, day, run_id, optional_labels=True)
