@@ -15,8 +15,8 @@ the SavedModel's `store_evidence` signature).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -71,6 +71,44 @@ def store_contexts(own: np.ndarray, stores: Sequence[str]) -> np.ndarray:
     sums = np.zeros((len(counts), own.shape[1]), np.float64)
     np.add.at(sums, index, own)
     return leave_one_out(sums[index], counts[index], own)
+
+
+@dataclass(frozen=True)
+class StoreTable:
+    """One published version of the store-context tables in memory (the batch scoring stage writes them):
+    each store's summed contributions and product count, and each member product's store and
+    contribution. Empty: no stored context, only the products scored together."""
+
+    sums: Mapping[str, np.ndarray] = field(default_factory=dict)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    members: Mapping[str, tuple[str, np.ndarray]] = field(default_factory=dict)
+    version: str | None = None
+
+    def contexts(self, product_ids: Sequence[str], stores: Sequence[str | None], own: np.ndarray
+                 ) -> np.ndarray:
+        """float32[N, width]: each product's context as a batch run over these products against this
+        table gives it — their rows replace their stored ones (by product_id), then each product sees the
+        mean of its store-mates; zeros without a store. Product ids must be distinct."""
+        totals: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        for store in {store for store in stores if store}:
+            totals[store] = np.array(self.sums.get(store, np.zeros(own.shape[1])), np.float64)
+            counts[store] = int(self.counts.get(store, 0))
+        for product_id in product_ids:
+            store, contribution = self.members.get(product_id, (None, None))
+            if store in totals:
+                totals[store] -= contribution
+                counts[store] -= 1
+        for store, contribution in zip(stores, own, strict=True):
+            if store:
+                totals[store] += contribution
+                counts[store] += 1
+        context = np.zeros(own.shape, np.float32)
+        rows = [i for i, store in enumerate(stores) if store]
+        if rows:
+            context[rows] = leave_one_out(np.stack([totals[stores[i]] for i in rows]),
+                                          np.array([counts[stores[i]] for i in rows]), own[rows])
+        return context
 
 
 def level_scores(context: np.ndarray, layout: ContextLayout, level_sizes: Sequence[int]) -> list[np.ndarray]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
 from apache_beam.metrics import Metrics
@@ -33,7 +34,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 import schemas
 from linnet_core.features import MODEL_INPUTS
 from linnet_core.records import Reason, dead_letter
-from linnet_core.store_context import leave_one_out
+from linnet_core.store_context import StoreTable, leave_one_out
 from pipelines.embed import local_models_dir, without_vectors
 from pipelines.io import DEAD_LETTER
 
@@ -121,9 +122,10 @@ def sparse(vector: np.ndarray) -> tuple[list[int], list[float]]:
     return index.tolist(), np.asarray(vector)[index].astype(float).tolist()
 
 
-def dense(indices: Sequence[int], values: Sequence[float], width: int) -> np.ndarray:
-    vector = np.zeros(width, np.float32)
-    vector[np.asarray(indices, np.int64)] = np.asarray(values, np.float32)
+def dense(indices: Sequence[int], values: Sequence[float], width: int, dtype: type = np.float32
+          ) -> np.ndarray:
+    vector = np.zeros(width, dtype)
+    vector[np.asarray(indices, np.int64)] = np.asarray(values, dtype)
     return vector
 
 
@@ -177,6 +179,31 @@ def publish(directory: str, run_id: str) -> None:
 
 def _table_path(directory: str, run_id: str, table: str) -> str:
     return FileSystems.join(directory, "versions", run_id, table)
+
+
+def _read_rows(directory: str, version: str, table: str) -> Iterator[dict]:
+    """The rows of one table of a published version, through FileSystems (local or gs://)."""
+    import pyarrow.parquet as pq
+
+    pattern = f"{_table_path(directory, version, table)}/*.parquet"
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            yield from pq.read_table(handle).to_pylist()
+
+
+def read_store_table(directory: str, width: int) -> StoreTable:
+    """The published version of the store-context tables in DIR, in memory (the online service's view of
+    what the nightly run wrote); an empty table before the first publish."""
+    version = current_version(directory)
+    if version is None:
+        return StoreTable()
+    sums, counts = {}, {}
+    for row in _read_rows(directory, version, STORES):
+        sums[row["store"]] = dense(row["indices"], row["values"], width, np.float64)
+        counts[row["store"]] = int(row["products"])
+    members = {row["product_id"]: (row["store"], dense(row["indices"], row["values"], width))
+               for row in _read_rows(directory, version, MEMBERS)}
+    return StoreTable(sums, counts, members, version)
 
 
 class StoreContext(beam.PTransform):

@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from linnet_core.features import IMAGE_DIM, TEXT_DIM
 from linnet_core.model.export import THRESHOLDS_JSON, export_inference_model, read_model_json
 from linnet_core.model.predictor import Predictor
-from linnet_core.store_context import ContextLayout, leave_one_out, store_contexts
+from linnet_core.store_context import ContextLayout, StoreTable, leave_one_out, store_contexts
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import FirstPass, Thresholds, load_thresholds, save_thresholds
 from pipelines.io import DEAD_LETTER
@@ -26,6 +26,7 @@ from pipelines.store_context import (
     StoreContext,
     SumContributions,
     current_version,
+    read_store_table,
 )
 
 
@@ -41,6 +42,28 @@ def test_leave_one_out_is_the_mean_of_the_other_products_of_the_store() -> None:
     order = np.array([3, 1, 0, 2])  # aggregation does not depend on row order
     np.testing.assert_allclose(store_contexts(own[order], np.array(["t", "s", "s", "s"], dtype=object)),
                                context[order])
+
+
+def test_store_table_contexts_are_a_batch_run_against_the_table() -> None:
+    rng = np.random.default_rng(0)
+    own = rng.random((6, 3))
+    stores = np.array(["s", "s", "s", "s", "t", "t"], dtype=object)
+    everyone = store_contexts(own, stores)
+    # Without a table, the products given are the whole batch: store_contexts over them.
+    np.testing.assert_allclose(StoreTable().contexts(list("abcdef"), list(stores), own), everyone, atol=1e-6)
+    # A table holding all six: scoring two of them again, unchanged, gives them their batch contexts ...
+    sums = {store: own[stores == store].sum(0) for store in ("s", "t")}
+    table = StoreTable(sums, {"s": 4, "t": 2}, {pid: (store, own[i]) for i, (pid, store) in
+                                                 enumerate(zip("abcdef", stores, strict=True))})
+    np.testing.assert_allclose(table.contexts(["b", "e"], ["s", "t"], own[[1, 4]]), everyone[[1, 4]],
+                               atol=1e-6)
+    # ... a changed product replaces its stored row, and a new product or one without a store joins none.
+    changed = own.copy()
+    changed[1] = rng.random(3)
+    online = table.contexts(["b", "g", "h"], ["s", "s", None], np.stack([changed[1], own[0], own[0]]))
+    batch = store_contexts(np.concatenate([changed[:4], own[:1]]), ["s"] * 5)
+    np.testing.assert_allclose(online[:2], batch[[1, 4]], atol=1e-6)
+    assert not online[2].any()
 
 
 def test_layout_places_level_one_then_level_two() -> None:
@@ -117,8 +140,13 @@ def test_store_context_stage_and_incremental_table(model_dir: Path, tmp_path: Pa
     # A nightly run scores one changed product of store s and one new one: both see the whole store.
     second = [_embedded("b", "s", 20), _embedded("e", "s", 5)]
     new_own = predictor.store_evidence(_inputs(second))
-    _run(model_dir, second, "run-2", directory, {"b": (own[0] + own[2] + new_own[1]) / 3,
-                                                 "e": (own[0] + own[2] + new_own[0]) / 3})
+    expected = {"b": (own[0] + own[2] + new_own[1]) / 3, "e": (own[0] + own[2] + new_own[0]) / 3}
+    # The online service's view of the run-1 table gives them the context the batch run-2 gives them.
+    table = read_store_table(str(directory), predictor.store_context_width)
+    assert table.version == "run-1" and table.counts == {"s": 3, "t": 1}
+    online = table.contexts(["b", "e"], ["s", "s"], new_own)
+    np.testing.assert_allclose(online, np.stack([expected["b"], expected["e"]]), atol=1e-6)
+    _run(model_dir, second, "run-2", directory, expected)
     assert current_version(str(directory)) == "run-2"
     members = {m["product_id"]: m
                for m in pq.read_table(directory / "versions" / "run-2" / MEMBERS).to_pylist()}
