@@ -56,7 +56,8 @@ class EmbeddingOptions(PipelineOptions):
         flag("text_model", default=None,
              help="HF model directory or hub id (default: <models_dir>/multilingual-e5-small)")
         flag("text_engine", default="onnx", choices=text_encoders.ENGINES,
-             help="onnx: int8 fast path (default); torch: fp32 reference")
+             help="onnx: fp32 ONNX Runtime (default, the same vectors on every CPU); onnx-int8: about twice "
+                  "as fast, vectors differ between CPUs; torch: the PyTorch reference")
         flag("image_engine", default="onnx", choices=image_encoders.ENGINES,
              help="onnx (default) or torch, same MobileNet-V2 weights")
         flag("max_tokens", type=int, default=text_encoders.DEFAULT_MAX_TOKENS,
@@ -112,7 +113,12 @@ class EmbedConfig:
     @classmethod
     def from_options(cls, options: PipelineOptions) -> EmbedConfig:
         """The config of `EmbeddingOptions` flags (`--embedding_cache none` disables the cache)."""
-        flags = options.view_as(EmbeddingOptions)
+        return cls.from_flags(options.view_as(EmbeddingOptions))
+
+    @classmethod
+    def from_flags(cls, flags: Any) -> EmbedConfig:
+        """The config of parsed `EmbeddingOptions` flags, from Beam's options or a plain argparse parser
+        (the online service's)."""
         cache = None if flags.embedding_cache in (None, "", NO_CACHE) else flags.embedding_cache
         return cls(flags.models_dir, flags.text_model, flags.text_engine, flags.image_engine,
                    flags.max_tokens, flags.embed_batch_size, cache, flags.encoder_threads)
