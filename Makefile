@@ -16,7 +16,7 @@ OUT ?= out
 TARGET_PRECISION ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint run-local bench-embed bench-score evaluate cross-validate dataflow-submit clean
+.PHONY: help install test lint run-local bench-embed bench-score bench-serve serve evaluate cross-validate dataflow-submit clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -63,6 +63,15 @@ bench-embed: install  ## Embedding throughput: bare encoders vs EmbedProducts (D
 
 bench-score: install  ## End-to-end scoring (DirectRunner, 2 workers) vs the bare text encoder; RSS at N and 4N.
 	$(BIN)/python bench/score_throughput.py --model $(OUT)/model
+
+BENCH_SERVE_ARGS ?=
+bench-serve: install  ## `linnet serve` on loopback at concurrency 1/8/32: latency, products/s vs the bare encoder, RSS.
+	$(BIN)/python bench/serve_latency.py --model $(OUT)/model $(BENCH_SERVE_ARGS)
+
+PORT ?= 8080
+SERVE_ARGS ?=
+serve: install  ## The online service over MODEL on 127.0.0.1:PORT (`linnet serve`; docs/operations.md).
+	$(LINNET) serve --model $(MODEL) --port $(PORT) $(SERVE_ARGS)
 
 MODEL ?= $(OUT)/model
 SUBMIT_ARGS ?=

@@ -22,7 +22,7 @@ setup(
     description="Hierarchical product categorization into the Google Product Taxonomy",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["linnet_core", "linnet_core.*", "pipelines", "pipelines.*",
-                                    "schemas"]),
+                                    "serving", "serving.*", "schemas"]),
     package_data={"schemas": ["*.json"], "linnet_core": ["config/*.json"]},
     install_requires=_requirements(),
     entry_points={"console_scripts": ["linnet = pipelines.cli:main"]},

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run-local": ("pipelines.run_local:main", "The whole job on the DirectRunner over the shared data."),
     "backfill": ("pipelines.backfill:main", "Score day by day by updated_at; one partition per day."),
     "dataflow-submit": ("pipelines.dataflow_submit:main", "Stage the model, run score/backfill on Dataflow."),
+    "serve": ("serving.command:main", "Online categorization over HTTP: the rows `score` writes."),
 }
 
 
@@ -53,7 +54,7 @@ def _log_progress() -> None:
     """LinNét's own INFO lines (progress of long stages, slow events) on stderr; other libraries'
     (Beam's, TensorFlow's) from WARNING, as before."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("linnet_core", "pipelines"):
+    for name in ("linnet_core", "pipelines", "serving"):
         logging.getLogger(name).setLevel(logging.INFO)
 
 
