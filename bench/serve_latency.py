@@ -25,30 +25,17 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from linnet_core import features
-from linnet_core.encoders.text import TEXT_MODEL_NAME, load_text_encoder
 from pipelines import defaults
 
 sys.path.insert(0, str(Path(__file__).parent))
 from embed_throughput import load_products  # noqa: E402 - the sibling benchmarks' helpers
-from score_throughput import tree_rss  # noqa: E402
+from score_throughput import bare_text_encoder, tree_rss  # noqa: E402
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def bare_encoder(products: list[dict]) -> float:
-    """Products/s of the bare text encoder over both texts of each product."""
-    texts = [text for record in products for text in features.embedded_texts(record)]
-    encoder = load_text_encoder(str(defaults.MODELS / TEXT_MODEL_NAME), "onnx")
-    encoder.encode(texts[:32])
-    started = time.perf_counter()
-    for start in range(0, len(texts), 32):
-        encoder.encode(texts[start:start + 32])
-    return len(products) / (time.perf_counter() - started)
 
 
 def start_server(model: str, port: int) -> subprocess.Popen:
@@ -122,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     products = [{key: value for key, value in record.items() if key != "updated_at"}
                 for record in load_products(args.products, with_images=False)]
-    bare = bare_encoder(products[:512])
+    bare = bare_text_encoder(products[:512])
     phases = asyncio.run(drive(args, products))
     last = phases[-1]
     rss = last["rss_mb_per_thousand"]
