@@ -86,7 +86,7 @@ def served(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "serve", "--model", str(model_dir), "--port", str(port),
          "--store_context", str(root / "context"), "--image_root", str(PRODUCTS_DIR),
-         "--embedding_cache", "none", "--max_products", "50", "--max_body_mb", "1"],
+         "--embedding_cache", "none", "--max_products", "50", "--max_body_mb", "1", "--timeout_s", "600"],
         cwd=root, stdout=subprocess.DEVNULL, stderr=open(root / "serve.log", "wb"))  # noqa: SIM115
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + READY_TIMEOUT_S
