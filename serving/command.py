@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from pipelines.embed import EmbedConfig, EmbeddingOptions
+from pipelines.embed import NO_CACHE, EmbedConfig, EmbeddingOptions
 from pipelines.partitions import new_attempt
 from pipelines.usage import ArgumentParser
 from serving.app import Limits, create_app
@@ -47,6 +47,8 @@ def parser() -> ArgumentParser:
     parser.add_argument("--drain_s", "--drain-s", dest="drain_s", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight requests may take to finish")
     EmbeddingOptions._add_argparse_args(parser)
+    # Online, most texts are new and a disk cache would only grow (in memory, on Cloud Run's filesystem).
+    parser.set_defaults(embedding_cache=NO_CACHE)
     return parser
 
 
