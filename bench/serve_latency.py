@@ -93,8 +93,11 @@ async def drive(args: argparse.Namespace, products: list[dict]) -> list[dict]:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(300)) as session:
             await wait_ready(session, base, server)
             phases = [(1, args.warm), (8, args.warm * 4), (32, args.requests)]
-            return [await load_phase(session, base, products, concurrency, count, server)
-                    for concurrency, count in phases]
+            results = []
+            for concurrency, count in phases:
+                results.append(await load_phase(session, base, products, concurrency, count, server))
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            return results
     finally:
         server.terminate()
         server.wait(timeout=120)
