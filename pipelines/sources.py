@@ -10,6 +10,7 @@ import datetime as dt
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery, WriteBigQueryPartitions
@@ -21,7 +22,7 @@ from pipelines.partitions import Partition, WritePartitions
 def default_image_root(file_pattern: str) -> str:
     """Relative image paths in files resolve against the (first) input file's folder."""
     first = file_pattern.split(",")[0]
-    return str(Path(first).parent) if "://" in first else str(Path(first).parent.resolve())
+    return FileSystems.split(first)[0] if "://" in first else str(Path(first).parent.resolve())
 
 
 def product_source(options: PipelineOptions, day: dt.date | None = None, run_id: str | None = None,
