@@ -106,6 +106,15 @@ class EmbedConfig:
         """The prepared models folder: `models_dir`, or this machine's default."""
         return self.models_dir or str(defaults.MODELS)
 
+    def model_files(self) -> tuple[str, ...]:
+        """What the configured engines read of `models()`, by relative name: all a remote copy fetches."""
+        image = image_encoders.ENGINE_FILES[self.image_engine]
+        if self.text_model:  # the text model lives elsewhere; the models folder serves the image encoder
+            return (image,)
+        folder = text_encoders.TEXT_MODEL_NAME
+        text = text_encoders.engine_files(self.text_engine)
+        return (image, *(f"{folder}/{name}" for name in text)) if text else (image, folder)
+
     def cache_folder(self) -> str | None:
         """The embedding cache folder on this machine (None: no cache)."""
         return str(defaults.CACHE / "embeddings") if self.cache_dir == LOCAL_CACHE else self.cache_dir
@@ -145,13 +154,13 @@ def read_uri(uri: str) -> bytes:
         raise
 
 
-def local_models_dir(models_dir: str, only: Sequence[str] = ()) -> str:
-    """`models_dir` itself when local; a remote one (gs://...) is copied once into a temporary folder
-    (with `only`, just those files and folders of it, by relative name)."""
-    if "://" not in models_dir:
-        return models_dir
-    root = models_dir.rstrip("/")
-    target = Path(tempfile.mkdtemp(prefix="linnet-models-"))
+def local_copy(folder: str, only: Sequence[str] = ()) -> str:
+    """`folder` itself when local; a remote one (gs://..., a model or table folder) is copied once into a
+    temporary folder (with `only`, just those files and folders of it, by relative name)."""
+    if "://" not in folder:
+        return folder
+    root = folder.rstrip("/")
+    target = Path(tempfile.mkdtemp(prefix="linnet-copy-"))
     for metadata in FileSystems.match([f"{root}/**"])[0].metadata_list:
         relative = metadata.path[len(root) + 1:]
         if only and not any(relative == name or relative.startswith(f"{name}/") for name in only):
@@ -159,13 +168,13 @@ def local_models_dir(models_dir: str, only: Sequence[str] = ()) -> str:
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(read_uri(metadata.path))
-    logger.info("copied models from %s to %s", models_dir, target)
+    logger.info("copied %s to %s", folder, target)
     return str(target)
 
 
 def load_embedder(cfg: EmbedConfig) -> ProductEmbedder:
     """Both encoders (and the cache) as the config says; the slow step that runs once per worker."""
-    models = local_models_dir(cfg.models())
+    models = local_copy(cfg.models(), only=cfg.model_files())
     threads = cfg.threads or os.cpu_count() or 1
     text_model = cfg.text_model or str(Path(models) / text_encoders.TEXT_MODEL_NAME)
     text = text_encoders.load_text_encoder(text_model, cfg.text_engine, cfg.max_tokens, threads)

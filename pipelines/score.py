@@ -33,7 +33,7 @@ from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
     EmbedProducts,
-    local_models_dir,
+    local_copy,
     read_uri,
     without_vectors,
 )
@@ -105,7 +105,7 @@ class CategorizerModelHandler(SavedModelHandler):
 def load_taxonomies(model_dir: str) -> tuple[Taxonomy, ShopifyMapping | None]:
     """The taxonomy and the Shopify mapping (None when the model has none) that travel in the model
     directory (local or gs://): what a row builder needs, on a worker or in the online service."""
-    local = Path(local_models_dir(model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
+    local = Path(local_copy(model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
     taxonomy = Taxonomy.load(local / TAXONOMY_COPY)
     shopify = local / SHOPIFY_COPY
     return taxonomy, (ShopifyMapping.load(shopify, taxonomy) if shopify.is_dir() else None)

@@ -35,7 +35,7 @@ import schemas
 from linnet_core.features import MODEL_INPUTS
 from linnet_core.records import Reason, dead_letter
 from linnet_core.store_context import StoreTable, leave_one_out
-from pipelines.embed import local_models_dir, without_vectors
+from pipelines.embed import local_copy, without_vectors
 from pipelines.io import DEAD_LETTER
 
 LOGGER = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_predictor(model_dir: str, batch_size: int) -> Any:
     from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON
     from linnet_core.model.predictor import Predictor
 
-    local = local_models_dir(model_dir, only=(SAVED_MODEL, MODEL_JSON, THRESHOLDS_JSON))
+    local = local_copy(model_dir, only=(SAVED_MODEL, MODEL_JSON, THRESHOLDS_JSON))
     return Predictor(local, batch_size=batch_size)
 
 
