@@ -35,11 +35,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 
+from linnet_core.publish import MANIFEST
 from linnet_core.records import day_bounds, updated_on  # noqa: F401 - part of this module's API
 from pipelines.io import WriteTable
 
 LOGGER = logging.getLogger(__name__)
-MANIFEST = "_SUCCESS"
 STAGING = "_staging"
 TRASH = "_trash"
 COMMITS = "_commits"
@@ -165,6 +165,21 @@ def committed_files(folder: str) -> list[str]:
     """
     manifest = read_manifest(folder)
     return [FileSystems.join(folder, name) for name in manifest["files"]] if manifest else []
+
+
+def committed_names(root: str) -> list[str]:
+    """The partition manifests under table folder `root` and the files they name, relative to `root`:
+    all a reader needs of it (staging, trash and journal folders, `_`-prefixed, are left out)."""
+    root = root.rstrip("/")
+    names = []
+    for metadata in FileSystems.match([f"{root}/**{MANIFEST}"])[0].metadata_list:
+        folder, name = FileSystems.split(metadata.path)
+        relative = folder[len(root) + 1:]
+        if name != MANIFEST or any(part.startswith("_") for part in relative.split("/") if part):
+            continue
+        prefix = f"{relative}/" if relative else ""
+        names += [f"{prefix}{MANIFEST}", *(f"{prefix}{file}" for file in read_manifest(folder)["files"])]
+    return sorted(names)
 
 
 def commit_partition(staged: str, final: str, attempt: str, by_rename: bool | None = None,

@@ -10,8 +10,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from model_dirs import write_stand_in_model
 
+from linnet_core.evaluation.systems import parquet_files
 from pipelines import partitions
 from pipelines.dataflow_submit import stage_model
+from pipelines.embed import local_copy
 from pipelines.partitions import Partition, WritePartition
 from pipelines.watermark import Watermark
 
@@ -56,11 +58,15 @@ def main(workdir: str) -> dict:
     _write(["b", "d"])
     mark = Watermark(f"{ROOT}/_watermark.json")
     marks = [mark.advance(dt.date(2026, 11, 23)), mark.advance(dt.date(2026, 11, 24))]
+    table = f"{ROOT}/products"
+    copy = local_copy(table, only=partitions.committed_names(table))  # what `linnet evaluate` reads
+    readable = sorted(str(Path(path).relative_to(copy)) for path in parquet_files(copy))
     version = write_stand_in_model(Path(workdir) / "model")
     model = Path(workdir) / "model"
     return {"first": first, "crashed": crashed, "after_crash": after_crash, "second": _visible_ids(),
             "manifest": partitions.read_manifest(partitions.partition_dir(ROOT, "products", DAY)),
-            "objects": _objects(f"{ROOT}/products"), "watermark": [str(day) for day in marks],
+            "objects": _objects(f"{ROOT}/products"), "readable": readable,
+            "watermark": [str(day) for day in marks],
             "stored_watermark": str(mark.read()), "model_version": version,
             "model_uri": stage_model(str(model), "gs://linnet-test"),
             "model_objects": _objects("gs://linnet-test/models")}

@@ -134,6 +134,7 @@ def test_commits_on_gcs_through_the_storage_emulator(tmp_path: Path):
     prefix = "gs://linnet-test/out/products/date=2026-11-24/"
     files = [prefix + name for name in result["manifest"]["files"]]
     assert result["objects"] == sorted([prefix + "_SUCCESS", *files])
+    assert result["readable"] == [f"date=2026-11-24/{name}" for name in result["manifest"]["files"]]
     assert result["watermark"] == ["2026-11-23", "2026-11-24"] and result["stored_watermark"] == "2026-11-24"
     staged = f"gs://linnet-test/models/{result['model_version']}"
     assert result["model_uri"] == staged
