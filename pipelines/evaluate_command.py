@@ -21,6 +21,7 @@ from linnet_core.store_cap import STORE_CAP
 from pipelines import defaults
 from pipelines.embed import local_copy
 from pipelines.partitions import committed_names
+from pipelines.publish import published_dir
 from pipelines.usage import ArgumentParser
 
 HEADLINE = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_precision", "aurc", "n", "n_labelled")
@@ -44,6 +45,10 @@ def _readable(table: str | None) -> str | None:
     if not names:
         raise EvaluationError(f"no committed partition (no {MANIFEST} manifest) under {table}")
     return local_copy(table, only=names)
+
+
+def _training_data(folder: str | None) -> str | None:
+    return published_dir(folder) if folder else None
 
 
 def parse_config(argv: list[str] | None) -> EvaluationConfig:
@@ -74,7 +79,7 @@ def parse_config(argv: list[str] | None) -> EvaluationConfig:
     args = parser.parse_args(argv)
     return EvaluationConfig(taxonomy_file=args.taxonomy, output=args.output,
                             predictions=_readable(args.predictions), labels=_readable(args.labels),
-                            model=args.model, training_data=args.training_data,
+                            model=args.model, training_data=_training_data(args.training_data),
                             split=args.split, baselines=args.baselines, products=args.products,
                             hp_floor=args.hp_floor, store_cap=args.store_cap)
 

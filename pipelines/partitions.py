@@ -127,7 +127,8 @@ def _data_files(folder: str) -> list[str]:
     return sorted(meta.path for meta in matches)
 
 
-def _write_json(path: str, value: dict[str, Any]) -> None:
+def write_json(path: str, value: dict[str, Any]) -> None:
+    """`value` as the JSON object at `path` (one object write on object stores)."""
     with FileSystems.create(path, mime_type="application/json") as handle:
         handle.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
 
@@ -219,7 +220,7 @@ def commit_partition(staged: str, final: str, attempt: str, by_rename: bool | No
 
 
 def _commit_by_rename(staged: str, final: str, attempt: str, manifest: dict[str, Any]) -> None:
-    _write_json(FileSystems.join(staged, MANIFEST), manifest)
+    write_json(FileSystems.join(staged, MANIFEST), manifest)
     table_dir, name = FileSystems.split(final)
     aside = FileSystems.join(table_dir, TRASH, f"{name}.{attempt}")
     if FileSystems.exists(final):
@@ -238,7 +239,7 @@ def _commit_by_manifest(files: list[str], final: str, attempt: str,
     FileSystems.copy(files, [FileSystems.join(final, renamed[FileSystems.split(path)[1]]) for path in files])
     manifest = {**manifest, "files": sorted(renamed.values()),
                 "file_rows": {renamed[name]: rows for name, rows in manifest["file_rows"].items()}}
-    _write_json(FileSystems.join(final, MANIFEST), manifest)
+    write_json(FileSystems.join(final, MANIFEST), manifest)
     keep = set(manifest["files"])
     stale = [path for path in _data_files(final) if FileSystems.split(path)[1] not in keep]
     if stale:
@@ -400,7 +401,7 @@ def commit_tables(root: str, tables: list[str], partition: Partition | None, att
 def _write_json_atomically(path: str, value: dict[str, Any]) -> None:
     """One step: a local file is written aside and renamed; an object write is atomic already."""
     if not _is_local(path):
-        _write_json(path, value)
+        write_json(path, value)
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(f"{path}.{uuid.uuid4().hex[:8]}.tmp")
