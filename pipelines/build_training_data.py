@@ -63,7 +63,7 @@ from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.progress import beam_counters
 from pipelines.publish import published
-from pipelines.sources import product_source
+from pipelines.sources import embedding_total, product_source
 
 LOGGER = logging.getLogger(__name__)
 EXAMPLES = "examples"
@@ -439,7 +439,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         cfg = _config(options, staging)
         pipeline = test_pipeline or beam.Pipeline(options=options)
         # --input files, or BigQuery with --input_table or --query: the same choice as `linnet score`'s
-        embed = embed or EmbedProducts.from_options(options, cfg.run_id)
+        total = embedding_total(options)
+        total = min(total, cfg.sample) if total is not None and cfg.sample else total
+        embed = embed or EmbedProducts.from_options(options, cfg.run_id, total)
         build(pipeline, cfg, product_source(options), embed)
         result = pipeline.run()
         result.wait_until_finish()

@@ -8,6 +8,7 @@ encoders once per worker process and shares them across threads. All decisions l
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -86,6 +87,7 @@ class EmbedConfig:
     batch_size: int = 32
     cache_dir: str | None = None
     threads: int = 0
+    total: int | None = None  # products the run embeds at most, when known: the ETA of progress lines
 
     def __post_init__(self) -> None:
         if self.text_engine not in text_encoders.ENGINES:
@@ -196,7 +198,7 @@ class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedd
     def run_inference(self, batch: Sequence[dict], model: ProductEmbedder,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         outcomes = model.embed(batch, read_uri)
-        Progress.shared("embedding", unit="products").update(len(batch))
+        Progress.shared("embedding", unit="products", total=self.cfg.total).update(len(batch))
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, outcomes, strict=True)]
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
@@ -270,9 +272,10 @@ class EmbedProducts(beam.PTransform):
         self.run_id = run_id
 
     @classmethod
-    def from_options(cls, options: PipelineOptions, run_id: str | None = None) -> EmbedProducts:
-        """The transform configured by `EmbeddingOptions` flags."""
-        return cls(EmbedConfig.from_options(options), run_id)
+    def from_options(cls, options: PipelineOptions, run_id: str | None = None,
+                     total: int | None = None) -> EmbedProducts:
+        """The transform configured by `EmbeddingOptions` flags; `total`: products it embeds at most."""
+        return cls(dataclasses.replace(EmbedConfig.from_options(options), total=total), run_id)
 
     def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
         keyed = products | "KeyByProductId" >> beam.ParDo(KeyByProductIdFn(self.run_id)).with_outputs(

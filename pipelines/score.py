@@ -41,7 +41,7 @@ from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
 from pipelines.progress import beam_counters
-from pipelines.sources import product_source, table_sinks
+from pipelines.sources import embedding_total, product_source, table_sinks
 from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext
 from pipelines.usage import UsageError
 from pipelines.watermark import AdvanceWatermark
@@ -263,8 +263,9 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
                            flags.max_batch_size)
     write = table_sinks(options, {CATEGORIZED: "categorized", DEAD_LETTERS: "dead_letters"}, partition,
                         run_id)
-    manifests = build(products, EmbedProducts.from_options(options, run_id), context, categorize, write,
-                      run_id)
+    total = None if only_updated_on_day else embedding_total(options)  # a day's share is not known
+    manifests = build(products, EmbedProducts.from_options(options, run_id, total), context, categorize,
+                      write, run_id)
     if watermark:
         day = partition.day
         if day is None:
