@@ -3,7 +3,7 @@
 Writes the training data directory of docs/ARCHITECTURE.md: gzip TFRecords per split, the
 transform_fn (class weights and store factors learned on the train split), class_weights.json,
 stats.json, category_embeddings.npz and dead letters. The output appears whole or not at all: a local
-one is written beside and renamed, a gs:// one published by a manifest written last (`pipelines.publish`;
+one is written beside and renamed, a gs:// one published by writing CURRENT last (`pipelines.publish`;
 readers resolve it with `published_dir`).
 """
 

@@ -142,7 +142,7 @@ def test_commits_on_gcs_through_the_storage_emulator(tmp_path: Path):
     versions = {path.removeprefix(prefix).split("/")[0] for path in result["data_objects"]
                 if path.startswith(prefix)}
     assert len(versions) == 2 and result["published_dir"].startswith(prefix)
-    assert result["data_objects"] == sorted([f"{result['data']}/_SUCCESS",
+    assert result["data_objects"] == sorted([f"{result['data']}/CURRENT",
                                              *(f"{prefix}{version}/stats.json" for version in versions)])
     assert result["readable"] == [f"date=2026-11-24/{name}" for name in result["manifest"]["files"]]
     assert result["watermark"] == ["2026-11-23", "2026-11-24"] and result["stored_watermark"] == "2026-11-24"
