@@ -27,11 +27,11 @@ from gcs_emulator import BUCKET, emulator_bucket, running_gcs
 
 import schemas
 from linnet_core.model import MODEL_JSON
+from linnet_core.publish import MANIFEST
 from linnet_core.records import normalize
 from linnet_core.taxonomy import Taxonomy
 from pipelines import defaults
 from pipelines.embed import EmbedConfig
-from pipelines.partitions import MANIFEST
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GS = f"gs://{BUCKET}"
