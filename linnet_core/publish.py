@@ -12,6 +12,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+# The manifest of a committed table partition (`pipelines.partitions`), written last: the files it names
+# are the partition, whatever else its folder holds (on object stores, where nothing renames a folder).
+MANIFEST = "_SUCCESS"
+
 
 def partial_dir(output: Path) -> Path:
     """A fresh hidden folder name beside `output` to write the new content into."""

@@ -190,7 +190,12 @@ def _image_uris(raw: Mapping[str, Any], image_root: str | None) -> list[str]:
     uris = clean_list(uris, field)
     if image_root is None:
         return uris
-    return [uri if "://" in uri or Path(uri).is_absolute() else str(Path(image_root) / uri) for uri in uris]
+    return [uri if "://" in uri or Path(uri).is_absolute() else _under(image_root, uri) for uri in uris]
+
+
+def _under(root: str, relative: str) -> str:
+    """`relative` under `root`, a local folder or a URI (`Path` would fold `gs://b` into `gs:/b`)."""
+    return f"{root.rstrip('/')}/{relative}" if "://" in root else str(Path(root) / relative)
 
 
 _DIGITS = re.compile(r"[0-9]{1,19}")

@@ -2,8 +2,9 @@
 
 Writes the training data directory of docs/ARCHITECTURE.md: gzip TFRecords per split, the
 transform_fn (class weights and store factors learned on the train split), class_weights.json,
-stats.json, category_embeddings.npz and dead letters. A local output appears whole or not at all
-(written beside it, then renamed).
+stats.json, category_embeddings.npz and dead letters. The output appears whole or not at all: a local
+one is written beside and renamed, a gs:// one published by writing CURRENT last (`pipelines.publish`;
+readers resolve it with `published_dir`).
 """
 
 from __future__ import annotations
@@ -11,11 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -31,7 +30,6 @@ from tfx_bsl.public import tfxio
 
 from linnet_core import transform
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, embed_categories
-from linnet_core.publish import partial_dir, replace_dir
 from linnet_core.records import RecordError, dead_letter
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import (
@@ -64,7 +62,8 @@ from pipelines.embed import (
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.progress import beam_counters
-from pipelines.sources import product_source
+from pipelines.publish import published
+from pipelines.sources import embedding_total, product_source
 
 LOGGER = logging.getLogger(__name__)
 EXAMPLES = "examples"
@@ -101,10 +100,8 @@ class TrainingDataOptions(PipelineOptions):
 class BuildConfig:
     """Validated settings of one run; `output` is the folder being written (the staging folder)."""
 
-    input: str
     taxonomy: str
     output: str
-    image_root: str | None
     split: SplitConfig
     weights: WeightConfig
     sample: int | None
@@ -127,10 +124,8 @@ def _config(options: PipelineOptions, output: str) -> BuildConfig:
         raise ValueError(f"--split_fractions must be three numbers like 0.7,0.15,0.15, "
                          f"got {flags.split_fractions!r}") from None
     return BuildConfig(
-        input=inputs.input,
         taxonomy=inputs.taxonomy,
         output=output,
-        image_root=inputs.image_root or str(Path(inputs.input.split(",")[0]).parent),
         split=SplitConfig(fractions, tuple(f.strip() for f in flags.split_by.split(",") if f.strip())),
         weights=WeightConfig(flags.weight_power, flags.weight_smoothing, flags.weight_cap,
                              parse_store_cap(flags.store_cap)),
@@ -440,18 +435,14 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     options = pipeline_options(argv, "linnet build-training-data", ProductInputOptions, OutputOptions,
                                TrainingDataOptions, EmbeddingOptions, BigQueryOptions, description=__doc__)
     require(options.view_as(OutputOptions), "output")
-    final = options.view_as(OutputOptions).output
-    local = "://" not in final
-    if local:
-        Path(final).parent.mkdir(parents=True, exist_ok=True)
-        staging = str(partial_dir(Path(final)))
-    else:
-        staging = final
-    cfg = _config(options, staging)
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    # --input files, or BigQuery with --input_table or --query: the same choice as `linnet score`'s
-    build(pipeline, cfg, product_source(options), embed or EmbedProducts.from_options(options, cfg.run_id))
-    try:
+    with published(options.view_as(OutputOptions).output) as staging:
+        cfg = _config(options, staging)
+        pipeline = test_pipeline or beam.Pipeline(options=options)
+        # --input files, or BigQuery with --input_table or --query: the same choice as `linnet score`'s
+        total = embedding_total(options)
+        total = min(total, cfg.sample) if total is not None and cfg.sample else total
+        embed = embed or EmbedProducts.from_options(options, cfg.run_id, total)
+        build(pipeline, cfg, product_source(options), embed)
         result = pipeline.run()
         result.wait_until_finish()
         metadata_io.write_metadata(transform.raw_metadata(), f"{staging}/metadata")
@@ -462,14 +453,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         with FileSystems.create(f"{staging}/stats.json") as handle:
             handle.write(json.dumps(stats, indent=2, ensure_ascii=False).encode())
         write_category_embeddings(cfg.taxonomy, EmbedConfig.from_options(options), staging)
-    except BaseException:
-        if local:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if FileSystems.exists(f"{staging}/tmp"):
-        FileSystems.delete([f"{staging}/tmp"])
-    if local:
-        replace_dir(Path(staging), Path(final))
+        if FileSystems.exists(f"{staging}/tmp"):
+            FileSystems.delete([f"{staging}/tmp"])
     json.dump(stats, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return stats

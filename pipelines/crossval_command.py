@@ -18,6 +18,7 @@ from linnet_core.evaluation.crossval import BASELINES, CROSSVAL_MD, TARGETS, run
 from linnet_core.store_cap import STORE_CAP
 from linnet_core.training_data import DEFAULT_FOLDS
 from pipelines import defaults
+from pipelines.publish import published_dir
 from pipelines.usage import ArgumentParser, UsageError
 
 
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise UsageError(f"unknown baselines {sorted(unknown)}; choose from {','.join(BASELINES)}")
     texts = product_texts(args.products) if baselines else {}
-    result = run(args.data, texts, Taxonomy.load(args.taxonomy), args.output, args.model, args.folds,
-                 args.store_cap, args.target_precision, baselines,
+    result = run(published_dir(args.data), texts, Taxonomy.load(args.taxonomy), args.output, args.model,
+                 args.folds, args.store_cap, args.target_precision, baselines,
                  progress=lambda line: print(f"[cross-validate] {line}", flush=True))
     print(open(f"{args.output}/{CROSSVAL_MD}", encoding="utf-8").read())
     print(json.dumps({name: entry["summary"]["hF1"] for name, entry in result["systems"].items()}))

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from linnet_core.model import MODEL_JSON as MODEL_MANIFEST
 from linnet_core.model.version import directory_version
 from pipelines import defaults
-from pipelines.usage import ArgumentParser
+from pipelines.usage import ArgumentParser, UsageError
 
 COPY_CHUNK_BYTES = 8 << 20
 
@@ -59,14 +59,22 @@ def stage_model(model_dir: str, bucket: str) -> str:
 
 def dataflow_flags(project: str, region: str, bucket: str, job_name: str | None = None,
                    sdk_container_image: str | None = None) -> list[str]:
-    """The Beam flags of a Dataflow run of this package (temp and staging under `bucket`)."""
+    """The Beam flags of a Dataflow run of this package (temp and staging under `bucket`).
+
+    Raises:
+        UsageError: no worker image and no checkout's setup.py to build one from (an installed package).
+    """
     flags = ["--runner=DataflowRunner", f"--project={project}", f"--region={region}",
              f"--temp_location={FileSystems.join(bucket, 'tmp')}",
              f"--staging_location={FileSystems.join(bucket, 'staging')}"]
     if sdk_container_image:
         flags += [f"--sdk_container_image={sdk_container_image}", "--sdk_location=container"]
     else:
-        flags.append(f"--setup_file={defaults.PROJECT_ROOT / 'setup.py'}")
+        setup = defaults.PROJECT_ROOT / "setup.py"
+        if not setup.is_file():  # an installed package: there is no checkout to package for the workers
+            raise UsageError(f"no setup.py at {defaults.PROJECT_ROOT} to package for the workers: give "
+                             "--sdk_container_image (the worker image, deploy/Dockerfile)")
+        flags.append(f"--setup_file={setup}")
     return flags + ([f"--job_name={job_name}"] if job_name else [])
 
 
@@ -85,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if not args.project:
         parser.error("--project is required (or set GOOGLE_CLOUD_PROJECT)")
+    flags = dataflow_flags(args.project, args.region, args.bucket, args.job_name, args.sdk_container_image)
     model_uri = stage_model(args.model, args.bucket)
     print(f"model staged at {model_uri}", file=sys.stderr)
-    flags = dataflow_flags(args.project, args.region, args.bucket, args.job_name, args.sdk_container_image)
     from pipelines import cli
 
     return cli.main([args.command, *rest, f"--model={model_uri}", *flags])

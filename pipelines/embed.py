@@ -8,6 +8,7 @@ encoders once per worker process and shares them across threads. All decisions l
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -86,6 +87,7 @@ class EmbedConfig:
     batch_size: int = 32
     cache_dir: str | None = None
     threads: int = 0
+    total: int | None = None  # products the run embeds at most, when known: the ETA of progress lines
 
     def __post_init__(self) -> None:
         if self.text_engine not in text_encoders.ENGINES:
@@ -105,6 +107,15 @@ class EmbedConfig:
     def models(self) -> str:
         """The prepared models folder: `models_dir`, or this machine's default."""
         return self.models_dir or str(defaults.MODELS)
+
+    def model_files(self) -> tuple[str, ...]:
+        """What the configured engines read of `models()`, by relative name: all a remote copy fetches."""
+        image = image_encoders.ENGINE_FILES[self.image_engine]
+        if self.text_model:  # the text model lives elsewhere; the models folder serves the image encoder
+            return (image,)
+        folder = text_encoders.TEXT_MODEL_NAME
+        text = text_encoders.engine_files(self.text_engine)
+        return (image, *(f"{folder}/{name}" for name in text)) if text else (image, folder)
 
     def cache_folder(self) -> str | None:
         """The embedding cache folder on this machine (None: no cache)."""
@@ -145,13 +156,13 @@ def read_uri(uri: str) -> bytes:
         raise
 
 
-def local_models_dir(models_dir: str, only: Sequence[str] = ()) -> str:
-    """`models_dir` itself when local; a remote one (gs://...) is copied once into a temporary folder
-    (with `only`, just those files and folders of it, by relative name)."""
-    if "://" not in models_dir:
-        return models_dir
-    root = models_dir.rstrip("/")
-    target = Path(tempfile.mkdtemp(prefix="linnet-models-"))
+def local_copy(folder: str, only: Sequence[str] = ()) -> str:
+    """`folder` itself when local; a remote one (gs://..., a model or table folder) is copied once into a
+    temporary folder (with `only`, just those files and folders of it, by relative name)."""
+    if "://" not in folder:
+        return folder
+    root = folder.rstrip("/")
+    target = Path(tempfile.mkdtemp(prefix="linnet-copy-"))
     for metadata in FileSystems.match([f"{root}/**"])[0].metadata_list:
         relative = metadata.path[len(root) + 1:]
         if only and not any(relative == name or relative.startswith(f"{name}/") for name in only):
@@ -159,13 +170,13 @@ def local_models_dir(models_dir: str, only: Sequence[str] = ()) -> str:
         destination = target / relative
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(read_uri(metadata.path))
-    logger.info("copied models from %s to %s", models_dir, target)
+    logger.info("copied %s to %s", folder, target)
     return str(target)
 
 
 def load_embedder(cfg: EmbedConfig) -> ProductEmbedder:
     """Both encoders (and the cache) as the config says; the slow step that runs once per worker."""
-    models = local_models_dir(cfg.models())
+    models = local_copy(cfg.models(), only=cfg.model_files())
     threads = cfg.threads or os.cpu_count() or 1
     text_model = cfg.text_model or str(Path(models) / text_encoders.TEXT_MODEL_NAME)
     text = text_encoders.load_text_encoder(text_model, cfg.text_engine, cfg.max_tokens, threads)
@@ -187,7 +198,7 @@ class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedd
     def run_inference(self, batch: Sequence[dict], model: ProductEmbedder,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         outcomes = model.embed(batch, read_uri)
-        Progress.shared("embedding", unit="products").update(len(batch))
+        Progress.shared("embedding", unit="products", total=self.cfg.total).update(len(batch))
         return [PredictionResult(record, outcome) for record, outcome in zip(batch, outcomes, strict=True)]
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
@@ -261,9 +272,10 @@ class EmbedProducts(beam.PTransform):
         self.run_id = run_id
 
     @classmethod
-    def from_options(cls, options: PipelineOptions, run_id: str | None = None) -> EmbedProducts:
-        """The transform configured by `EmbeddingOptions` flags."""
-        return cls(EmbedConfig.from_options(options), run_id)
+    def from_options(cls, options: PipelineOptions, run_id: str | None = None,
+                     total: int | None = None) -> EmbedProducts:
+        """The transform configured by `EmbeddingOptions` flags; `total`: products it embeds at most."""
+        return cls(dataclasses.replace(EmbedConfig.from_options(options), total=total), run_id)
 
     def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
         keyed = products | "KeyByProductId" >> beam.ParDo(KeyByProductIdFn(self.run_id)).with_outputs(

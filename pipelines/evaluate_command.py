@@ -15,8 +15,13 @@ import sys
 
 from linnet_core.evaluation.evaluate import BASELINES, EvaluationConfig, run
 from linnet_core.evaluation.report import HP_FLOOR, to_json_safe
+from linnet_core.evaluation.systems import EvaluationError
+from linnet_core.publish import MANIFEST
 from linnet_core.store_cap import STORE_CAP
 from pipelines import defaults
+from pipelines.embed import local_copy
+from pipelines.partitions import committed_names
+from pipelines.publish import published_dir
 from pipelines.usage import ArgumentParser
 
 HEADLINE = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_precision", "aurc", "n", "n_labelled")
@@ -27,12 +32,33 @@ def _baselines(value: str) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
+def _readable(table: str | None) -> str | None:
+    """A table folder on an object store (gs://) as a local copy of its committed partitions (their
+    manifests and the files those name, never a commit under way); local paths and globs as given.
+
+    Raises:
+        EvaluationError: the remote folder holds no committed partition.
+    """
+    if table is None or "://" not in table:
+        return table
+    names = committed_names(table)
+    if not names:
+        raise EvaluationError(f"no committed partition (no {MANIFEST} manifest) under {table}")
+    return local_copy(table, only=names)
+
+
+def _training_data(folder: str | None) -> str | None:
+    return published_dir(folder) if folder else None
+
+
 def parse_config(argv: list[str] | None) -> EvaluationConfig:
     """Flags → a validated EvaluationConfig (argparse exits with a message on bad flags)."""
     parser = ArgumentParser(prog="linnet evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--predictions", help="categorized table: Parquet glob or directory")
-    parser.add_argument("--labels", help="products table with gpt_id (Parquet glob or directory)")
+    parser.add_argument("--predictions",
+                        help="categorized table: Parquet glob or directory (gs://: a table folder)")
+    parser.add_argument("--labels",
+                        help="products table with gpt_id: Parquet glob or directory (gs://: a table folder)")
     parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
     parser.add_argument("--output", required=True, help="directory for metrics.json, report.md, plots")
     parser.add_argument("--model", help="model directory (runs the model; needed by the baselines)")
@@ -51,8 +77,9 @@ def parse_config(argv: list[str] | None) -> EvaluationConfig:
                         help="also report the headline metrics on at most this many products per store, "
                              f"as the acceptance set is capped (default {STORE_CAP})")
     args = parser.parse_args(argv)
-    return EvaluationConfig(taxonomy_file=args.taxonomy, output=args.output, predictions=args.predictions,
-                            labels=args.labels, model=args.model, training_data=args.training_data,
+    return EvaluationConfig(taxonomy_file=args.taxonomy, output=args.output,
+                            predictions=_readable(args.predictions), labels=_readable(args.labels),
+                            model=args.model, training_data=_training_data(args.training_data),
                             split=args.split, baselines=args.baselines, products=args.products,
                             hp_floor=args.hp_floor, store_cap=args.store_cap)
 

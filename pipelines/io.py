@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
@@ -38,6 +39,20 @@ def _is_parquet(path: str) -> bool:
 
 
 Checked = tuple[dict[str, Any] | None, dict[str, Any] | None]
+
+
+def parquet_input_rows(file_pattern: str) -> int | None:
+    """The records of the files `file_pattern` matches, from their Parquet footers (no data read);
+    None when any file is not Parquet (a JSONL file would have to be read whole to count)."""
+    patterns = [pattern.strip() for pattern in file_pattern.split(",") if pattern.strip()]
+    files = [meta.path for result in FileSystems.match(patterns) for meta in result.metadata_list]
+    if not files or not all(_is_parquet(path) for path in files):
+        return None
+    total = 0
+    for path in files:
+        with FileSystems.open(path) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
 
 
 def check_inputs(file_pattern: str) -> list[str]:

@@ -35,11 +35,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics import Metrics
 
+from linnet_core.publish import MANIFEST
 from linnet_core.records import day_bounds, updated_on  # noqa: F401 - part of this module's API
 from pipelines.io import WriteTable
 
 LOGGER = logging.getLogger(__name__)
-MANIFEST = "_SUCCESS"
 STAGING = "_staging"
 TRASH = "_trash"
 COMMITS = "_commits"
@@ -127,7 +127,8 @@ def _data_files(folder: str) -> list[str]:
     return sorted(meta.path for meta in matches)
 
 
-def _write_json(path: str, value: dict[str, Any]) -> None:
+def write_json(path: str, value: dict[str, Any]) -> None:
+    """`value` as the JSON object at `path` (one object write on object stores)."""
     with FileSystems.create(path, mime_type="application/json") as handle:
         handle.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
 
@@ -167,6 +168,21 @@ def committed_files(folder: str) -> list[str]:
     return [FileSystems.join(folder, name) for name in manifest["files"]] if manifest else []
 
 
+def committed_names(root: str) -> list[str]:
+    """The partition manifests under table folder `root` and the files they name, relative to `root`:
+    all a reader needs of it (staging, trash and journal folders, `_`-prefixed, are left out)."""
+    root = root.rstrip("/")
+    names = []
+    for metadata in FileSystems.match([f"{root}/**{MANIFEST}"])[0].metadata_list:
+        folder, name = FileSystems.split(metadata.path)
+        relative = folder[len(root) + 1:]
+        if name != MANIFEST or any(part.startswith("_") for part in relative.split("/") if part):
+            continue
+        prefix = f"{relative}/" if relative else ""
+        names += [f"{prefix}{MANIFEST}", *(f"{prefix}{file}" for file in read_manifest(folder)["files"])]
+    return sorted(names)
+
+
 def commit_partition(staged: str, final: str, attempt: str, by_rename: bool | None = None,
                      **lineage: Any) -> dict[str, Any]:
     """Make the Parquet files in `staged` the whole content of partition folder `final`.
@@ -204,7 +220,7 @@ def commit_partition(staged: str, final: str, attempt: str, by_rename: bool | No
 
 
 def _commit_by_rename(staged: str, final: str, attempt: str, manifest: dict[str, Any]) -> None:
-    _write_json(FileSystems.join(staged, MANIFEST), manifest)
+    write_json(FileSystems.join(staged, MANIFEST), manifest)
     table_dir, name = FileSystems.split(final)
     aside = FileSystems.join(table_dir, TRASH, f"{name}.{attempt}")
     if FileSystems.exists(final):
@@ -223,7 +239,7 @@ def _commit_by_manifest(files: list[str], final: str, attempt: str,
     FileSystems.copy(files, [FileSystems.join(final, renamed[FileSystems.split(path)[1]]) for path in files])
     manifest = {**manifest, "files": sorted(renamed.values()),
                 "file_rows": {renamed[name]: rows for name, rows in manifest["file_rows"].items()}}
-    _write_json(FileSystems.join(final, MANIFEST), manifest)
+    write_json(FileSystems.join(final, MANIFEST), manifest)
     keep = set(manifest["files"])
     stale = [path for path in _data_files(final) if FileSystems.split(path)[1] not in keep]
     if stale:
@@ -385,7 +401,7 @@ def commit_tables(root: str, tables: list[str], partition: Partition | None, att
 def _write_json_atomically(path: str, value: dict[str, Any]) -> None:
     """One step: a local file is written aside and renamed; an object write is atomic already."""
     if not _is_local(path):
-        _write_json(path, value)
+        write_json(path, value)
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(f"{path}.{uuid.uuid4().hex[:8]}.tmp")

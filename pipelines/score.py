@@ -33,7 +33,7 @@ from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
     EmbedProducts,
-    local_models_dir,
+    local_copy,
     read_uri,
     without_vectors,
 )
@@ -41,7 +41,7 @@ from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
 from pipelines.progress import beam_counters
-from pipelines.sources import product_source, table_sinks
+from pipelines.sources import embedding_total, product_source, table_sinks
 from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext
 from pipelines.usage import UsageError
 from pipelines.watermark import AdvanceWatermark
@@ -105,7 +105,7 @@ class CategorizerModelHandler(SavedModelHandler):
 def load_taxonomies(model_dir: str) -> tuple[Taxonomy, ShopifyMapping | None]:
     """The taxonomy and the Shopify mapping (None when the model has none) that travel in the model
     directory (local or gs://): what a row builder needs, on a worker or in the online service."""
-    local = Path(local_models_dir(model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
+    local = Path(local_copy(model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
     taxonomy = Taxonomy.load(local / TAXONOMY_COPY)
     shopify = local / SHOPIFY_COPY
     return taxonomy, (ShopifyMapping.load(shopify, taxonomy) if shopify.is_dir() else None)
@@ -263,8 +263,9 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
                            flags.max_batch_size)
     write = table_sinks(options, {CATEGORIZED: "categorized", DEAD_LETTERS: "dead_letters"}, partition,
                         run_id)
-    manifests = build(products, EmbedProducts.from_options(options, run_id), context, categorize, write,
-                      run_id)
+    total = None if only_updated_on_day else embedding_total(options)  # a day's share is not known
+    manifests = build(products, EmbedProducts.from_options(options, run_id, total), context, categorize,
+                      write, run_id)
     if watermark:
         day = partition.day
         if day is None:

@@ -10,10 +10,16 @@ import datetime as dt
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from pipelines.bigquery import BigQueryConnection, ReadProductsFromBigQuery, WriteBigQueryPartitions
-from pipelines.io import ReadProducts
+from pipelines.io import ReadProducts, parquet_input_rows
 from pipelines.options import OutputOptions, ProductInputOptions
 from pipelines.partitions import Partition, WritePartitions
 
@@ -21,7 +27,7 @@ from pipelines.partitions import Partition, WritePartitions
 def default_image_root(file_pattern: str) -> str:
     """Relative image paths in files resolve against the (first) input file's folder."""
     first = file_pattern.split(",")[0]
-    return str(Path(first).parent) if "://" in first else str(Path(first).parent.resolve())
+    return FileSystems.split(first)[0] if "://" in first else str(Path(first).parent.resolve())
 
 
 def product_source(options: PipelineOptions, day: dt.date | None = None, run_id: str | None = None,
@@ -38,6 +44,18 @@ def product_source(options: PipelineOptions, day: dt.date | None = None, run_id:
                                         run_id=run_id, optional_labels=optional_labels)
     return ReadProducts(flags.input, flags.image_root or default_image_root(flags.input), day=day,
                         run_id=run_id, optional_labels=optional_labels)
+
+
+def embedding_total(options: PipelineOptions) -> int | None:
+    """The products a run embeds at most, for the ETA of its progress lines: the `--input` Parquet
+    files' rows, when the run is one process (the DirectRunner in memory, as `linnet run-local` runs).
+    None for JSONL or BigQuery input, and for several worker processes, which each see only a share."""
+    flags = options.view_as(ProductInputOptions)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    multi_process = options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+    if flags.input_table or flags.query or runner not in ("DirectRunner", "direct") or multi_process:
+        return None
+    return parquet_input_rows(flags.input)
 
 
 def refuse_bigquery_input(options: PipelineOptions, command: str) -> None:

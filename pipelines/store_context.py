@@ -12,8 +12,8 @@
 The combiner holds one vector per store (bounded for a store of a million products); a store of one
 gives no context. With `--store_context DIR` the members table (one row per product) and the store
 table (one row per store) are written as a new version under DIR/versions/<run_id>/ and published by
-writing DIR/CURRENT last, so a nightly run that scores a few changed products of a big store still sees
-the whole store, and a failed run leaves the previous version in place.
+writing DIR/CURRENT last (`pipelines.publish`), so a nightly run that scores a few changed products of a
+big store still sees the whole store, and a failed run leaves the previous version in place.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ import schemas
 from linnet_core.features import MODEL_INPUTS
 from linnet_core.records import Reason, dead_letter
 from linnet_core.store_context import StoreTable, leave_one_out
-from pipelines.embed import local_models_dir, without_vectors
+from pipelines.embed import local_copy, without_vectors
 from pipelines.io import DEAD_LETTER
+from pipelines.publish import current_version, publish, version_dir
 
 LOGGER = logging.getLogger(__name__)
 STORE_CONTEXT = "store_context"  # the record field the categorize stage feeds the model
 CONTEXT_STAGE = "store_context"
-CURRENT = "CURRENT"
 MEMBERS, STORES = "members", "stores"
 MEMBERS_SCHEMA, STORES_SCHEMA = "store_context_members", "store_context"
 
@@ -53,7 +53,7 @@ def load_predictor(model_dir: str, batch_size: int) -> Any:
     from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON
     from linnet_core.model.predictor import Predictor
 
-    local = local_models_dir(model_dir, only=(SAVED_MODEL, MODEL_JSON, THRESHOLDS_JSON))
+    local = local_copy(model_dir, only=(SAVED_MODEL, MODEL_JSON, THRESHOLDS_JSON))
     return Predictor(local, batch_size=batch_size)
 
 
@@ -157,28 +157,8 @@ class PublishVersion(beam.DoFn):
         yield self.run_id
 
 
-def current_version(directory: str) -> str | None:
-    """The run id DIR/CURRENT names, or None before the first publish."""
-    path = FileSystems.join(directory, CURRENT)
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as handle:
-        return handle.read().decode().strip() or None
-
-
-def publish(directory: str, run_id: str) -> None:
-    """Point DIR/CURRENT at `run_id` (written aside, then renamed over the old pointer)."""
-    staged = FileSystems.join(directory, f".{CURRENT}.{run_id}")
-    with FileSystems.create(staged) as handle:
-        handle.write(run_id.encode())
-    target = FileSystems.join(directory, CURRENT)
-    if FileSystems.exists(target):
-        FileSystems.delete([target])
-    FileSystems.rename([staged], [target])
-
-
 def _table_path(directory: str, run_id: str, table: str) -> str:
-    return FileSystems.join(directory, "versions", run_id, table)
+    return FileSystems.join(version_dir(directory, run_id), table)
 
 
 def _read_rows(directory: str, version: str, table: str) -> Iterator[dict]:

@@ -13,6 +13,7 @@ from linnet_core.model.data import DataError
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.thresholds import ThresholdsError, load_thresholds
 from pipelines import defaults
+from pipelines.publish import published_dir
 from pipelines.usage import ArgumentParser
 
 
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         taxonomy = Taxonomy.load(args.taxonomy)
         thresholds = load_thresholds(args.thresholds) if args.thresholds else None
         shopify = None if args.shopify_taxonomy == "none" else args.shopify_taxonomy
-        train(args.data, args.output, config, taxonomy, thresholds, cluster, shopify, args.holdout)
+        train(published_dir(args.data), args.output, config, taxonomy, thresholds, cluster, shopify,
+              args.holdout)
     except (ConfigError, DataError, TaxonomyError, ThresholdsError, OSError) as error:
         print(f"linnet train: {error}", file=sys.stderr)
         return 1

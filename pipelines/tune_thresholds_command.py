@@ -28,6 +28,7 @@ from linnet_core.thresholds import (
     load_floors,
 )
 from linnet_core.training_data import DEFAULT_FOLDS
+from pipelines.publish import published_dir
 from pipelines.usage import ArgumentParser
 
 FLOORS_COPY = "sensitive_categories.json"
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         taxonomy = Taxonomy.load(args.taxonomy or Path(args.model, TAXONOMY_COPY))
         floors = {} if args.sensitive == "none" else load_floors(args.sensitive, taxonomy)
-        tuned, evidence = calibrate_and_tune(args.model, args.data, args.target_precision, floors,
-                                             args.per_subtree, args.delta, args.folds, args.store_cap)
+        tuned, evidence = calibrate_and_tune(args.model, published_dir(args.data), args.target_precision,
+                                             floors, args.per_subtree, args.delta, args.folds, args.store_cap)
     except (ThresholdsError, TaxonomyError, DataError, ModelDirError, TaxonomyMismatchError,
             OSError, ValueError) as error:
         print(f"linnet tune-thresholds: {error}", file=sys.stderr)

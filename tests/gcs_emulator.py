@@ -15,9 +15,10 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 BUCKET = "linnet-test"
 
@@ -78,6 +79,18 @@ def running_gcs() -> Iterator[dict[str, str]]:
     finally:
         storage.stop()
         metadata.shutdown()
+
+
+def emulator_bucket(env: Mapping[str, str]) -> Any:
+    """The test bucket through google-cloud-storage, anonymously (the emulator checks no token): how a
+    test process puts inputs on gs:// and reads outputs back. Beam's gs:// would ask for credentials
+    at a metadata address this process read before the emulator started."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project=env["GOOGLE_CLOUD_PROJECT"], credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": env["STORAGE_EMULATOR_HOST"]})
+    return client.bucket(BUCKET)
 
 
 def run_scenario(script: Path, workdir: Path) -> dict:

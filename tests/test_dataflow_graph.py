@@ -18,8 +18,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from model_dirs import write_stand_in_model
 
-from pipelines import backfill
+from pipelines import backfill, defaults
 from pipelines.dataflow_submit import dataflow_flags, stage_model
+from pipelines.usage import UsageError
 
 BUCKET = "gs://linnet-dry-run"
 
@@ -50,9 +51,12 @@ def test_model_is_staged_per_content_version_with_its_manifest_last(tmp_path: Pa
         stage_model(str(tmp_path / "bucket"), str(bucket))
 
 
-def test_worker_image_replaces_the_sdist():
+def test_worker_image_replaces_the_sdist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     flags = dataflow_flags("p-123456", "europe-west1", BUCKET, sdk_container_image="eu.gcr.io/p/linnet:1")
     assert "--sdk_location=container" in flags and not any(flag.startswith("--setup_file") for flag in flags)
+    monkeypatch.setattr(defaults, "PROJECT_ROOT", tmp_path)  # an installed package: no checkout beside it
+    with pytest.raises(UsageError, match="--sdk_container_image"):
+        dataflow_flags("p-123456", "europe-west1", BUCKET)
 
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

@@ -11,7 +11,7 @@ import pytest
 
 from linnet_core import metrics
 from linnet_core.evaluation import baselines, report
-from linnet_core.evaluation.systems import EvaluationError, read_labels, read_predictions
+from linnet_core.evaluation.systems import EvaluationError, parquet_files, read_labels, read_predictions
 from linnet_core.model.data import read_split
 from linnet_core.store_cap import capped_rows
 from pipelines import cli, evaluate_command
@@ -125,6 +125,20 @@ def test_evaluate_is_reproducible(tmp_path, tiny_taxonomy_file):
                                "--taxonomy", str(tiny_taxonomy_file), "--output", str(tmp_path / name)])
         outputs.append([(tmp_path / name / file).read_text() for file in ("metrics.json", "report.md")])
     assert outputs[0] == outputs[1]
+
+
+def test_a_committed_table_is_read_through_its_manifests(tmp_path, tiny_taxonomy_file):
+    """Only the files a partition manifest names count: not a file beside them (a commit under way on
+    an object store) nor a partition without a manifest (never committed)."""
+    predictions, _ = _write_inputs(tmp_path)
+    committed = predictions / "partition=x"
+    (committed / "_SUCCESS").write_text(json.dumps({"files": ["part-0.parquet"]}))
+    pq.write_table(pq.read_table(committed / "part-0.parquet").slice(0, 1), committed / "part-9.parquet")
+    uncommitted = predictions / "partition=y"
+    uncommitted.mkdir()
+    pq.write_table(pq.read_table(committed / "part-0.parquet"), uncommitted / "part-0.parquet")
+    assert parquet_files(str(predictions)) == [str(committed / "part-0.parquet")]
+    assert len(read_predictions(str(predictions)).product_ids) == len(PATHS)
 
 
 def test_bad_inputs_fail_with_a_clear_message(tmp_path, tiny_taxonomy_file, capsys):

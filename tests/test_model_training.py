@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from synthetic_training_data import write_training_data
 from linnet_core.features import LEVELS
 from linnet_core.model.config import ConfigError, ModelConfig, default_config, load_config
 from linnet_core.model.data import DataError, count_examples, feature_spec, make_dataset, split_files
+from linnet_core.model.train import fit_network
 from linnet_core.model.training_model import MaskedAccuracy, MaskedSparseCrossentropy, build_training_model
 from linnet_core.taxonomy import Taxonomy
 
@@ -64,6 +66,17 @@ def test_input_fn_reads_synthetic_records(tmp_path: Path, gpt: Taxonomy) -> None
     assert np.all(weights["level_3"].numpy()[labelled] > 0.0)
     with pytest.raises(DataError, match="calibration"):
         split_files(tmp_path, "calibration")
+
+
+def test_training_reports_its_epochs_with_an_eta(tmp_path: Path, gpt: Taxonomy,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    write_training_data(tmp_path, gpt, sizes={"train": 40}, files_per_split=1)
+    config = ModelConfig.from_json({"shared_units": [16], "level_units": [8], "epochs": 2, "batch_size": 20})
+    dataset = make_dataset(split_files(tmp_path, "train"), 20, repeat=True)
+    with caplog.at_level(logging.INFO, logger="linnet_core.progress"):
+        fit_network(config, gpt.level_sizes(), dataset, steps_per_epoch=2, what="training")
+    lines = [record.getMessage() for record in caplog.records if record.name == "linnet_core.progress"]
+    assert lines[-1].startswith("training: 2/2 epochs") and lines[-1].endswith("ETA 0m00s")
 
 
 def test_training_model_has_one_head_per_level(gpt: Taxonomy) -> None:

@@ -20,6 +20,7 @@ from gcs_emulator import run_scenario
 
 from pipelines import partitions
 from pipelines.partitions import Partition, WritePartition
+from pipelines.publish import published, published_dir
 
 DAY = Partition.parse("2026-11-24")
 
@@ -134,12 +135,35 @@ def test_commits_on_gcs_through_the_storage_emulator(tmp_path: Path):
     prefix = "gs://linnet-test/out/products/date=2026-11-24/"
     files = [prefix + name for name in result["manifest"]["files"]]
     assert result["objects"] == sorted([prefix + "_SUCCESS", *files])
+    # build-training-data's output on gs://: a failed publish leaves the previous one; the version before
+    # the last stays for readers that resolved it, older ones go.
+    assert result["publishes"] == [1, 1, 3, 4]
+    prefix = result["versions"]
+    versions = {path.removeprefix(prefix).split("/")[0] for path in result["data_objects"]
+                if path.startswith(prefix)}
+    assert len(versions) == 2 and result["published_dir"].startswith(prefix)
+    assert result["data_objects"] == sorted([f"{result['data']}/CURRENT",
+                                             *(f"{prefix}{version}/stats.json" for version in versions)])
+    assert result["readable"] == [f"date=2026-11-24/{name}" for name in result["manifest"]["files"]]
     assert result["watermark"] == ["2026-11-23", "2026-11-24"] and result["stored_watermark"] == "2026-11-24"
     staged = f"gs://linnet-test/models/{result['model_version']}"
     assert result["model_uri"] == staged
     assert result["model_objects"] == [f"{staged}/{name}" for name in (
         "model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index",
         "thresholds.json", "training_model.weights.h5")]
+
+
+def test_a_local_output_is_published_whole_or_not_at_all(tmp_path: Path):
+    output = tmp_path / "training_data"
+    with published(str(output)) as folder:
+        Path(folder).mkdir()
+        Path(folder, "stats.json").write_text("1")
+    with pytest.raises(RuntimeError), published(str(output)) as folder:
+        Path(folder).mkdir()
+        Path(folder, "stats.json").write_text("2")
+        raise RuntimeError("injected failure")
+    assert published_dir(str(output)) == str(output) and (output / "stats.json").read_text() == "1"
+    assert [path.name for path in tmp_path.iterdir()] == ["training_data"]
 
 
 def test_a_retried_commit_of_the_same_attempt_changes_nothing(tmp_path: Path):

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from linnet_core.progress import Progress
+from pipelines.sources import embedding_total
 
 
 class Clock:
@@ -37,3 +42,18 @@ def test_without_a_total_there_is_no_eta_and_shared_is_one_per_name() -> None:
     progress.update(36_000)
     assert progress.line() == "reading: 36,000 items, 5/s, 2h00m elapsed"
     assert Progress.shared("x-test") is Progress.shared("x-test")
+
+
+def test_the_embedding_total_is_known_for_parquet_input_in_one_process(tmp_path: Path) -> None:
+    """The ETA of embedding needs the run's product count: Parquet footers give it; a JSONL file or
+    several worker processes (each seeing a share) give none."""
+    pq.write_table(pa.table({"product_id": ["a", "b", "c"]}), tmp_path / "p-1.parquet")
+    pq.write_table(pa.table({"product_id": ["d"]}), tmp_path / "p-2.parquet")
+    (tmp_path / "more.jsonl").write_text('{"product_id": "e"}\n')
+
+    def total(*flags: str) -> int | None:
+        return embedding_total(PipelineOptions(list(flags)))
+
+    assert total(f"--input={tmp_path}/*.parquet") == 4
+    assert total(f"--input={tmp_path}/*.parquet", "--direct_running_mode=multi_processing") is None
+    assert total(f"--input={tmp_path}/p-1.parquet,{tmp_path}/more.jsonl") is None

@@ -58,6 +58,13 @@ def test_image_only_product_is_valid() -> None:
     assert normalize({"product_id": "p", "image_uris": ["x.jpg"]})["image_uris"] == ["x.jpg"]
 
 
+def test_relative_images_resolve_under_a_local_or_remote_root() -> None:
+    raw = {"product_id": "p", "image_files": ["images/x.jpg", "gs://b/y.jpg", "/abs/z.jpg"]}
+    assert normalize(raw, image_root="gs://b/input/")["image_uris"] == [
+        "gs://b/input/images/x.jpg", "gs://b/y.jpg", "/abs/z.jpg"]
+    assert normalize(raw, image_root="/data")["image_uris"][0] == "/data/images/x.jpg"
+
+
 def test_dead_letter_row() -> None:
     row = dead_letter("validate", Reason.NO_CONTENT, "empty", {"product_id": "p9"}, run_id="r1")
     assert row == {"product_id": "p9", "stage": "validate", "reason": "no_text_or_image",

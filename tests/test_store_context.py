@@ -18,14 +18,13 @@ from linnet_core.store_context import ContextLayout, StoreTable, leave_one_out, 
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import FirstPass, Thresholds, load_thresholds, save_thresholds
 from pipelines.io import DEAD_LETTER
+from pipelines.publish import CURRENT, current_version
 from pipelines.store_context import (
-    CURRENT,
     MEMBERS,
     STORE_CONTEXT,
     STORES,
     StoreContext,
     SumContributions,
-    current_version,
     read_store_table,
 )
 

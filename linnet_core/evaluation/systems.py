@@ -7,6 +7,7 @@ products without a label row stay in as unlabelled (they count in coverage only)
 from __future__ import annotations
 
 import glob
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from linnet_core.features import LEVELS, NO_LABEL
+from linnet_core.publish import MANIFEST
 
 PREDICTION_COLUMNS = ("product_id", "gpt_id", "level_ids", "level_confidences")
 LINEAGE_COLUMNS = ("model_version", "taxonomy_version", "thresholds_version")
@@ -70,13 +72,26 @@ class Labels:
 
 
 def parquet_files(pattern: str) -> list[str]:
-    """Parquet files of a glob, or of a directory tree such as a scoring output: below the directory,
-    `dead_letters` and `_`/`.`-prefixed (staging, trash, hidden) folders and files are skipped."""
+    """Parquet files of a glob, or of a directory tree such as a scoring output.
+
+    Below a directory, `dead_letters` and `_`/`.`-prefixed (staging, trash, hidden) folders and files
+    are skipped. A tree holding partition manifests (`_SUCCESS`, written last by every commit) is read
+    through them: only the files they name, so a partition whose commit is under way or never happened
+    is read whole or not at all; a tree without any (a hand-made table) gives all its Parquet files.
+    """
     if Path(pattern).is_dir():
         root = Path(pattern)
-        files = sorted(str(path) for path in root.rglob("*.parquet")
-                       if not any(part == "dead_letters" or part[:1] in "._"
-                                  for part in path.relative_to(root).parts))
+
+        def kept(path: Path) -> bool:
+            parts = path.relative_to(root).parts
+            return not any(part == "dead_letters" or part[:1] in "._" for part in parts)
+
+        manifests = [path for path in root.rglob(MANIFEST) if kept(path.parent)]
+        if manifests:
+            files = sorted(str(path.parent / name) for path in manifests
+                           for name in json.loads(path.read_text(encoding="utf-8"))["files"])
+        else:
+            files = sorted(str(path) for path in root.rglob("*.parquet") if kept(path))
     else:
         files = sorted(glob.glob(pattern, recursive=True))
     if not files:

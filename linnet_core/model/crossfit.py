@@ -152,7 +152,8 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
         n = len(training["gpt_id"])
         dataset = array_dataset(training, config.batch_size, shuffle_buffer=config.shuffle_buffer,
                                 seed=config.seed, repeat=True)
-        network, _ = fit_network(config, sizes, dataset, math.ceil(n / config.batch_size))
+        network, _ = fit_network(config, sizes, dataset, math.ceil(n / config.batch_size),
+                                 what=f"fold {f + 1} network")
         memory = decoding.ExemplarTables.build(taxonomy, exemplar_memory(training, taxonomy, store_cap))
         rows = scored_rows[fold[scored_rows] == f]
         parts.append(_score_fold(network, _select(pool, rows), depth, prior, memory))

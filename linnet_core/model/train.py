@@ -42,6 +42,7 @@ from linnet_core.model.export import (
     write_model_json,
 )
 from linnet_core.model.training_model import build_training_model, compile_training_model
+from linnet_core.progress import Progress
 from linnet_core.publish import written_whole
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, default_thresholds, save_thresholds
@@ -194,11 +195,23 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
     return curves
 
 
+class EpochProgress(tf_keras.callbacks.Callback):
+    """Epochs done, rate and ETA as `linnet_core.progress` lines (Keras' own epoch lines carry no ETA).
+    Epoch ends only: a batch hook would make Keras sync its logs after every step."""
+
+    def __init__(self, what: str, epochs: int) -> None:
+        super().__init__()
+        self.progress = Progress(what, total=epochs, unit="epochs")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.progress.update()
+
+
 def fit_network(config: ModelConfig, level_sizes: list[int], dataset, steps_per_epoch: int,
-                strategy: tf.distribute.Strategy | None = None, **fit_options):
+                strategy: tf.distribute.Strategy | None = None, what: str = "training", **fit_options):
     """Build, compile and fit the training model on `dataset` (repeated batches of model examples) for
     `config.epochs` epochs of `steps_per_epoch` steps. `linnet train` and the cross-fitted networks of
-    `linnet tune-thresholds` both train through here.
+    `linnet tune-thresholds` both train through here; `what` names their progress lines.
 
     Returns:
         (the fitted tf_keras model, its History).
@@ -207,7 +220,7 @@ def fit_network(config: ModelConfig, level_sizes: list[int], dataset, steps_per_
         network = build_training_model(config, level_sizes)
         compile_training_model(network, config)
     history = network.fit(dataset, epochs=config.epochs, steps_per_epoch=steps_per_epoch, verbose=2,
-                          **fit_options)
+                          callbacks=[EpochProgress(what, config.epochs)], **fit_options)
     return network, history
 
 
