@@ -33,7 +33,7 @@ install: $(STAMP)  ## Create .venv with the pinned stack and prepare the encoder
 	@$(LINNET) prepare-models --models_dir $(MODELS_DIR) > /dev/null
 
 lint: install  ## Ruff over the code.
-	$(BIN)/ruff check linnet_core pipelines schemas tests bench
+	$(BIN)/ruff check linnet_core pipelines serving schemas tests bench
 
 test: lint  ## Lint, then the whole test suite (slow end-to-end tests included).
 	$(BIN)/python -m pytest -q tests
