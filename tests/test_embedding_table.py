@@ -114,3 +114,15 @@ def test_second_run_encodes_nothing_and_a_change_only_itself(tmp_path: Path, mod
     row = stored.filter(pa.compute.equal(stored["content_hash"], title)).to_pylist()[0]
     vector = np.frombuffer(row["vector"], "<f4")
     assert vector.shape == (384,) and abs(np.linalg.norm(vector) - 1) < 1e-4
+
+
+@pytest.mark.slow
+def test_the_table_works_on_gcs(tmp_path: Path, models_dir: str) -> None:
+    from gcs_emulator import run_scenario
+
+    result = run_scenario(Path(__file__).with_name("gcs_embedding_table_scenario.py"), tmp_path)
+    first, second = result["first"], result["second"]
+    assert first["products_encoded"] == 2 and first["table_vectors_appended"] == 4
+    assert second.get("products_encoded", 0) == 0 and second.get("table_vectors_appended", 0) == 0
+    assert second["text_table_hits"] == 2 and second["image_table_hits"] == 1
+    assert [path.rsplit("/", 1)[1].startswith("part-") for path in result["objects"]] == [True]
