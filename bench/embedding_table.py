@@ -1,7 +1,8 @@
 """The embedding table at work: what a run embeds when the products are unchanged or 10% changed, and
 whether the local cache still earns its place beside it, in one run.
 
-`EmbedProducts` on the DirectRunner over the first N shared products (texts and photos as imported):
+`EmbedProducts` on the DirectRunner over N shared products (every k-th line, so stores and photos are
+represented as in the whole file; texts and photos as imported):
 (1) cold, an empty table (and no local cache); (2) the same products again; (3) 10% of them changed
 (every tenth product's title edited, its photo kept); then, for the fast path, (4) the same products
 with a warm local cache and no table, and (5) the table and the warm cache together. Printed per run:
@@ -29,16 +30,8 @@ from linnet_core import records
 from pipelines import defaults
 from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts
 
-
-def shared_products(count: int) -> list[dict]:
-    """The first `count` shared products, normalized as `import-products` does (photos kept)."""
-    out = []
-    with open(defaults.PRODUCTS_JSONL, encoding="utf-8") as lines:
-        for line in lines:
-            out.append(records.normalize(json.loads(line), str(defaults.SHARED_DATA / "products")))
-            if len(out) == count:
-                break
-    return out
+sys.path.insert(0, str(Path(__file__).parent))
+from scale import base_sample  # noqa: E402 - the sibling benchmark's spread sample of the shared products
 
 
 def changed(products: list[dict], every: int) -> list[dict]:
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models_dir", default=str(defaults.MODELS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    products = shared_products(args.n)
+    products = [records.normalize(raw) for raw in base_sample(args.n)]
     work = Path(tempfile.mkdtemp(prefix="linnet-bench-table-"))
     base = EmbedConfig(models_dir=args.models_dir, cache_dir=None)
     table = replace(base, table_dir=str(work / "table"))
