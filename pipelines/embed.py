@@ -266,7 +266,7 @@ class EmbedProducts(beam.PTransform):
     An embedded record is the product record plus `text_embedding` (float32[384], L2-normalised),
     `image_embedding` (float32[1280], zeros without a usable photo), `image_present` (0.0/1.0) and
     `image_status` (`ok`, `no_image`, `missing_file`, `unreadable`). Every input comes out exactly once.
-    With `cfg.table_dir` the embedding table is joined first and appended to (`run_id` names the part).
+    With `cfg.table_dir` the embedding table is joined first and appended to (its new rows carry `run_id`).
     """
 
     def __init__(self, cfg: EmbedConfig | None = None, run_id: str | None = None) -> None:
