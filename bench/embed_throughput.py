@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/pipeline rounds")
     parser.add_argument("--skip_images", action="store_true")
+    parser.add_argument("--skip_text", action="store_true")
     parser.add_argument("--with_table", action="store_true",
                         help="each pipeline run joins and appends to a fresh embedding table")
     args = parser.parse_args(argv)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     rss = PeakRss()
     report = {"cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "with_table": args.with_table}
     for name, bench, n in (("text", text_bench, args.n), ("image", image_bench, args.image_n)):
-        if name == "image" and args.skip_images:
+        if (name == "image" and args.skip_images) or (name == "text" and args.skip_text):
             continue
         cfg = EmbedConfig(models_dir=args.models_dir, text_engine=args.text_engine,
                           image_engine=args.image_engine, max_tokens=args.max_tokens,
