@@ -28,8 +28,8 @@ class ModelConfig:
     loss_weights: tuple[float, ...]
     shuffle_buffer: int
     seed: int
-    exemplars_per_class: int = 0
-    exemplars_per_store_class: int = 0
+    exemplars_per_class: int
+    exemplars_per_store_class: int
 
     def __post_init__(self) -> None:
         if not self.shared_units or any(units < 1 for units in self.shared_units + self.level_units):
