@@ -16,7 +16,7 @@ OUT ?= out
 TARGET_PRECISION ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint run-local bench-embed bench-score bench-serve serve evaluate cross-validate dataflow-submit clean
+.PHONY: help install test lint run-local bench-embed bench-embedding-table bench-exemplars bench-scale bench-score bench-serve serve evaluate cross-validate dataflow-submit clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -60,6 +60,17 @@ cross-validate: $(OUT)/model/model.json  ## Ours vs baselines A/B/C on the same 
 BENCH_EMBED_ARGS ?=
 bench-embed: install  ## Embedding throughput: bare encoders vs EmbedProducts (DirectRunner), peak RSS at N and 4N.
 	$(BIN)/python bench/embed_throughput.py $(BENCH_EMBED_ARGS)
+
+bench-embedding-table: install  ## Embedding table: what cold, unchanged and 10%-changed runs embed; pipeline/bare with it.
+	$(BIN)/python bench/embedding_table.py
+	$(BIN)/python bench/embed_throughput.py --with_table $(BENCH_EMBED_ARGS)
+
+bench-exemplars: install  ## Exemplar evidence throughput with 9k, 90k and 900k exemplars, brute force vs bounded.
+	$(BIN)/python bench/exemplar_memory.py
+
+BENCH_SCALE_ARGS ?=
+bench-scale: install  ## run-local's stages at 1x, 2x, 4x products: wall, CPU, peak RSS and growth exponents.
+	$(BIN)/python bench/scale.py $(BENCH_SCALE_ARGS)
 
 bench-score: install  ## End-to-end scoring (DirectRunner, 2 workers) vs the bare text encoder; RSS at N and 4N.
 	$(BIN)/python bench/score_throughput.py --model $(OUT)/model

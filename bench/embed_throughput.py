@@ -9,7 +9,8 @@ excluding model load (the load time RunInference reports, a once-per-worker cost
 (t4N − tN), which also cancels graph construction), end to end, and per CPU-second of the process
 (products per CPU-second, load excluded), which other work on a shared machine does not skew. Peak RSS
 is sampled per phase in this process, and measured for the pipeline alone at N and at 4N in fresh
-processes: those two should be within 15%.
+processes: those two should be within 15%. With `--with_table` every pipeline run joins and appends to
+its own empty embedding table (a cold run: the join, the photo reads that key it and the append, all paid).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,7 +116,10 @@ def bare_pass(encode: Callable[[list], object], items: list, size: int, rss: Pea
 
 
 def pipeline_run(products: list[dict], cfg: EmbedConfig, rss: PeakRss) -> dict:
-    """One DirectRunner run of `EmbedProducts`; every product must come out embedded."""
+    """One DirectRunner run of `EmbedProducts`; every product must come out embedded (with a table in
+    `cfg`, a fresh empty one)."""
+    if cfg.table_dir:
+        cfg = replace(cfg, table_dir=tempfile.mkdtemp(prefix="linnet-bench-table-"))
     result: dict = {"products": len(products)}
     with rss.phase(result):
         pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
@@ -225,17 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/pipeline rounds")
     parser.add_argument("--skip_images", action="store_true")
+    parser.add_argument("--skip_text", action="store_true")
+    parser.add_argument("--with_table", action="store_true",
+                        help="each pipeline run joins and appends to a fresh embedding table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     rss = PeakRss()
-    report = {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()}
+    report = {"cpus": os.cpu_count(), "load_average_start": os.getloadavg(), "with_table": args.with_table}
     for name, bench, n in (("text", text_bench, args.n), ("image", image_bench, args.image_n)):
-        if name == "image" and args.skip_images:
+        if (name == "image" and args.skip_images) or (name == "text" and args.skip_text):
             continue
         cfg = EmbedConfig(models_dir=args.models_dir, text_engine=args.text_engine,
                           image_engine=args.image_engine, max_tokens=args.max_tokens,
-                          cache_dir=None)
+                          cache_dir=None, table_dir="fresh per run" if args.with_table else None)
         report[name] = bench(n, cfg, sizes, args.rounds, rss)
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))

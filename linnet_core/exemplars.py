@@ -7,6 +7,11 @@ exp((cos − best cos) / `SHARPNESS`) and by its store factor. On stores the mod
 "a product like this one, elsewhere, was filed under j" carries across stores where the trained heads
 do not (docs/training.md). Built by `linnet train` from the train split and baked into the SavedModel,
 where `decoding.exemplar_shares` computes it as TF ops. numpy only.
+
+Bounded (`bound`): at most `per_store_class` exemplars of one store in one class and `per_class` in one
+class (taken round-robin over the class's stores), each kept exemplar standing for the ones of its store
+and class that were left out (its weight scaled by their count), so a store's weight in a class is kept.
+The memory then grows with stores × classes, not with products.
 """
 
 from __future__ import annotations
@@ -80,8 +85,47 @@ class Exemplars:
             raise ExemplarsError(f"{path}: not an exemplar memory: {error}") from error
 
 
+def _ranks(groups: np.ndarray) -> np.ndarray:
+    """Each row's position among the rows of its group, in row order."""
+    order = np.argsort(groups, kind="stable")
+    ordered = groups[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ranks = np.empty(len(groups), np.int64)
+    ranks[order] = np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+    return ranks
+
+
+def bound(labels: np.ndarray, stores: np.ndarray, weights: np.ndarray, per_class: int,
+          per_store_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows a bounded memory keeps, and their weights.
+
+    A class is a whole label path. Per (store, class) the first `per_store_class` rows are kept, then per
+    class at most `per_class` of those, rank by rank over its stores (every store's first row, then
+    every store's second, ...). A kept row's weight is scaled by rows / kept rows of its (store, class),
+    so the group weighs what it weighed whole. A cap of 0 is no cap.
+
+    Returns:
+        (int64 indexes of the kept rows in row order, their float32 weights)
+    """
+    klass = np.unique(labels, axis=0, return_inverse=True)[1].reshape(-1)
+    store = np.unique(stores, return_inverse=True)[1].reshape(-1)
+    group = klass.astype(np.int64) * (store.max() + 1) + store
+    rank = _ranks(group)
+    keep = rank < per_store_class if per_store_class > 0 else np.ones(len(group), bool)
+    if per_class > 0:
+        candidates = np.flatnonzero(keep)
+        round_robin = candidates[np.lexsort((store[candidates], rank[candidates]))]
+        keep = np.zeros(len(group), bool)
+        keep[round_robin[_ranks(klass[round_robin]) < per_class]] = True
+    kept = np.flatnonzero(keep)
+    _, group_index, group_size = np.unique(group, return_inverse=True, return_counts=True)
+    kept_size = np.bincount(group_index[kept], minlength=len(group_size))
+    scale = group_size[group_index[kept]] / kept_size[group_index[kept]]
+    return kept, (weights[kept] * scale).astype(np.float32)
+
+
 def build_exemplars(vectors: np.ndarray, labels: np.ndarray, stores: Sequence[str], taxonomy: Taxonomy,
-                    store_cap: float | None) -> Exemplars:
+                    store_cap: float | None, per_class: int = 0, per_store_class: int = 0) -> Exemplars:
     """The memory of labelled products: rows without a level-1 label are left out.
 
     Args:
@@ -89,14 +133,19 @@ def build_exemplars(vectors: np.ndarray, labels: np.ndarray, stores: Sequence[st
         labels: int[M, >= depth] class index per level (training features `label_level_k`).
         stores: each row's store: its weight is the store factor min(1, store_cap / n_store) that
             training uses (`training_data.store_factors`, n_store counted over these rows; None: 1).
+        per_class, per_store_class: the bounds of `bound` (0: brute force, every labelled row).
     """
     labels = np.asarray(labels, np.int64)[:, :taxonomy.max_depth]
     keep = labels[:, 0] >= 0
     vectors = np.asarray(vectors, np.float32)[keep]
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    labels = labels[keep]
     stores = np.asarray(stores, dtype=object)[keep].astype(str)
     _, store_index, counts = np.unique(stores, return_inverse=True, return_counts=True)
     weights = store_factors(counts[store_index], store_cap).astype(np.float32)
-    memory = Exemplars(vectors, labels[keep].astype(np.int32), weights, taxonomy.fingerprint)
+    if per_class or per_store_class:
+        rows, weights = bound(labels, stores, weights, per_class, per_store_class)
+        vectors, labels = vectors[rows], labels[rows]
+    memory = Exemplars(vectors, labels.astype(np.int32), weights, taxonomy.fingerprint)
     memory.check(taxonomy)
     return memory

@@ -2,8 +2,10 @@
 letters (tagged `dead_letter`, stage `embed`).
 
 RunInference with a small keyed `ModelHandler`: Beam batches (capped by `--embed_batch_size`), loads the
-encoders once per worker process and shares them across threads. All decisions live in
-`linnet_core.encoders.embedder`; this module reads bytes through `FileSystems`, counts and routes.
+encoders once per worker process and shares them across threads. With `--embedding_table DIR` the
+records first join the embedding table (`pipelines.embedding_table`), so only content it lacks is
+encoded, and the run appends what it embedded. All decisions live in `linnet_core.encoders.embedder`;
+this module reads bytes through `FileSystems`, counts and routes.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from linnet_core.encoders import image as image_encoders
 from linnet_core.encoders import text as text_encoders
-from linnet_core.encoders.embedder import IMAGE_STATUSES, ProductEmbedder
+from linnet_core.encoders.embedder import IMAGE_STATUSES, ProductEmbedder, Stored
 from linnet_core.progress import Progress
 from linnet_core.records import Reason, dead_letter
 from pipelines import defaults
+from pipelines.embedding_table import AppendToEmbeddingTable, LookUpEmbeddings
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 DEAD_LETTER = "dead_letter"
+NEW_VECTORS = "new_vectors"
 STAGE = "embed"
 NAMESPACE = "linnet.embed"
 NO_CACHE = "none"
@@ -69,6 +73,9 @@ class EmbeddingOptions(PipelineOptions):
                   f"of the machine that embeds) or {NO_CACHE!r} to disable it")
         flag("encoder_threads", type=int, default=0,
              help="threads per encoder in each worker process (0: all cores)")
+        flag("embedding_table", default=None,
+             help="embedding table folder (local or gs://): vectors it holds are not recomputed and the "
+                  "run appends the new ones as a Parquet part (default: none)")
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class EmbedConfig:
     batch_size: int = 32
     cache_dir: str | None = None
     threads: int = 0
+    table_dir: str | None = None
     total: int | None = None  # products the run embeds at most, when known: the ETA of progress lines
 
     def __post_init__(self) -> None:
@@ -132,7 +140,8 @@ class EmbedConfig:
         (the online service's)."""
         cache = None if flags.embedding_cache in (None, "", NO_CACHE) else flags.embedding_cache
         return cls(flags.models_dir, flags.text_model, flags.text_engine, flags.image_engine,
-                   flags.max_tokens, flags.embed_batch_size, cache, flags.encoder_threads)
+                   flags.max_tokens, flags.embed_batch_size, cache, flags.encoder_threads,
+                   flags.embedding_table or None)
 
 
 def read_uri(uri: str) -> bytes:
@@ -185,8 +194,9 @@ def load_embedder(cfg: EmbedConfig) -> ProductEmbedder:
     return ProductEmbedder(text, image, cfg.cache_folder(), threads)
 
 
-class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedder]):
-    """RunInference handler: a batch of product records → one `Embedded` outcome per record."""
+class ProductEmbeddingHandler(ModelHandler[tuple, PredictionResult, ProductEmbedder]):
+    """RunInference handler: a batch of (product record, what the table holds for it or None) → one
+    `Embedded` outcome per record."""
 
     def __init__(self, cfg: EmbedConfig) -> None:
         super().__init__()
@@ -195,11 +205,13 @@ class ProductEmbeddingHandler(ModelHandler[dict, PredictionResult, ProductEmbedd
     def load_model(self) -> ProductEmbedder:
         return load_embedder(self.cfg)
 
-    def run_inference(self, batch: Sequence[dict], model: ProductEmbedder,
+    def run_inference(self, batch: Sequence[tuple[dict, Stored | None]], model: ProductEmbedder,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        outcomes = model.embed(batch, read_uri)
+        records = [record for record, _ in batch]
+        stored = [known for _, known in batch] if self.cfg.table_dir else None
+        outcomes = model.embed(records, read_uri, stored)
         Progress.shared("embedding", unit="products", total=self.cfg.total).update(len(batch))
-        return [PredictionResult(record, outcome) for record, outcome in zip(batch, outcomes, strict=True)]
+        return [PredictionResult(record, outcome) for record, outcome in zip(records, outcomes, strict=True)]
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         # Full batches from the start: the encoders spread a batch over their threads, and BatchElements'
@@ -235,7 +247,9 @@ class RouteEmbeddedFn(beam.DoFn):
         self.embedded = Metrics.counter(NAMESPACE, "products_embedded")
         self.dead = Metrics.counter(NAMESPACE, "dead_letters")
         self.status = {status: Metrics.counter(NAMESPACE, f"image_{status}") for status in IMAGE_STATUSES}
-        self.hits = {name: Metrics.counter(NAMESPACE, f"{name}_cache_hits") for name in ("text", "image")}
+        self.hits = {(name, source): Metrics.counter(NAMESPACE, f"{name}_{source}_hits")
+                     for name in ("text", "image") for source in ("cache", "table")}
+        self.encoded = Metrics.counter(NAMESPACE, "products_encoded")
 
     def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[Any]:
         product_id, result = keyed
@@ -248,8 +262,13 @@ class RouteEmbeddedFn(beam.DoFn):
             return
         self.embedded.inc()
         self.status[outcome.image_status].inc()
-        for name in outcome.cache_hits:
-            self.hits[name].inc()
+        for source, names in (("cache", outcome.cache_hits), ("table", outcome.table_hits)):
+            for name in names:
+                self.hits[name, source].inc()
+        if outcome.encoded:
+            self.encoded.inc()
+        for new in outcome.new_vectors:
+            yield beam.pvalue.TaggedOutput(NEW_VECTORS, new)
         yield outcome.record
 
 
@@ -264,6 +283,7 @@ class EmbedProducts(beam.PTransform):
     An embedded record is the product record plus `text_embedding` (float32[384], L2-normalised),
     `image_embedding` (float32[1280], zeros without a usable photo), `image_present` (0.0/1.0) and
     `image_status` (`ok`, `no_image`, `missing_file`, `unreadable`). Every input comes out exactly once.
+    With `cfg.table_dir` the embedding table is joined first and appended to (its new rows carry `run_id`).
     """
 
     def __init__(self, cfg: EmbedConfig | None = None, run_id: str | None = None) -> None:
@@ -280,9 +300,15 @@ class EmbedProducts(beam.PTransform):
     def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
         keyed = products | "KeyByProductId" >> beam.ParDo(KeyByProductIdFn(self.run_id)).with_outputs(
             DEAD_LETTER, main="keyed")
-        routed = (keyed.keyed
+        table = self.cfg.table_dir
+        with_stored = (keyed.keyed | "LookUpEmbeddings" >> LookUpEmbeddings(table, read_uri) if table else
+                       keyed.keyed | "NoTable" >> beam.MapTuple(lambda key, record: (key, (record, None))))
+        routed = (with_stored
                   | "Embed" >> RunInference(KeyedModelHandler(ProductEmbeddingHandler(self.cfg)))
-                  | "Route" >> beam.ParDo(RouteEmbeddedFn(self.run_id)).with_outputs(DEAD_LETTER,
-                                                                                    main=EMBEDDED))
+                  | "Route" >> beam.ParDo(RouteEmbeddedFn(self.run_id)).with_outputs(
+                      DEAD_LETTER, NEW_VECTORS, main=EMBEDDED))
+        if table:
+            _ = routed[NEW_VECTORS] | "AppendToEmbeddingTable" >> AppendToEmbeddingTable(
+                table, self.run_id)
         dead = (keyed[DEAD_LETTER], routed[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
         return {EMBEDDED: routed[EMBEDDED], DEAD_LETTER: dead}

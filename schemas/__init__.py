@@ -12,7 +12,7 @@ from typing import Any
 
 _ARROW_TYPES = {
     "STRING": "string", "INTEGER": "int64", "INT64": "int64", "FLOAT": "float64",
-    "FLOAT64": "float64", "BOOLEAN": "bool", "BOOL": "bool", "TIMESTAMP": "timestamp",
+    "FLOAT64": "float64", "BOOLEAN": "bool", "BOOL": "bool", "TIMESTAMP": "timestamp", "BYTES": "binary",
 }
 
 

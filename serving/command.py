@@ -12,7 +12,7 @@ from aiohttp import web
 
 from pipelines.embed import NO_CACHE, EmbedConfig, EmbeddingOptions
 from pipelines.partitions import new_attempt
-from pipelines.usage import ArgumentParser
+from pipelines.usage import ArgumentParser, UsageError
 from serving.app import Limits, create_app
 from serving.categorizer import OnlineCategorizer
 
@@ -55,6 +55,8 @@ def parser() -> ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Serve until SIGTERM or SIGINT, then drain in-flight requests and exit 0."""
     flags = parser().parse_args(list(argv or []))
+    if flags.embedding_table:
+        raise UsageError("--embedding_table is for the batch pipelines: the service embeds what it is sent")
     limits = Limits(max_products=flags.max_products, max_body_bytes=int(flags.max_body_mb * 2**20),
                     timeout_s=flags.timeout_s, max_batch=flags.max_batch, max_wait_s=flags.max_wait_ms / 1000,
                     max_queue=flags.max_queue)

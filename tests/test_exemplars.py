@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linnet_core.exemplars import Exemplars, ExemplarsError, build_exemplars
+from linnet_core.exemplars import Exemplars, ExemplarsError, bound, build_exemplars
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import store_folds
 
@@ -51,3 +51,33 @@ def test_store_folds_keep_stores_whole_and_are_stable() -> None:
     for store in np.unique(stores):
         assert len(set(folds[stores == store].tolist())) == 1
     np.testing.assert_array_equal(folds, store_folds(stores[::-1], 5)[::-1])
+
+
+def test_bound_caps_per_store_and_class_and_keeps_each_groups_weight() -> None:
+    # Class A: store s1 has 4 rows, s2 has 1, s3 has 2; class B: s1 has 1.
+    labels = np.array([[0, 1]] * 4 + [[0, 1]] + [[0, 1]] * 2 + [[2, -1]])
+    stores = np.array(["s1"] * 4 + ["s2"] + ["s3"] * 2 + ["s1"])
+    weights = np.array([0.5] * 4 + [1.0] + [1.0] * 2 + [0.5], np.float32)
+    rows, kept = bound(labels, stores, weights, per_class=0, per_store_class=2)
+    assert rows.tolist() == [0, 1, 4, 5, 6, 7]
+    np.testing.assert_allclose(kept, [1.0, 1.0, 1.0, 1.0, 1.0, 0.5])  # s1's 4 rows of A weigh 2 as before
+    # Per class 3, round-robin over stores: the first row of s1, s2, s3, then nothing more of A.
+    rows, kept = bound(labels, stores, weights, per_class=3, per_store_class=2)
+    assert rows.tolist() == [0, 4, 5, 7]
+    np.testing.assert_allclose(kept, [2.0, 1.0, 2.0, 0.5])
+    rows, kept = bound(labels, stores, weights, per_class=0, per_store_class=0)
+    assert rows.tolist() == list(range(8)) and np.array_equal(kept, weights)
+
+
+def test_bounded_memory_is_smaller_and_weighs_stores_as_brute_force(tiny: Taxonomy) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([[0, 0, 0]] * 30 + [[1, -1, -1]] * 10)
+    stores = [f"s{i % 3}" for i in range(40)]
+    vectors = rng.normal(size=(40, 4)).astype(np.float32)
+    brute = build_exemplars(vectors, labels, stores, tiny, store_cap=5.0)
+    bounded = build_exemplars(vectors, labels, stores, tiny, store_cap=5.0, per_class=4, per_store_class=2)
+    assert len(bounded.weights) == 4 + 4 and len(brute.weights) == 40
+    # Every store keeps at least one row of each class here, so each class weighs what it weighed.
+    for klass in (0, 1):
+        assert bounded.weights[bounded.labels[:, 0] == klass].sum() == pytest.approx(
+            brute.weights[brute.labels[:, 0] == klass].sum(), rel=1e-6)

@@ -28,6 +28,8 @@ class ModelConfig:
     loss_weights: tuple[float, ...]
     shuffle_buffer: int
     seed: int
+    exemplars_per_class: int
+    exemplars_per_store_class: int
 
     def __post_init__(self) -> None:
         if not self.shared_units or any(units < 1 for units in self.shared_units + self.level_units):
@@ -41,6 +43,9 @@ class ModelConfig:
             raise ConfigError(
                 "learning_rate, epochs, batch_size, shuffle_buffer must be positive: "
                 f"{self.learning_rate}, {self.epochs}, {self.batch_size}, {self.shuffle_buffer}")
+        if self.exemplars_per_class < 0 or self.exemplars_per_store_class < 0:
+            raise ConfigError(f"exemplar caps must be >= 0 (0: no cap), got {self.exemplars_per_class}, "
+                              f"{self.exemplars_per_store_class}")
         if len(self.loss_weights) != LEVELS or any(w < 0 for w in self.loss_weights):
             raise ConfigError(f"loss_weights needs {LEVELS} non-negative values, "
                               f"got {list(self.loss_weights)}")

@@ -154,7 +154,8 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
                                 seed=config.seed, repeat=True)
         network, _ = fit_network(config, sizes, dataset, math.ceil(n / config.batch_size),
                                  what=f"fold {f + 1} network")
-        memory = decoding.ExemplarTables.build(taxonomy, exemplar_memory(training, taxonomy, store_cap))
+        memory = decoding.ExemplarTables.build(taxonomy,
+                                               exemplar_memory(training, taxonomy, store_cap, config))
         rows = scored_rows[fold[scored_rows] == f]
         parts.append(_score_fold(network, _select(pool, rows), depth, prior, memory))
         logger.info("cross-fitting fold %d/%d: trained on %d products, scored %d", f + 1, folds, n, len(rows))

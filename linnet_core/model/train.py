@@ -67,11 +67,13 @@ def data_store_cap(data_dir: str | Path) -> float | None:
         return json.load(handle).get("store_cap")
 
 
-def exemplar_memory(arrays: dict, taxonomy: Taxonomy, store_cap: float | None) -> Exemplars:
+def exemplar_memory(arrays: dict, taxonomy: Taxonomy, store_cap: float | None,
+                    config: ModelConfig) -> Exemplars:
     """The exemplar memory of a split's arrays (`data.read_split`): title embeddings, level labels, and
-    the store factor with the training data's cap, so that memory and training weigh stores alike."""
+    the store factor with the training data's cap, so that memory and training weigh stores alike;
+    bounded as the config says."""
     return build_exemplars(arrays[TITLE_EMBEDDING], class_labels(arrays, taxonomy.max_depth), arrays["store"],
-                           taxonomy, store_cap)
+                           taxonomy, store_cap, config.exemplars_per_class, config.exemplars_per_store_class)
 
 
 def cluster_from_env(environ: dict | None = None) -> Cluster:
@@ -247,7 +249,7 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
         copy_shopify_mapping(shopify_dir, output_dir)
     data_dir = training["data_dir"]
     arrays = read_splits(data_dir, training["splits"])
-    memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir))
+    memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir), config)
     memory.save(output_dir / EXEMPLARS)
     training = {**training, "exemplars": len(memory.weights), "stores": len(set(arrays["store"]))}
     save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
