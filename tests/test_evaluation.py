@@ -190,18 +190,13 @@ def test_operating_curve_and_coverage_at_precision(tiny):
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory, gpt):
+def trained_model(tmp_path_factory, gpt, train_model):
     """A small model trained on synthetic TFRecords (with a calibration split) and a products JSONL
     whose titles name each product's category (noisily), for the TF-IDF baseline."""
-    from synthetic_training_data import write_training_data
-
     root = tmp_path_factory.mktemp("tuning")
-    write_training_data(root / "data", gpt, sizes={"train": 800, "validation": 300, "calibration": 400},
-                        num_labels=25)
-    (root / "config.json").write_text(json.dumps({"shared_units": [64], "level_units": [32], "epochs": 4,
-                                                  "batch_size": 64, "dropout": 0.1}))
-    assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model"), "--holdout", "validation"]) == 0
+    train_model(root, {"train": 800, "validation": 300, "calibration": 400},
+                {"shared_units": [64], "level_units": [32], "epochs": 4, "batch_size": 64, "dropout": 0.1},
+                "--holdout", "validation", num_labels=25)
     rng = np.random.default_rng(0)
     with open(root / "products.jsonl", "w", encoding="utf-8") as handle:
         for split in ("train", "validation", "calibration"):

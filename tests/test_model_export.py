@@ -44,14 +44,10 @@ FRESH_PROCESS = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, gpt: Taxonomy) -> tuple[Path, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, train_model) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("train")
-    write_training_data(root / "data", gpt, sizes={"train": 600, "validation": 150})
-    (root / "config.json").write_text(json.dumps(SMALL_CONFIG))
-    code = cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model"), "--holdout", "validation"])
-    assert code == 0
-    return root / "model", root / "data"
+    model = train_model(root, {"train": 600, "validation": 150}, SMALL_CONFIG, "--holdout", "validation")
+    return model, root / "data"
 
 
 def _inputs(n: int, seed: int = 1) -> dict[str, np.ndarray]:
@@ -116,6 +112,7 @@ def test_production_model_learns_from_every_split(trained: tuple[Path, Path], tm
                      "--holdout", "train", "--holdout", "validation"]) == 1
 
 
+@pytest.mark.subprocesses
 def test_saved_model_runs_in_a_fresh_process_without_project_code(trained: tuple[Path, Path], gpt: Taxonomy,
                                                                   tmp_path: Path) -> None:
     model_dir, _ = trained

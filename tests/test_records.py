@@ -80,6 +80,7 @@ def test_title_text_is_title_and_type_only() -> None:
     assert title_text({"description": "only a description"}) == ""
 
 
+@pytest.mark.subprocesses
 def test_core_does_not_import_beam() -> None:
     code = ("import sys, linnet_core.taxonomy, linnet_core.shopify, linnet_core.records, "
             "linnet_core.features; sys.exit('apache_beam' in sys.modules)")
