@@ -141,6 +141,18 @@ def test_bad_inputs_fail_with_a_clear_message(tmp_path, tiny_taxonomy_file, caps
         read_predictions(str(tmp_path / "bad.parquet"))
 
 
+def test_tfidf_texts_default_to_the_shared_products_at_the_command_only(tmp_path):
+    """The default products file is the pipelines layer's (`pipelines.defaults`); the core needs it given."""
+    from linnet_core.evaluation.evaluate import EvaluationConfig, _tfidf
+    from pipelines import defaults
+
+    config = evaluate_command.parse_config(["--predictions", "p", "--labels", "l", "--output", str(tmp_path)])
+    assert config.products == defaults.PRODUCTS_JSONL
+    bare = EvaluationConfig(taxonomy_file="t", output=str(tmp_path), predictions="p", labels="l")
+    with pytest.raises(EvaluationError, match="--products"):
+        _tfidf(bare, None, None)
+
+
 def test_unknown_predicted_id_is_an_error(tmp_path, tiny_taxonomy_file, capsys):
     predictions, labels = _write_inputs(tmp_path, predicted=[3, 2, 4, None, 11, 5, None, 999])
     code = evaluate_command.main(["--predictions", str(predictions), "--labels", str(labels), "--taxonomy",

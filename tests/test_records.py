@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import subprocess
-import sys
 
 import pyarrow as pa
 import pytest
@@ -78,13 +76,6 @@ def test_title_text_is_title_and_type_only() -> None:
     assert title_text({"title": "Mug"}) == "Mug"
     assert title_text({"product_type": "Kitchen"}) == "type: Kitchen"
     assert title_text({"description": "only a description"}) == ""
-
-
-@pytest.mark.subprocesses
-def test_core_does_not_import_beam() -> None:
-    code = ("import sys, linnet_core.taxonomy, linnet_core.shopify, linnet_core.records, "
-            "linnet_core.features; sys.exit('apache_beam' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def _writable(row: dict, table: str) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import json
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -48,13 +46,6 @@ from pipelines.io import DEAD_LETTER
 EMBEDDED = build_training_data.EMBEDDED
 FAIL_TITLE = "unembeddable"
 NAN_TITLE = "nan vector"
-
-
-@pytest.mark.subprocesses
-def test_core_modules_do_not_import_beam():
-    code = ("import sys, linnet_core.training_data, linnet_core.transform; "
-            "sys.exit('apache_beam' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 # -- splits ---------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ class EvaluationConfig:
         model, training_data: model directory and training-data directory (TFRecords).
         split: the training-data split evaluated when there are no predictions (and decoded for (b)).
         baselines: which of BASELINES to add; None adds those whose inputs are given.
-        products: raw products (JSONL) or products Parquet with the texts for (a).
+        products: raw products (JSONL) or products Parquet with the texts for (a), which needs them.
         hp_floor: the hierarchical precision at which coverages are compared.
         store_cap: products per store in the `capped_per_store` block (the acceptance set's cap).
     """
@@ -242,17 +242,17 @@ def _tfidf(config: EvaluationConfig, table: metrics.AncestorTable, compared: Sys
     """(a) trained on the products of the splits the model learnt from, scored on the compared products."""
     from linnet_core.model.data import read_split
     from linnet_core.model.export import read_model_json
-    from pipelines import defaults  # the shared products file is the default text source
 
+    if config.products is None:
+        raise EvaluationError("the TF-IDF baseline needs the products' texts (--products)")
     learnt = read_model_json(config.model).get("training", {}).get("splits", ["train"])
     parts = [read_split(config.training_data, split, embeddings=False) for split in learnt]
     train_ids = {name: np.concatenate([part[name] for part in parts])
                  for name in ("product_id", "gpt_id", "store")}
-    source = config.products or defaults.PRODUCTS_JSONL
-    texts = baselines.product_texts(source, set(train_ids["product_id"]) | set(compared.product_ids))
+    texts = baselines.product_texts(config.products, set(train_ids["product_id"]) | set(compared.product_ids))
     missing = [pid for pid in compared.product_ids if pid not in texts]
     if missing:
-        raise EvaluationError(f"{len(missing)} evaluated products have no text in {source}, "
+        raise EvaluationError(f"{len(missing)} evaluated products have no text in {config.products}, "
                               f"e.g. {missing[0]!r}")
     train = [(texts[pid], gid, store) for pid, gid, store in zip(
         train_ids["product_id"], train_ids["gpt_id"], train_ids["store"], strict=True) if pid in texts]
