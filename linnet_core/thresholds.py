@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-LEVELS = 7
+from linnet_core.features import LEVELS
+
 CONFIDENCES = ("path",)
 # The evidence fused into the model's logits besides its own heads (docs/ARCHITECTURE.md): the taxonomy
 # prior of the full text and of the title, the exemplar memory's neighbour shares (PRODUCT_EVIDENCE: each

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from linnet_core.model import MODEL_JSON
 from linnet_core.thresholds import DEFAULT_TARGET_PRECISION
 from pipelines import defaults
 from pipelines.usage import ArgumentParser
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             *sample])
     # The report judges stores the model never saw: this model holds the held-out split's stores out
     # (`linnet train` without --holdout is the production model, on every labelled store).
-    _stage("train", model / "model.json", ["train", "--data", str(data), "--output", str(model),
+    _stage("train", model / MODEL_JSON, ["train", "--data", str(data), "--output", str(model),
                                            "--holdout", HELD_OUT_SPLIT])
     _stage("thresholds", None, ["tune-thresholds", "--model", str(model), "--data", str(data),
                                 "--target-precision", str(args.target_precision)])

@@ -20,8 +20,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from linnet_core import __version__
-from linnet_core.categorization import DECISIONS, Lineage, categorized_row
+from linnet_core import __version__, decisions
+from linnet_core.categorization import Lineage, categorized_row
 from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
@@ -112,7 +112,7 @@ class ToCategorizedRowFn(beam.DoFn):
     def __init__(self, model_dir: str, lineage: dict[str, Any]) -> None:
         self.model_dir = model_dir
         self.lineage = lineage
-        self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in DECISIONS}
+        self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in decisions.NAMES}
 
     def setup(self) -> None:
         local = Path(local_models_dir(self.model_dir, only=(TAXONOMY_COPY, SHOPIFY_COPY)))
@@ -213,7 +213,7 @@ def run_summary(result: beam.runners.runner.PipelineResult, run_id: str, partiti
         "rows_out": _counter(result, f"{CATEGORIZED}_rows_committed"),
         "dead_letters": _counter(result, f"{DEAD_LETTERS}_rows_committed"),
         "duplicates_superseded": _counter(result, "duplicates_superseded"),
-        "decisions": {name: _counter(result, f"decision_{name}") for name in DECISIONS},
+        "decisions": {name: _counter(result, f"decision_{name}") for name in decisions.NAMES},
         "images": {name: _counter(result, f"image_{name}") for name in IMAGE_STATUSES},
     }
     summary["balanced"] = summary["rows_in"] == summary["rows_out"] + summary["dead_letters"]

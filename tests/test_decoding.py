@@ -10,8 +10,9 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
 from linnet_core.model import decoding
-from linnet_core.model.decoding import ABSTAINED, BACKED_OFF, LEAF, DecodingTables
+from linnet_core.model.decoding import DecodingTables
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 
 # Tiny taxonomy classes. Level 1: [Animals 1, Toys 10]; level 2: [Pets 2, Farm 5, Dolls 11,

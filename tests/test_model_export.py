@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from synthetic_training_data import write_training_data
 
+from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
 from linnet_core.exemplars import Exemplars
 from linnet_core.model.export import export_inference_model, read_model_json
 from linnet_core.model.predictor import Predictor, TaxonomyMismatchError
@@ -66,7 +67,7 @@ def _assert_valid_paths(taxonomy: Taxonomy, outputs: dict) -> None:
         assert [n.id for n in taxonomy.ancestors(path[-1], include_self=True)] == path
         assert taxonomy.node(path[-1]).is_leaf
         assert gpt_id == (path[depth - 1] if depth else -1)
-        assert decision == (0 if depth == 0 else 2 if depth == len(path) else 1)
+        assert decision == (ABSTAINED if depth == 0 else LEAF if depth == len(path) else BACKED_OFF)
 
 
 def test_train_writes_the_model_directory(trained: tuple[Path, Path], gpt: Taxonomy) -> None:

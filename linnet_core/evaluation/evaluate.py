@@ -26,7 +26,7 @@ from linnet_core.evaluation.systems import (
     read_labels,
     read_predictions,
 )
-from linnet_core.features import NO_LABEL
+from linnet_core.features import LEVELS, NO_LABEL
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import Thresholds, cut_paths, tune
@@ -153,7 +153,8 @@ def run(config: EvaluationConfig) -> dict:
         if baselines.PUBLISHED in wanted:
             sweep = report.uniform_settings(overrides=predictor.thresholds.overrides)
             for name, fused in ((baselines.PUBLISHED, False), (baselines.PUBLISHED_ON_OURS, True)):
-                on_calibration = baselines.published_design(predictor, calibration, [0.0] * 7, fused, name)
+                on_calibration = baselines.published_design(predictor, calibration, [0.0] * LEVELS, fused,
+                                                            name)
                 chosen = _published_default(on_calibration, calibration_labels, table, sweep)
                 system = align(baselines.published_design(predictor, split, list(chosen.levels), fused, name),
                                compared.product_ids)

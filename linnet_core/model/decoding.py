@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from linnet_core.category_prior import CategoryEmbeddings, level_segments
+from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
 from linnet_core.exemplars import NEIGHBOURS, SHARPNESS, Exemplars
 from linnet_core.features import LEVELS, NO_LABEL, TEXT_EMBEDDING, TITLE_EMBEDDING
 from linnet_core.store_context import TOP_K, ContextLayout
@@ -39,7 +40,6 @@ from linnet_core.thresholds import (
 GREEDY = "greedy"
 EXACT = "exact"
 MODES = (GREEDY, EXACT)
-ABSTAINED, BACKED_OFF, LEAF = 0, 1, 2
 
 
 @dataclass(frozen=True)
