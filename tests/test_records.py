@@ -62,6 +62,12 @@ def test_dead_letter_row() -> None:
                    "error": "empty", "raw": '{"product_id": "p9"}', "run_id": "r1"}
 
 
+def test_schemas_are_parsed_once_per_process() -> None:
+    """Writers shape every row by its table's schema (`io.to_row`): one parse serves them all."""
+    assert schemas.load("categorized") is schemas.load("categorized")
+    assert to_row({"product_id": "p1", "tags": None}, "products")["tags"] == []
+
+
 def test_product_text_order_and_truncation() -> None:
     text = product_text({"title": "Mug", "product_type": "Kitchen", "vendor": "Acme",
                          "collections": ["Home"], "tags": ["a", "b"], "description": "long " * 500})
