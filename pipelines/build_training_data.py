@@ -53,6 +53,7 @@ from linnet_core.training_data import (
     to_example,
 )
 from pipelines.bigquery import BigQueryOptions
+from pipelines.counters import beam_counters
 from pipelines.embed import (
     EMBEDDED,
     EmbedConfig,
@@ -63,7 +64,6 @@ from pipelines.embed import (
 )
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
-from pipelines.progress import beam_counters
 from pipelines.sources import product_source
 
 LOGGER = logging.getLogger(__name__)

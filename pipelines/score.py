@@ -29,6 +29,7 @@ from linnet_core.taxonomy import Taxonomy
 from linnet_core.thresholds import load_thresholds
 from pipelines import defaults
 from pipelines.bigquery import BigQueryOptions
+from pipelines.counters import beam_counters
 from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
@@ -40,7 +41,6 @@ from pipelines.embed import (
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
-from pipelines.progress import beam_counters
 from pipelines.sources import product_source, table_sinks
 from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext
 from pipelines.usage import UsageError
@@ -106,7 +106,8 @@ class ToCategorizedRowFn(beam.DoFn):
     """A prediction → a categorized row with lineage (`linnet_core.categorization`).
 
     The taxonomy and the Shopify mapping come from the model directory (local or gs://), which is all
-    a worker is given.
+    a worker is given. `scored_at` is stamped here, per row: the job a launcher builds may run much
+    later (a queued Dataflow job, a retried bundle), and `run_id` already names the run.
     """
 
     def __init__(self, model_dir: str, lineage: dict[str, Any]) -> None:
@@ -123,7 +124,7 @@ class ToCategorizedRowFn(beam.DoFn):
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[dict[str, Any]]:
         _, result = element
         outputs = result.inference
-        lineage = Lineage(model_version=result.model_id, **self.lineage)
+        lineage = Lineage(model_version=result.model_id, scored_at=dt.datetime.now(dt.UTC), **self.lineage)
         decoding = outputs["decoding"]
         row = categorized_row(
             result.example, outputs["level_ids"].tolist(), outputs["level_confidences"].tolist(),
@@ -146,7 +147,7 @@ class Categorize(beam.PTransform):
 
     Args:
         model_dir: the model directory (`linnet train`), local or gs://.
-        lineage: taxonomy_version, thresholds_version, code_version, run_id, scored_at for every row.
+        lineage: taxonomy_version, thresholds_version, code_version and run_id for every row.
     """
 
     def __init__(self, model_dir: str, lineage: dict[str, Any], decoding: str | None = None,
@@ -246,7 +247,7 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
         chosen = load_thresholds(flags.thresholds)
         levels, thresholds_version = list(chosen.levels), chosen.version
     lineage = {"taxonomy_version": info["taxonomy_version"], "thresholds_version": thresholds_version,
-               "code_version": code_version(), "run_id": run_id, "scored_at": dt.datetime.now(dt.UTC)}
+               "code_version": code_version(), "run_id": run_id}
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
     products = pipeline | "ReadProducts" >> product_source(options, day, run_id, optional_labels=True)

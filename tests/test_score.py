@@ -109,14 +109,21 @@ def test_categorize_routes_a_failing_batch_to_dead_letters(model_dir: Path, gpt:
                 "image_embedding": np.zeros(IMAGE_DIM, np.float32), "image_present": 0.0}
 
     lineage = {"taxonomy_version": gpt.version, "thresholds_version": "t", "code_version": "test",
-               "run_id": "r", "scored_at": dt.datetime(2026, 11, 25, tzinfo=dt.UTC)}
+               "run_id": "r"}
     categorize = score.Categorize(str(model_dir), lineage, max_batch_size=1)
+    started = dt.datetime.now(dt.UTC)
+
+    def scored_during_the_run(row: dict) -> bool:
+        return started <= row["scored_at"] <= dt.datetime.now(dt.UTC)
+
     with TestPipeline() as pipeline:
         outputs = (pipeline
                    | beam.Create([embedded("ok-1"), embedded("broken", dim=7), embedded("ok-2")])
                    | categorize)
         assert_that(outputs["rows"] | "Ids" >> beam.Map(lambda row: row["product_id"]),
                     equal_to(["ok-1", "ok-2"]), label="CheckRows")
+        assert_that(outputs["rows"] | "ScoredAt" >> beam.Map(scored_during_the_run), equal_to([True, True]),
+                    label="CheckScoredAt")
         assert_that(outputs[DEAD_LETTER] | "Dead" >> beam.Map(lambda row: (row["product_id"], row["stage"],
                                                                             row["reason"])),
                     equal_to([("broken", "score", "scoring_failed")]), label="CheckDeadLetters")
