@@ -30,8 +30,8 @@ EVIDENCE = (*PRODUCT_EVIDENCE, STORE_CONTEXT)
 DEFAULT_LEVEL_THRESHOLD = 0.5
 DELTA = 0.05
 BOOTSTRAP_RESAMPLES = 400
-# The precision target of `linnet tune-thresholds`, `run-local` and `make` (docs/training.md: targets
-# hold on unseen stores up to ~0.8; 0.9 leaves a few percent coverage).
+# The precision target of `linnet tune-thresholds`, `run-local` and `make`: below the ~0.8 up to which
+# targets have held on unseen stores (docs/experiments/).
 DEFAULT_TARGET_PRECISION = 0.7
 # Floors for sensitive subtrees shipped with the package (`load_floors(None)`).
 DEFAULT_FLOORS = "config/sensitive_categories.json"
