@@ -12,7 +12,8 @@ PROJECT ?=
 REGION ?= us-central1
 BUCKET ?=
 OUT ?= out
-# Empty: the CLI's default (linnet_core.thresholds.DEFAULT_TARGET_PRECISION, 0.7), the one default.
+# Empty: the CLI's default (linnet_core.calibration.thresholds.DEFAULT_TARGET_PRECISION, 0.7), the one
+# default.
 TARGET_PRECISION ?=
 
 .DEFAULT_GOAL := help

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from linnet_core.calibration.thresholds import DEFAULT_TARGET_PRECISION
 from linnet_core.model import MODEL_JSON
-from linnet_core.thresholds import DEFAULT_TARGET_PRECISION
 from pipelines import defaults
 from pipelines.usage import ArgumentParser
 

@@ -21,12 +21,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from linnet_core import __version__, decisions
+from linnet_core.calibration.thresholds import load_thresholds
 from linnet_core.categorization import Lineage, categorized_row
 from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import load_thresholds
 from pipelines import defaults
 from pipelines.bigquery import BigQueryOptions
 from pipelines.counters import beam_counters

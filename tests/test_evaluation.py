@@ -221,9 +221,9 @@ def trained_model(tmp_path_factory, gpt, train_model):
 
 @pytest.mark.slow
 def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
+    from linnet_core.calibration.thresholds import CLOSED, load_thresholds
     from linnet_core.model.export import read_model_json
     from linnet_core.model.predictor import Predictor
-    from linnet_core.thresholds import CLOSED, load_thresholds
 
     model, data = trained_model / "model", trained_model / "data"
     assert cli.main(["tune-thresholds", "--model", str(model), "--data", str(data),
@@ -294,7 +294,7 @@ def test_evaluating_a_categorized_table_equals_evaluating_the_model(trained_mode
 
 
 def test_parent_indexes(tiny):
-    from linnet_core.evaluation.tuning import parent_indexes
+    from linnet_core.calibration.tuning import parent_indexes
 
     # Level 2 is [2, 5, 11, 12] under [1, 10]; level 3 is [3, 4, 13] under [2, 2, 12].
     assert [p.tolist() for p in parent_indexes(tiny)] == [[-1, -1], [0, 0, 1, 1], [0, 0, 3]]

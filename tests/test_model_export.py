@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from synthetic_training_data import write_training_data
 
+from linnet_core.calibration.thresholds import Thresholds, load_thresholds, save_thresholds
 from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
 from linnet_core.exemplars import Exemplars
 from linnet_core.model.export import export_inference_model, read_model_json
 from linnet_core.model.predictor import Predictor, TaxonomyMismatchError
 from linnet_core.model.version import directory_version
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
 from pipelines import cli
 
 SMALL_CONFIG = {"shared_units": [64], "level_units": [32], "epochs": 3, "batch_size": 64, "dropout": 0.1}
@@ -288,8 +288,8 @@ def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
     the calibration split is added after training) and bakes temperatures and evidence weights in. The
     category vectors of the labelled nodes are their products' mean text embedding, so the priors are
     informative and must get positive weight at level 1."""
+    from linnet_core.calibration.tuning import CALIBRATION_PATHS, CalibrationPaths
     from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings, node_ids
-    from linnet_core.evaluation.tuning import CALIBRATION_PATHS, CalibrationPaths
     from linnet_core.model.data import read_split
 
     model_dir = Path(shutil.copytree(trained[0], tmp_path / "model"))

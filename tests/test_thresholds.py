@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from linnet_core import thresholds as th
+from linnet_core.calibration import thresholds as th
 
 
 def test_file_round_trip_and_content_version(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from linnet_core import metrics
+from linnet_core.calibration.thresholds import Thresholds, cut_paths, tune
 from linnet_core.evaluation import baselines, report
 from linnet_core.evaluation.systems import (
     EvaluationError,
@@ -29,7 +30,6 @@ from linnet_core.evaluation.systems import (
 from linnet_core.features import LEVELS, NO_LABEL
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import Thresholds, cut_paths, tune
 from linnet_core.training_data import DEFAULT_FOLDS, store_folds
 
 logger = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ def _calibration_paths(model_dir: str, predictor, calibration: dict, table: metr
                        ) -> tuple[SystemOutput, Labels]:
     """What ours' thresholds are tuned on: the decoded calibration set `linnet tune-thresholds` kept
     (MODEL/calibration_paths.npz, cross-fitted), else the model on the calibration split."""
-    from linnet_core.evaluation.tuning import CALIBRATION_PATHS, CalibrationPaths
+    from linnet_core.calibration.tuning import CALIBRATION_PATHS, CalibrationPaths
 
     path = Path(model_dir, CALIBRATION_PATHS)
     if not path.exists():

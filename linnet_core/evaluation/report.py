@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from linnet_core import metrics
+from linnet_core.calibration.thresholds import Thresholds, cut_paths
 from linnet_core.evaluation.systems import Labels, SystemOutput
 from linnet_core.features import LEVELS
-from linnet_core.thresholds import Thresholds, cut_paths
 
 HP_FLOOR = 0.80
 UNLABELLED = "(unlabelled)"

@@ -22,13 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from linnet_core.category_prior import CategoryEmbeddings, level_segments
-from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
-from linnet_core.exemplars import NEIGHBOURS, SHARPNESS, Exemplars
-from linnet_core.features import LEVELS, NO_LABEL, TEXT_EMBEDDING, TITLE_EMBEDDING
-from linnet_core.store_context import TOP_K, ContextLayout
-from linnet_core.taxonomy import Taxonomy, TaxonomyError
-from linnet_core.thresholds import (
+from linnet_core.calibration.thresholds import (
     EVIDENCE,
     EXEMPLAR_SHARES,
     PRODUCT_EVIDENCE,
@@ -36,6 +30,12 @@ from linnet_core.thresholds import (
     TITLE_PRIOR,
     Thresholds,
 )
+from linnet_core.category_prior import CategoryEmbeddings, level_segments
+from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
+from linnet_core.exemplars import NEIGHBOURS, SHARPNESS, Exemplars
+from linnet_core.features import LEVELS, NO_LABEL, TEXT_EMBEDDING, TITLE_EMBEDDING
+from linnet_core.store_context import TOP_K, ContextLayout
+from linnet_core.taxonomy import Taxonomy, TaxonomyError
 
 GREEDY = "greedy"
 EXACT = "exact"

@@ -11,14 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from linnet_core.category_prior import CategoryEmbeddings
-from linnet_core.exemplars import Exemplars
-from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
-from linnet_core.model import decoding
-from linnet_core.model.data import level_name
-from linnet_core.store_context import ContextLayout
-from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import (
+from linnet_core.calibration.thresholds import (
     EVIDENCE,
     EXEMPLAR_SHARES,
     PRODUCT_EVIDENCE,
@@ -27,6 +20,13 @@ from linnet_core.thresholds import (
     TITLE_PRIOR,
     Thresholds,
 )
+from linnet_core.category_prior import CategoryEmbeddings
+from linnet_core.exemplars import Exemplars
+from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
+from linnet_core.model import decoding
+from linnet_core.model.data import level_name
+from linnet_core.store_context import ContextLayout
+from linnet_core.taxonomy import Taxonomy
 
 STORE_CONTEXT_INPUT = "store_context"
 STORE_EVIDENCE = "store_evidence"

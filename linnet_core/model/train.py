@@ -17,6 +17,7 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras
 
+from linnet_core.calibration.thresholds import Thresholds, default_thresholds, save_thresholds
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS
 from linnet_core.exemplars import EXEMPLARS, Exemplars, build_exemplars
 from linnet_core.features import TITLE_EMBEDDING
@@ -44,7 +45,6 @@ from linnet_core.model.export import (
 from linnet_core.model.training_model import build_training_model, compile_training_model
 from linnet_core.publish import written_whole
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import Thresholds, default_thresholds, save_thresholds
 from linnet_core.training_data import CLASS_WEIGHTS, ENCODERS_JSON, SPLITS, VALIDATION
 
 logger = logging.getLogger(__name__)

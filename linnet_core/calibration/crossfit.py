@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from linnet_core.calibration.thresholds import STORE_CONTEXT
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.features import LEVELS, MODEL_INPUTS
 from linnet_core.model import decoding
@@ -33,7 +34,6 @@ from linnet_core.model.inference_model import evidence_output
 from linnet_core.progress import Progress
 from linnet_core.store_context import ContextLayout, level_scores, store_contexts
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import STORE_CONTEXT
 from linnet_core.training_data import CALIBRATION, DEFAULT_FOLDS, TRAIN, store_folds
 
 logger = logging.getLogger(__name__)
