@@ -6,7 +6,7 @@ path embedding carries what a supervised head fitted on a few dozen stores does 
 (docs/experiments/2026-11-25-store-weights-and-taxonomy-prior.md). The vectors are
 computed once by `linnet build-training-data` with the encoder that embeds the products (so train and
 serve cannot skew), copied into the model directory by `linnet train`, and baked into the SavedModel,
-where `decoding.taxonomy_priors` turns them into per-level priors. numpy only.
+where `evidence.taxonomy_priors` turns them into per-level priors. numpy only.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import tf_keras
 from linnet_core.calibration.thresholds import STORE_CONTEXT
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.features import LEVELS, MODEL_INPUTS
-from linnet_core.model import decoding
+from linnet_core.model import decoding, evidence
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import array_dataset, class_labels, level_name, model_inputs, read_splits
 from linnet_core.model.export import CONFIG_JSON
@@ -90,8 +90,8 @@ def _select(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.
     return {name: values[rows] for name, values in arrays.items()}
 
 
-def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: decoding.PriorTables | None,
-                memory: decoding.ExemplarTables | None) -> CalibrationSet:
+def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: evidence.PriorTables | None,
+                memory: evidence.ExemplarTables | None) -> CalibrationSet:
     """The fold network's logits and the evidence (with the fold's memory) on the held-out arrays."""
     logits: list[list[np.ndarray]] = [[] for _ in range(depth)]
     evidence: dict[str, list[list[np.ndarray]]] = {}
@@ -102,7 +102,7 @@ def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: de
         outputs = network(batch, training=False)
         for k in range(depth):
             logits[k].append(outputs[level_name(k + 1)].numpy())
-        for name, scores in decoding.evidence_scores(batch, prior, memory).items():
+        for name, scores in evidence.evidence_scores(batch, prior, memory).items():
             evidence.setdefault(name, [[] for _ in range(depth)])
             for k in range(depth):
                 evidence[name][k].append(scores[k].numpy())
@@ -141,7 +141,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
         stores = len(np.unique(pool["store"]))
         raise ValueError(f"the pool's {stores} stores fill fewer than 2 of {folds} folds")
     embeddings_path = model_dir / CATEGORY_EMBEDDINGS
-    prior = (decoding.PriorTables.build(taxonomy, CategoryEmbeddings.load(embeddings_path))
+    prior = (evidence.PriorTables.build(taxonomy, CategoryEmbeddings.load(embeddings_path))
              if embeddings_path.exists() else None)
     store_cap = data_store_cap(data_dir)
     parts = []
@@ -153,7 +153,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
         dataset = array_dataset(training, config.batch_size, shuffle_buffer=config.shuffle_buffer,
                                 seed=config.seed, repeat=True)
         network, _ = fit_network(config, sizes, dataset, math.ceil(n / config.batch_size))
-        memory = decoding.ExemplarTables.build(taxonomy, exemplar_memory(training, taxonomy, store_cap))
+        memory = evidence.ExemplarTables.build(taxonomy, exemplar_memory(training, taxonomy, store_cap))
         rows = scored_rows[fold[scored_rows] == f]
         parts.append(_score_fold(network, _select(pool, rows), depth, prior, memory))
         logger.info("cross-fitting fold %d/%d: trained on %d products, scored %d", f + 1, folds, n, len(rows))
@@ -164,7 +164,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
 def store_contributions(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: Sequence[float],
                         weights: Mapping[str, Sequence[float]]) -> np.ndarray:
     """Each product's contribution to its store's context at this first-pass fusion, by the model's own
-    ops (decoding.store_contributions)."""
+    ops (evidence.store_contributions)."""
     layout = ContextLayout.of(taxonomy.level_sizes())
     parts = []
     for start in range(0, len(calibration.gpt_id), BATCH):
@@ -176,7 +176,7 @@ def store_contributions(calibration: CalibrationSet, taxonomy: Taxonomy, tempera
         probabilities = decoding.level_probabilities(
             [tf.constant(z[start:stop]) for z in calibration.logits[:len(layout.sizes)]],
             tf.constant(np.asarray(temperatures, np.float32)), evidence)
-        parts.append(decoding.store_contributions(probabilities, layout).numpy())
+        parts.append(evidence.store_contributions(probabilities, layout).numpy())
     return np.concatenate(parts) if parts else np.zeros((0, layout.width), np.float32)
 
 
