@@ -80,9 +80,9 @@ def from_model(predictor, arrays: Mapping[str, np.ndarray], depth: int) -> Calib
     """The exported model's own logits and evidence on held-out arrays (`data.read_split`)."""
     inputs = model_inputs(arrays)
     logits = predictor.level_logits(inputs)
-    evidence = predictor.level_evidence(inputs)
+    scores = predictor.level_evidence(inputs)
     return _scored(arrays, depth, [logits[level_name(k)] for k in range(1, depth + 1)],
-                   {name: [evidence[evidence_output(name, k)] for k in range(1, depth + 1)]
+                   {name: [scores[evidence_output(name, k)] for k in range(1, depth + 1)]
                     for name in predictor.evidence})
 
 
@@ -94,7 +94,7 @@ def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: ev
                 memory: evidence.ExemplarTables | None) -> CalibrationSet:
     """The fold network's logits and the evidence (with the fold's memory) on the held-out arrays."""
     logits: list[list[np.ndarray]] = [[] for _ in range(depth)]
-    evidence: dict[str, list[list[np.ndarray]]] = {}
+    by_name: dict[str, list[list[np.ndarray]]] = {}
     n = len(arrays["gpt_id"])
     for start in range(0, n, BATCH):
         batch = {name: tf.constant(np.asarray(arrays[name][start:start + BATCH], np.float32))
@@ -103,11 +103,11 @@ def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: ev
         for k in range(depth):
             logits[k].append(outputs[level_name(k + 1)].numpy())
         for name, scores in evidence.evidence_scores(batch, prior, memory).items():
-            evidence.setdefault(name, [[] for _ in range(depth)])
+            by_name.setdefault(name, [[] for _ in range(depth)])
             for k in range(depth):
-                evidence[name][k].append(scores[k].numpy())
+                by_name[name][k].append(scores[k].numpy())
     return _scored(arrays, depth, [np.concatenate(z) for z in logits],
-                   {name: [np.concatenate(e) for e in scores] for name, scores in evidence.items()})
+                   {name: [np.concatenate(e) for e in scores] for name, scores in by_name.items()})
 
 
 def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int = DEFAULT_FOLDS,
@@ -169,13 +169,13 @@ def store_contributions(calibration: CalibrationSet, taxonomy: Taxonomy, tempera
     parts = []
     for start in range(0, len(calibration.gpt_id), BATCH):
         stop = start + BATCH
-        evidence = tuple((
+        weighted = tuple((
             [tf.constant(scores[k][start:stop]) for k in range(len(layout.sizes))],
             tf.constant(np.asarray(weights.get(name, [0.0] * LEVELS), np.float32)))
             for name, scores in calibration.evidence.items() if name != STORE_CONTEXT)
         probabilities = decoding.level_probabilities(
             [tf.constant(z[start:stop]) for z in calibration.logits[:len(layout.sizes)]],
-            tf.constant(np.asarray(temperatures, np.float32)), evidence)
+            tf.constant(np.asarray(temperatures, np.float32)), weighted)
         parts.append(evidence.store_contributions(probabilities, layout).numpy())
     return np.concatenate(parts) if parts else np.zeros((0, layout.width), np.float32)
 
@@ -200,13 +200,13 @@ def decode_paths(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: 
     zeros = tf.zeros([LEVELS])
     for start in range(0, len(calibration.gpt_id), BATCH):
         stop = start + BATCH
-        evidence = tuple((
+        weighted = tuple((
             [tf.constant(scores[k][start:stop]) for k in range(tables.depth)],
             tf.constant(np.asarray(weights.get(name, [0.0] * LEVELS), np.float32)))
             for name, scores in calibration.evidence.items())
         out = decoding.decode([tf.constant(z[start:stop]) for z in calibration.logits], tables,
                               tf.constant(np.asarray(temperatures, np.float32)), tf.constant(mode), zeros,
-                              tf.constant(False), evidence)
+                              tf.constant(False), weighted)
         ids.append(out["level_ids"].numpy())
         confidences.append(out["level_confidences"].numpy())
     return (np.concatenate(ids).astype(np.int64).reshape(-1, LEVELS),

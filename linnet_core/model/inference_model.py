@@ -130,10 +130,10 @@ class InferenceModel(tf.Module):
 
     def _first_pass(self, inputs: tuple[tf.Tensor, ...]) -> list[tf.Tensor]:
         """Per level, the first pass's softmax: the product evidence fused without store context."""
-        evidence = tuple((scores, tf.constant(self._first_weights[name]))
+        weighted = tuple((scores, tf.constant(self._first_weights[name]))
                          for name, scores in self._evidence_scores(inputs).items())
         return decoding.level_probabilities(self._logits(inputs), tf.constant(self._first_temperatures),
-                                            evidence)
+                                            weighted)
 
     @tf.function(input_signature=SERVING_SIGNATURE)
     def serving_default(self, text_embedding, title_embedding, image_embedding, image_present, store_context):
