@@ -12,11 +12,12 @@ PROJECT ?=
 REGION ?= us-central1
 BUCKET ?=
 OUT ?= out
-# Empty: the CLI's default (linnet_core.thresholds.DEFAULT_TARGET_PRECISION, 0.7), the one default.
+# Empty: the CLI's default (linnet_core.calibration.thresholds.DEFAULT_TARGET_PRECISION, 0.7), the one
+# default.
 TARGET_PRECISION ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint run-local bench-embed bench-embedding-table bench-exemplars bench-scale bench-score bench-serve serve evaluate cross-validate dataflow-submit clean
+.PHONY: help install test test-fast lint run-local bench-embed bench-embedding-table bench-exemplars bench-scale bench-score bench-serve serve evaluate cross-validate dataflow-submit clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,6 +38,10 @@ lint: install  ## Ruff over the code.
 
 test: lint  ## Lint, then the whole test suite (slow end-to-end tests included).
 	$(BIN)/python -m pytest -q tests
+
+FAST_TESTS := not slow and not trains_model and not encoders and not emulator and not subprocesses
+test-fast: lint  ## Lint, then the inner loop: tests that train no model, load no encoder, start no emulator or process.
+	$(BIN)/python -m pytest -q -m "$(FAST_TESTS)" tests
 
 run-local: install  ## The whole job on the DirectRunner: import, training data, train, thresholds, score, evaluate.
 	$(LINNET) run-local --output $(OUT) $(if $(SAMPLE),--sample $(SAMPLE)) \

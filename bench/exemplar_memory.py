@@ -4,7 +4,7 @@ Memories of 9k, 90k and 900k exemplars are replicas of the shared products' labe
 of a product is filed in store `<store>-r<r>`: the stores multiply, as a growing catalogue's would) with
 synthetic unit title vectors (the speed of a top-k does not depend on what the vectors say). For each
 size: the exemplar count brute force and bounded (`--per_class`, `--per_store_class`), the memory's
-bytes, and products/s of `decoding.exemplar_shares` (the SavedModel's exemplar op, a `tf.function`
+bytes, and products/s of `evidence.exemplar_shares` (the SavedModel's exemplar op, a `tf.function`
 with the memory as a constant, as exported) over `--queries` products in batches of `--batch`.
 """
 
@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from linnet_core.exemplars import build_exemplars
 from linnet_core.features import TEXT_DIM
-from linnet_core.model import decoding
+from linnet_core.model import evidence
 from linnet_core.taxonomy import Taxonomy
 from pipelines import defaults
 
@@ -53,8 +53,8 @@ def replicas(labels: np.ndarray, stores: np.ndarray, size: int, rng: np.random.G
 
 def throughput(memory, taxonomy: Taxonomy, queries: np.ndarray, batch: int, rounds: int) -> float:
     """Median products/s of the exemplar op over `queries`, in batches of `batch`."""
-    tables = decoding.ExemplarTables.build(taxonomy, memory)
-    shares = tf.function(lambda title: decoding.exemplar_shares(title, tables),
+    tables = evidence.ExemplarTables.build(taxonomy, memory)
+    shares = tf.function(lambda title: evidence.exemplar_shares(title, tables),
                          input_signature=[tf.TensorSpec([None, TEXT_DIM], tf.float32)])
     shares(queries[:batch])
     rates = []

@@ -12,11 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from linnet_core.decisions import LEAF, NAMES
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
-
-DECISIONS = ("abstained", "backed_off", "leaf")
-ABSTAINED, BACKED_OFF, LEAF = range(3)
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ def categorized_row(record: Mapping[str, Any], level_ids: Sequence[int], level_c
         "level_ids": [int(node_id) for node_id in level_ids],
         "level_confidences": [round(float(c), 6) for c in level_confidences],
         "shopify_category_id": shopify.from_gpt(predicted.id) if predicted and shopify else None,
-        "decision": DECISIONS[decision],
+        "decision": NAMES[decision],
         "abstain_reason": abstain_reason(decision, depth, decoded_depth),
         "decoding": decoding,
         "model_version": lineage.model_version,

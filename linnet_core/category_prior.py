@@ -2,11 +2,11 @@
 text encoder, for the zero-shot taxonomy prior fused into the model's logits.
 
 On stores the model never saw, the similarity between a product's text embedding and its category's
-path embedding carries what a supervised head fitted on a few dozen stores does not (measured: level-1
-accuracy 0.56 zero-shot vs 0.35 for logistic regression on the same embeddings). The vectors are
+path embedding carries what a supervised head fitted on a few dozen stores does not
+(docs/experiments/2026-11-25-store-weights-and-taxonomy-prior.md). The vectors are
 computed once by `linnet build-training-data` with the encoder that embeds the products (so train and
 serve cannot skew), copied into the model directory by `linnet train`, and baked into the SavedModel,
-where `decoding.taxonomy_priors` turns them into per-level priors. numpy only.
+where `evidence.taxonomy_priors` turns them into per-level priors. numpy only.
 """
 
 from __future__ import annotations

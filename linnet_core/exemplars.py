@@ -6,7 +6,7 @@ exemplars (by cosine of title embeddings) labelled j at level k, each neighbour 
 exp((cos − best cos) / `SHARPNESS`) and by its store factor. On stores the model never saw, this
 "a product like this one, elsewhere, was filed under j" carries across stores where the trained heads
 do not (docs/training.md). Built by `linnet train` from the train split and baked into the SavedModel,
-where `decoding.exemplar_shares` computes it as TF ops. numpy only.
+where `evidence.exemplar_shares` computes it as TF ops. numpy only.
 
 Bounded (`bound`): at most `per_store_class` exemplars of one store in one class and `per_class` in one
 class (taken round-robin over the class's stores), each kept exemplar standing for the ones of its store

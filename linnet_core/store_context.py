@@ -9,7 +9,7 @@ against a stored aggregate gives the same answer. The context enters the fused l
 evidence (`thresholds.STORE_CONTEXT`), weighted per level like the others.
 
 Pure numpy: the Beam stage (pipelines/store_context.py) and calibration both aggregate with these
-functions; the contributions themselves come from the model's own ops (`decoding.store_contributions`,
+functions; the contributions themselves come from the model's own ops (`evidence.store_contributions`,
 the SavedModel's `store_evidence` signature).
 """
 

@@ -121,7 +121,8 @@ def table_schema(name: str, partitioned: bool = True) -> list[Any]:
     """BigQuery `SchemaField`s of `schemas/<name>.json`, plus `partition_date` when partitioned."""
     from google.cloud import bigquery
 
-    fields = [bigquery.SchemaField.from_api_repr(field) for field in schemas.load(name)]
+    # from_api_repr keeps (and may fill in) the dict it is given: a copy, not the shared schema.
+    fields = [bigquery.SchemaField.from_api_repr(dict(field)) for field in schemas.load(name)]
     if partitioned:
         fields.append(bigquery.SchemaField(PARTITION_COLUMN, "DATE", mode="REQUIRED",
                                            description="Logical date of the run that wrote the row."))

@@ -51,6 +51,7 @@ from linnet_core.training_data import (
     to_example,
 )
 from pipelines.bigquery import BigQueryOptions
+from pipelines.counters import beam_counters
 from pipelines.embed import (
     EMBEDDED,
     EmbedConfig,
@@ -61,7 +62,6 @@ from pipelines.embed import (
 )
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
-from pipelines.progress import beam_counters
 from pipelines.publish import published
 from pipelines.sources import embedding_total, product_source
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from apache_beam.io.filesystems import FileSystems
 
-from linnet_core.model import MODEL_JSON as MODEL_MANIFEST
+from linnet_core.model import MODEL_JSON
 from linnet_core.model.version import directory_version
 from pipelines import defaults
 from pipelines.usage import ArgumentParser, UsageError
@@ -34,16 +34,16 @@ def stage_model(model_dir: str, bucket: str) -> str:
         ValueError: model.json's version is not the hash of the folder's files (changed since export).
     """
     source = Path(model_dir)
-    manifest = source / MODEL_MANIFEST
+    manifest = source / MODEL_JSON
     if not manifest.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a model folder: no {MODEL_MANIFEST}")
+        raise FileNotFoundError(f"{model_dir} is not a model folder: no {MODEL_JSON}")
     version = json.loads(manifest.read_text(encoding="utf-8")).get("model_version")
     content = directory_version(source)
     if version != content:
         raise ValueError(f"{model_dir}: model.json names version {version} but its files hash to "
                          f"{content}: re-export it (`linnet tune-thresholds` re-exports)")
     destination = FileSystems.join(bucket, "models", version)
-    if FileSystems.exists(FileSystems.join(destination, MODEL_MANIFEST)):
+    if FileSystems.exists(FileSystems.join(destination, MODEL_JSON)):
         return destination
     files = sorted(path for path in source.rglob("*") if path.is_file() and path != manifest)
     for path in [*files, manifest]:

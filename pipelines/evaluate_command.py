@@ -68,7 +68,7 @@ def parse_config(argv: list[str] | None) -> EvaluationConfig:
     parser.add_argument("--baselines", type=_baselines, default=None,
                         help=f"comma list of {','.join(BASELINES)} or 'none' "
                              "(default: every baseline whose inputs are given)")
-    parser.add_argument("--products", default=None,
+    parser.add_argument("--products", default=defaults.PRODUCTS_JSONL,
                         help="product texts for the TF-IDF baseline: JSONL or products Parquet "
                              f"(default {defaults.PRODUCTS_JSONL})")
     parser.add_argument("--hp-floor", type=float, default=HP_FLOOR,

@@ -16,10 +16,10 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 
 from linnet_core.taxonomy import Taxonomy
+from pipelines.counters import beam_counters
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import WritePartitions, new_attempt
-from pipelines.progress import beam_counters
 from pipelines.sources import default_image_root, refuse_bigquery_input
 
 LOGGER = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from linnet_core.thresholds import DEFAULT_TARGET_PRECISION
+from linnet_core.calibration.thresholds import DEFAULT_TARGET_PRECISION
+from linnet_core.model import MODEL_JSON
 from pipelines import defaults
 from pipelines.usage import ArgumentParser
 
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             *table, *sample], stages)
     # The report judges stores the model never saw: this model holds the held-out split's stores out
     # (`linnet train` without --holdout is the production model, on every labelled store).
-    _stage("train", model / "model.json", ["train", "--data", str(data), "--output", str(model),
-                                           "--holdout", HELD_OUT_SPLIT], stages)
+    _stage("train", model / MODEL_JSON, ["train", "--data", str(data), "--output", str(model),
+                                         "--holdout", HELD_OUT_SPLIT], stages)
     _stage("thresholds", None, ["tune-thresholds", "--model", str(model), "--data", str(data),
                                 "--target-precision", str(args.target_precision)], stages)
     held_out = held_out_products(products, data, out / "held_out")

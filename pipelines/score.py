@@ -20,15 +20,16 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from linnet_core import __version__
-from linnet_core.categorization import DECISIONS, Lineage, prediction_row
+from linnet_core import __version__, decisions
+from linnet_core.calibration.thresholds import load_thresholds
+from linnet_core.categorization import Lineage, prediction_row
 from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import load_thresholds
 from pipelines import defaults
 from pipelines.bigquery import BigQueryOptions
+from pipelines.counters import beam_counters
 from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
@@ -40,7 +41,6 @@ from pipelines.embed import (
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
-from pipelines.progress import beam_counters
 from pipelines.sources import embedding_total, product_source, table_sinks
 from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext
 from pipelines.usage import UsageError
@@ -115,20 +115,21 @@ class ToCategorizedRowFn(beam.DoFn):
     """A prediction → a categorized row with lineage (`linnet_core.categorization`).
 
     The taxonomy and the Shopify mapping come from the model directory (local or gs://), which is all
-    a worker is given.
+    a worker is given. `scored_at` is stamped here, per row: the job a launcher builds may run much
+    later (a queued Dataflow job, a retried bundle), and `run_id` already names the run.
     """
 
     def __init__(self, model_dir: str, lineage: dict[str, Any]) -> None:
         self.model_dir = model_dir
         self.lineage = lineage
-        self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in DECISIONS}
+        self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in decisions.NAMES}
 
     def setup(self) -> None:
         self.taxonomy, self.shopify = load_taxonomies(self.model_dir)
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[dict[str, Any]]:
         _, result = element
-        lineage = Lineage(model_version=result.model_id, **self.lineage)
+        lineage = Lineage(model_version=result.model_id, scored_at=dt.datetime.now(dt.UTC), **self.lineage)
         row = prediction_row(result.example, result.inference, lineage, self.taxonomy, self.shopify)
         self.decisions[row["decision"]].inc()
         yield row
@@ -146,7 +147,7 @@ class Categorize(beam.PTransform):
 
     Args:
         model_dir: the model directory (`linnet train`), local or gs://.
-        lineage: taxonomy_version, thresholds_version, code_version, run_id, scored_at for every row.
+        lineage: taxonomy_version, thresholds_version, code_version and run_id for every row.
     """
 
     def __init__(self, model_dir: str, lineage: dict[str, Any], decoding: str | None = None,
@@ -221,7 +222,7 @@ def run_summary(result: beam.runners.runner.PipelineResult, run_id: str, partiti
         "rows_out": _counter(result, f"{CATEGORIZED}_rows_committed"),
         "dead_letters": _counter(result, f"{DEAD_LETTERS}_rows_committed"),
         "duplicates_superseded": _counter(result, "duplicates_superseded"),
-        "decisions": {name: _counter(result, f"decision_{name}") for name in DECISIONS},
+        "decisions": {name: _counter(result, f"decision_{name}") for name in decisions.NAMES},
         "images": {name: _counter(result, f"image_{name}") for name in IMAGE_STATUSES},
     }
     summary["balanced"] = summary["rows_in"] == summary["rows_out"] + summary["dead_letters"]
@@ -253,7 +254,7 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     if flags.thresholds:
         chosen = load_thresholds(flags.thresholds)
         levels, thresholds_version = list(chosen.levels), chosen.version
-    lineage = {**base_lineage(info, run_id, thresholds_version), "scored_at": dt.datetime.now(dt.UTC)}
+    lineage = base_lineage(info, run_id, thresholds_version)
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
     products = pipeline | "ReadProducts" >> product_source(options, day, run_id, optional_labels=True)

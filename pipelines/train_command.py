@@ -8,10 +8,10 @@ from __future__ import annotations
 import logging
 import sys
 
+from linnet_core.calibration.thresholds import ThresholdsError, load_thresholds
 from linnet_core.model.config import ConfigError, load_config
 from linnet_core.model.data import DataError
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
-from linnet_core.thresholds import ThresholdsError, load_thresholds
 from pipelines import defaults
 from pipelines.publish import published_dir
 from pipelines.usage import ArgumentParser

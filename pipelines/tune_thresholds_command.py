@@ -13,20 +13,20 @@ import logging
 import sys
 from pathlib import Path
 
-from linnet_core.evaluation.report import to_json_safe
-from linnet_core.evaluation.tuning import REPORT, calibrate_and_tune
-from linnet_core.model.data import DataError
-from linnet_core.model.export import TAXONOMY_COPY, ModelDirError
-from linnet_core.model.predictor import TaxonomyMismatchError
-from linnet_core.store_cap import STORE_CAP
-from linnet_core.taxonomy import Taxonomy, TaxonomyError
-from linnet_core.thresholds import (
+from linnet_core.calibration.thresholds import (
     DEFAULT_TARGET_PRECISION,
     DELTA,
     ThresholdsError,
     floors_text,
     load_floors,
 )
+from linnet_core.calibration.tuning import REPORT, calibrate_and_tune
+from linnet_core.evaluation.report import to_json_safe
+from linnet_core.model.data import DataError
+from linnet_core.model.export import TAXONOMY_COPY, ModelDirError
+from linnet_core.model.predictor import TaxonomyMismatchError
+from linnet_core.store_cap import STORE_CAP
+from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.training_data import DEFAULT_FOLDS
 from pipelines.publish import published_dir
 from pipelines.usage import ArgumentParser

@@ -6,6 +6,7 @@ Each table schema is a BigQuery table-schema JSON field list; `arrow_schema` der
 
 from __future__ import annotations
 
+import functools
 import json
 from importlib import resources
 from typing import Any
@@ -16,8 +17,13 @@ _ARROW_TYPES = {
 }
 
 
+@functools.cache
 def load(name: str) -> Any:
-    """The parsed JSON schema `<name>.json` shipped in this package (e.g. "products")."""
+    """The parsed JSON schema `<name>.json` shipped in this package (e.g. "products").
+
+    Read once per process (writers shape every row by it); the result is shared, so a caller that
+    changes it works on a copy.
+    """
     return json.loads(resources.files(__name__).joinpath(f"{name}.json").read_text(encoding="utf-8"))
 
 

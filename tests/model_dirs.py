@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from linnet_core.calibration.thresholds import Thresholds, save_thresholds
 from linnet_core.model import MODEL_JSON, THRESHOLDS_JSON
 from linnet_core.model.version import directory_version
-from linnet_core.thresholds import Thresholds, save_thresholds
 
 
 def write_stand_in_model(folder: Path, level_threshold: float = 0.5) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import apache_beam as beam
@@ -14,7 +13,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from bigquery_emulator import Emulator, running_emulator
+from bigquery_emulator import Emulator
 from faults import FailOn
 
 import schemas
@@ -25,14 +24,8 @@ DAY = dt.date(2026, 11, 24)
 
 
 @pytest.fixture(scope="session")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    with running_emulator(tmp_path_factory.mktemp("bqemulator")) as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
-def connection(emulator: Emulator) -> bq.BigQueryConnection:
-    return bq.BigQueryConnection(emulator.project, emulator.endpoint, emulator.storage_endpoint)
+def connection(bq_emulator: Emulator) -> bq.BigQueryConnection:
+    return bq.BigQueryConnection(bq_emulator.project, bq_emulator.endpoint, bq_emulator.storage_endpoint)
 
 
 @pytest.fixture
@@ -116,14 +109,15 @@ def test_reads_a_query_result(connection, dataset):
         assert_that(rows, equal_to([{"product_id": "b", "store": "s2"}, {"product_id": "c", "store": "s2"}]))
 
 
-def test_a_query_reaches_every_command_that_reads_products(connection, emulator, dataset):
+def test_a_query_reaches_every_command_that_reads_products(connection, bq_emulator, dataset):
     """`product_source` is the one choice of input that score, backfill and build-training-data make."""
     from pipelines.sources import product_source
 
     table = f"{dataset}.products"
     seed_products(connection, table, [product("a"), product("b", store="s2"), product("c", store="s2")])
-    options = PipelineOptions([f"--project={emulator.project}", f"--bigquery_endpoint={emulator.endpoint}",
-                               f"--bigquery_storage_endpoint={emulator.storage_endpoint}",
+    options = PipelineOptions([f"--project={bq_emulator.project}",
+                               f"--bigquery_endpoint={bq_emulator.endpoint}",
+                               f"--bigquery_storage_endpoint={bq_emulator.storage_endpoint}",
                                f"--query=SELECT * FROM `{table}` WHERE store = 's2'"])
     with TestPipeline() as pipeline:
         read = pipeline | product_source(options)
@@ -196,10 +190,12 @@ def test_failed_commit_keeps_the_old_partition_and_drops_staging(connection, dat
     assert [item.table_id for item in connection.client().list_tables(dataset)] == ["categorized"]
 
 
-def test_connection_from_pipeline_options(emulator):
-    options = PipelineOptions([f"--project={emulator.project}", f"--bigquery_endpoint={emulator.endpoint}",
-                               f"--bigquery_storage_endpoint={emulator.storage_endpoint}"])
+def test_connection_from_pipeline_options(bq_emulator):
+    options = PipelineOptions([f"--project={bq_emulator.project}",
+                               f"--bigquery_endpoint={bq_emulator.endpoint}",
+                               f"--bigquery_storage_endpoint={bq_emulator.storage_endpoint}"])
     connection = bq.BigQueryConnection.from_options(options)
-    assert connection == bq.BigQueryConnection(emulator.project, emulator.endpoint, emulator.storage_endpoint)
+    assert connection == bq.BigQueryConnection(bq_emulator.project, bq_emulator.endpoint,
+                                               bq_emulator.storage_endpoint)
     with pytest.raises(ValueError, match="--project"):
         bq.BigQueryConnection.from_options(PipelineOptions([]))

@@ -23,7 +23,7 @@ from linnet_core.model.data import count_examples, feature_spec, split_files
 from linnet_core.training_data import SPLITS, SplitConfig, assign_split
 from pipelines import build_training_data, defaults
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.encoders, pytest.mark.shared_data]
 SAMPLE = 240
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linnet_core import calibration
+from linnet_core.calibration import fusion
 
 
 def _draw(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -32,15 +32,15 @@ def _synthetic(temperature: float, weights: tuple[float, ...] = (), n: int = 600
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
 def test_without_evidence_the_fit_is_temperature_scaling(temperature):
     logits, _, labels = _synthetic(temperature)
-    fitted, weights = calibration.fit_fusion(logits, [], labels)
+    fitted, weights = fusion.fit_fusion(logits, [], labels)
     assert fitted == pytest.approx(temperature, rel=0.08) and weights == ()
-    assert calibration.nll(logits, labels, fitted) <= calibration.nll(logits, labels, temperature) + 1e-9
+    assert fusion.nll(logits, labels, fitted) <= fusion.nll(logits, labels, temperature) + 1e-9
 
 
 @pytest.mark.parametrize("temperature, weights", [(1.0, (0.0, 0.0)), (2.0, (3.0, 0.0)), (0.7, (8.0, 2.0))])
 def test_joint_fit_recovers_known_temperature_and_evidence_weights(temperature, weights):
     logits, evidence, labels = _synthetic(temperature, weights)
-    fitted_t, fitted_w = calibration.fit_fusion(logits, evidence, labels)
+    fitted_t, fitted_w = fusion.fit_fusion(logits, evidence, labels)
     assert fitted_t == pytest.approx(temperature, rel=0.1)
     for fitted, true in zip(fitted_w, weights, strict=True):
         assert fitted == pytest.approx(true, abs=0.15 + 0.1 * true)
@@ -52,27 +52,27 @@ def test_unlabelled_rows_are_ignored_and_useless_logits_get_a_high_temperature()
     logits, (evidence,), _ = _synthetic(1.0, (1.0,), seed=4)
     labels = _draw(6.0 * evidence, rng)
     labels[::3] = -1
-    temperature, (weight,) = calibration.fit_fusion(logits, [evidence], labels)
+    temperature, (weight,) = fusion.fit_fusion(logits, [evidence], labels)
     assert temperature > 20.0 and weight == pytest.approx(6.0, rel=0.1)
 
 
 def test_weights_stay_non_negative_and_bad_inputs_are_rejected():
     logits, (evidence,), labels = _synthetic(1.5, (2.0,), seed=3)
-    _, (weight,) = calibration.fit_fusion(logits, [-evidence], labels)  # evidence that misleads
+    _, (weight,) = fusion.fit_fusion(logits, [-evidence], labels)  # evidence that misleads
     assert weight == 0.0
-    assert calibration.fit_fusion(logits[:10], [evidence[:10]], labels[:10], min_examples=50) is None
+    assert fusion.fit_fusion(logits[:10], [evidence[:10]], labels[:10], min_examples=50) is None
     with pytest.raises(ValueError, match="evidence"):
-        calibration.fit_fusion(logits, [evidence[:, :3]], labels)
+        fusion.fit_fusion(logits, [evidence[:, :3]], labels)
     with pytest.raises(ValueError, match="logits"):
-        calibration.fit_fusion(np.zeros(3), [], np.zeros(3))
+        fusion.fit_fusion(np.zeros(3), [], np.zeros(3))
     with pytest.raises(ValueError, match="outside"):
-        calibration.nll(np.zeros((2, 3)), np.array([0, 3]))
+        fusion.nll(np.zeros((2, 3)), np.array([0, 3]))
     with pytest.raises(ValueError, match="heads"):
-        calibration.fit_fusions([np.zeros((2, 3))], [], np.zeros((2, 2)))
+        fusion.fit_fusions([np.zeros((2, 3))], [], np.zeros((2, 2)))
     # Labels that the logits always rank first: confidence can only grow, T heads for its lower bound.
     separable = np.eye(4)[np.arange(40) % 4] * 5.0
-    sharpened, _ = calibration.fit_fusion(separable, [], np.arange(40) % 4)
-    assert calibration.T_MIN <= sharpened < 0.25
+    sharpened, _ = fusion.fit_fusion(separable, [], np.arange(40) % 4)
+    assert fusion.T_MIN <= sharpened < 0.25
 
 
 def test_lower_levels_are_fit_among_the_labels_siblings():
@@ -89,19 +89,19 @@ def test_lower_levels_are_fit_among_the_labels_siblings():
     evidence_2 = np.where(family, evidence_2, 1.0)
     labels = np.stack([parent, child], axis=1)
     logits_1 = np.where(np.arange(2)[None, :] == parent[:, None], 3.0, 0.0)
-    temperatures, (weights,) = calibration.fit_fusions(
+    temperatures, (weights,) = fusion.fit_fusions(
         [logits_1, logits_2], [[np.zeros_like(logits_1), evidence_2]], labels, parents)
     assert temperatures[1] == pytest.approx(2.0, rel=0.1) and weights[1] == pytest.approx(4.0, rel=0.15)
     assert weights[0] == 0.0
-    all_classes, _ = calibration.fit_fusions([logits_1, logits_2], [], labels)
+    all_classes, _ = fusion.fit_fusions([logits_1, logits_2], [], labels)
     assert all_classes[1] > 3.0
 
 
 def test_a_level_with_too_few_labels_takes_the_fit_of_the_level_above():
     logits, (evidence,), labels = _synthetic(2.0, (3.0,), seed=9)
     level_labels = np.stack([labels, np.where(np.arange(len(labels)) < 10, labels, -1)], axis=1)
-    temperatures, (weights,) = calibration.fit_fusions([logits, logits], [[evidence, evidence]], level_labels)
+    temperatures, (weights,) = fusion.fit_fusions([logits, logits], [[evidence, evidence]], level_labels)
     assert temperatures[1] == temperatures[0] and weights[1] == weights[0]
     nothing = np.full_like(level_labels, -1)
-    assert calibration.fit_fusions([logits, logits], [[evidence, evidence]], nothing) == ((1.0, 1.0),
+    assert fusion.fit_fusions([logits, logits], [[evidence, evidence]], nothing) == ((1.0, 1.0),
                                                                                         ((0.0, 0.0),))

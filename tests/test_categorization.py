@@ -6,7 +6,8 @@ import datetime as dt
 
 import pytest
 
-from linnet_core.categorization import ABSTAINED, BACKED_OFF, LEAF, Lineage, categorized_row
+from linnet_core.categorization import Lineage, categorized_row
+from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
 from linnet_core.taxonomy import Taxonomy
 
 LINEAGE = Lineage("m1", "tiny-1", "t1", "0.1.0", "run-1", dt.datetime(2026, 11, 25, tzinfo=dt.UTC))

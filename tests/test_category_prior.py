@@ -13,15 +13,13 @@ from linnet_core.category_prior import (
     level_segments,
     node_ids,
 )
-from linnet_core.encoders.prepare import prepare_models
 from linnet_core.encoders.text import OnnxTextEncoder
 from linnet_core.taxonomy import Taxonomy
-from pipelines import defaults
 
 
 @pytest.fixture(scope="module")
-def encoder() -> OnnxTextEncoder:
-    return OnnxTextEncoder(prepare_models(defaults.MODELS)["text_model"], threads=2)
+def encoder(prepared_models: dict[str, str]) -> OnnxTextEncoder:
+    return OnnxTextEncoder(prepared_models["text_model"], threads=2)
 
 
 def test_paths_are_encoded_by_the_products_encoder_and_cached(tiny: Taxonomy, encoder, tmp_path) -> None:

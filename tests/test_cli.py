@@ -38,6 +38,7 @@ def products(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.subprocesses
 def test_a_misspelled_flag_fails_with_the_closest_one_and_writes_nothing(tmp_path: Path, products: Path):
     """Reproduction 4: `--partiton` was dropped with a warning, and today's partition replaced."""
     done = linnet("score", "--input", str(products), "--output", str(tmp_path / "out"),
@@ -99,6 +100,7 @@ def test_impossible_partition_date_is_an_error_not_a_run_id(products: Path, tmp_
     assert "bad partition date '2025-02-30'" in one_line(capsys)
 
 
+@pytest.mark.subprocesses
 def test_verbose_shows_the_traceback(tmp_path: Path):
     done = linnet("import-products", "--input", str(tmp_path / "nowhere.jsonl"), "--output", str(tmp_path),
                   "--verbose")

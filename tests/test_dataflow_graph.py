@@ -12,6 +12,7 @@ import ast
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -120,21 +121,15 @@ def test_template_parameters_are_flags_of_the_template_command():
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory: pytest.TempPathFactory, gpt) -> Path:
-    """A tiny trained model and its training data (with a calibration split, held out, to retune on)."""
-    from synthetic_training_data import write_training_data
-
-    from pipelines import cli
-
+def trained_model(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    """A copy of the session's model and its training data (its calibration split held out, to retune on)."""
     root = tmp_path_factory.mktemp("dry_run")
-    write_training_data(root / "data", gpt, sizes={"train": 200, "validation": 50, "calibration": 100})
-    (root / "config.json").write_text(json.dumps({"shared_units": [32], "level_units": [16], "epochs": 1,
-                                                  "batch_size": 64}))
-    assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model"), "--holdout", "calibration"]) == 0
+    shutil.copytree(model_dir.parent, root, dirs_exist_ok=True)
     return root
 
 
+@pytest.mark.emulator
+@pytest.mark.subprocesses
 def test_real_jobs_build_for_dataflow_and_a_retune_is_restaged(trained_model: Path):
     """`dataflow-submit --dry_run` stages the model by content version and builds the real score job; a
     retune (`tune-thresholds`) gives a new version, which the next dry run stages. The real score and

@@ -10,8 +10,9 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linnet_core.model import decoding
-from linnet_core.model.decoding import ABSTAINED, BACKED_OFF, LEAF, DecodingTables
+from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
+from linnet_core.model import decoding, evidence
+from linnet_core.model.decoding import DecodingTables
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 
 # Tiny taxonomy classes. Level 1: [Animals 1, Toys 10]; level 2: [Pets 2, Farm 5, Dolls 11,
@@ -154,20 +155,20 @@ NODE_COSINES = {1: 0.1, 2: 0.2, 3: 0.9, 4: 0.3, 5: 0.5, 10: 0.0, 11: 0.4, 12: -0
 EXPECTED_PRIORS = ([0.9, 0.6], [0.9, 0.5, 0.4, 0.6], [0.9, 0.3, 0.6])
 
 
-def _prior_tables(taxonomy: Taxonomy) -> decoding.PriorTables:
+def _prior_tables(taxonomy: Taxonomy) -> evidence.PriorTables:
     from linnet_core.category_prior import CategoryEmbeddings, node_ids
 
     ids = node_ids(taxonomy)
     cosines = np.array([NODE_COSINES[i] for i in ids])
     vectors = np.stack([cosines, np.sqrt(1.0 - cosines**2)], axis=1).astype(np.float32)
     embeddings = CategoryEmbeddings(np.array(ids), vectors, "hand", taxonomy.fingerprint)
-    return decoding.PriorTables.build(taxonomy, embeddings)
+    return evidence.PriorTables.build(taxonomy, embeddings)
 
 
 def test_taxonomy_prior_is_the_subtree_max_of_cosines_by_hand(tiny: Taxonomy) -> None:
     tables = _prior_tables(tiny)
     # Row 2 is row 1 scaled: the prior uses cosines, so the embedding's length does not matter.
-    priors = decoding.taxonomy_priors(tf.constant([[1.0, 0.0], [3.0, 0.0]]), tables)
+    priors = evidence.taxonomy_priors(tf.constant([[1.0, 0.0], [3.0, 0.0]]), tables)
     for level, expected in zip(priors, EXPECTED_PRIORS, strict=True):
         np.testing.assert_allclose(level.numpy(), [expected, expected], atol=1e-6)
 
@@ -177,12 +178,12 @@ def test_prior_embeddings_of_another_taxonomy_are_refused(tiny: Taxonomy, gpt: T
 
     embeddings = CategoryEmbeddings(np.arange(3), np.eye(3, dtype=np.float32), "hand", tiny.fingerprint)
     with pytest.raises(CategoryEmbeddingsError):
-        decoding.PriorTables.build(tiny, embeddings)
+        evidence.PriorTables.build(tiny, embeddings)
 
 
 def test_fused_logits_weigh_the_prior_after_temperatures(tiny: Taxonomy) -> None:
     tables = _prior_tables(tiny)
-    priors = decoding.taxonomy_priors(tf.constant([[1.0, 0.0]]), tables)
+    priors = evidence.taxonomy_priors(tf.constant([[1.0, 0.0]]), tables)
     temperatures = tf.constant([2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     weights = tf.constant([5.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
     probabilities = decoding.level_probabilities(_logits(), temperatures, ((priors, weights),))
@@ -220,16 +221,16 @@ def test_exemplar_shares_by_hand(tiny: Taxonomy) -> None:
 
     vectors = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)
     labels = np.array([[0, 0, 0], [0, 1, -1], [1, 2, -1]], np.int32)  # class indexes per level
-    memory = decoding.ExemplarTables.build(
+    memory = evidence.ExemplarTables.build(
         tiny, Exemplars(vectors, labels, np.array([1.0, 0.5, 1.0], np.float32), tiny.fingerprint))
-    shares = decoding.exemplar_shares(tf.constant([[2.0, 0.0]]), memory)
+    shares = evidence.exemplar_shares(tf.constant([[2.0, 0.0]]), memory)
     dogs, farm, dolls = 1.0, 0.5 * math.exp(-0.2 / SHARPNESS), math.exp(-1.0 / SHARPNESS)
     total = dogs + farm + dolls
     np.testing.assert_allclose(shares[0].numpy()[0], [(dogs + farm) / total, dolls / total], rtol=1e-5)
     np.testing.assert_allclose(shares[1].numpy()[0], [dogs / total, farm / total, dolls / total, 0.0],
                                rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(shares[2].numpy()[0], [dogs / total, 0.0, 0.0], rtol=1e-5, atol=1e-12)
-    empty = decoding.exemplar_shares(tf.zeros([0, 2]), memory)
+    empty = evidence.exemplar_shares(tf.zeros([0, 2]), memory)
     assert [level.shape.as_list() for level in empty] == [[0, 2], [0, 4], [0, 3]]
 
 
@@ -239,7 +240,7 @@ def test_exemplars_of_another_taxonomy_or_malformed_are_refused(tiny: Taxonomy, 
     memory = Exemplars(np.eye(2, dtype=np.float32), np.zeros((2, 3), np.int32), np.ones(2, np.float32),
                        tiny.fingerprint)
     with pytest.raises(ExemplarsError):
-        decoding.ExemplarTables.build(gpt, memory)
+        evidence.ExemplarTables.build(gpt, memory)
     with pytest.raises(ExemplarsError, match="disagree"):
         Exemplars(np.eye(2, dtype=np.float32), np.zeros((3, 3), np.int32), np.ones(2, np.float32), "x")
     with pytest.raises(ExemplarsError, match="weights"):

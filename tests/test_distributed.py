@@ -45,6 +45,8 @@ def data_root(tmp_path_factory: pytest.TempPathFactory, gpt: Taxonomy) -> Path:
     return root
 
 
+@pytest.mark.trains_model
+@pytest.mark.subprocesses
 def test_two_workers_train_to_the_same_model_shape_as_one(data_root: Path, gpt: Taxonomy) -> None:
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     project = Path(__file__).resolve().parent.parent

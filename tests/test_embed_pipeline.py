@@ -14,19 +14,13 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from linnet_core import features, records
 from linnet_core.encoders.image import ImageError
-from linnet_core.encoders.prepare import prepare_models
 from pipelines import defaults
 from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, load_embedder, read_uri
 
+pytestmark = pytest.mark.shared_data
 PHOTOS = defaults.SHARED_DATA / "products" / "images"
 JPEG = str(PHOTOS / "100fp2010_c797e63e-7927-48cb-b869-07a8e1b7a3c8.jpg")
 JPEG_NAMED_WEBP = str(PHOTOS / "1247148-2.webp")
-
-
-@pytest.fixture(scope="module")
-def models_dir() -> str:
-    prepare_models(defaults.MODELS)
-    return str(defaults.MODELS)
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from linnet_core import records
 from linnet_core.encoders.cache import EmbeddingCache, content_hash
 from linnet_core.encoders.embedder import ProductEmbedder, _encode_isolating, _encode_unique
 from linnet_core.encoders.image import ImageEncoder
-from linnet_core.encoders.prepare import prepare_models
 from linnet_core.encoders.text import load_text_encoder
 from pipelines import defaults
 
+pytestmark = pytest.mark.shared_data
 JPEG = defaults.SHARED_DATA / "products" / "images" / "100fp2010_c797e63e-7927-48cb-b869-07a8e1b7a3c8.jpg"
 
 
@@ -54,10 +54,10 @@ def test_one_failing_item_costs_only_itself() -> None:
     np.testing.assert_array_equal(outcomes[2], [0.25, 0.25])
 
 
-def test_second_pass_is_served_from_the_cache(tmp_path: Path) -> None:
-    models = prepare_models(defaults.MODELS)
-    embedder = ProductEmbedder(load_text_encoder(models["text_model"], threads=2),
-                               ImageEncoder(defaults.MODELS, threads=2), str(tmp_path))
+def test_second_pass_is_served_from_the_cache(tmp_path: Path, prepared_models: dict[str, str],
+                                              models_dir: str) -> None:
+    embedder = ProductEmbedder(load_text_encoder(prepared_models["text_model"], threads=2),
+                               ImageEncoder(models_dir, threads=2), str(tmp_path))
     batch = [records.normalize({"product_id": "a", "title": "Wool socks", "image_uris": [str(JPEG)]}),
              records.normalize({"product_id": "b", "title": "Garden hose 20 m"})]
     first = embedder.embed(batch, lambda uri: Path(uri).read_bytes())
@@ -84,7 +84,8 @@ def test_each_distinct_input_is_encoded_once_and_cached(tmp_path: Path) -> None:
     np.testing.assert_array_equal(cache.get(keys[1]), [3.0, 3.0])
 
 
-def test_core_needs_no_beam_and_fast_paths_need_no_torch() -> None:
+@pytest.mark.subprocesses
+def test_fast_paths_need_no_torch(models_dir: str) -> None:
     code = ("import sys; from pathlib import Path; "
             "from linnet_core.encoders.embedder import ProductEmbedder; "
             "from linnet_core.encoders.image import ImageEncoder; "
@@ -96,8 +97,7 @@ def test_core_needs_no_beam_and_fast_paths_need_no_torch() -> None:
             f"r = e.embed([{{'product_id': 'a', 'title': 'Mug', 'image_uris': [{str(JPEG)!r}]}}], "
             "lambda uri: Path(uri).read_bytes())[0]; "
             "assert r.image_status == 'ok', r; "
-            "print(sorted(m for m in ('apache_beam', 'torch', 'transformers') if m in sys.modules))")
-    prepare_models(defaults.MODELS)
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"

@@ -21,9 +21,10 @@ from linnet_core.encoders.image import (
     load_pixels,
     preprocess,
 )
-from linnet_core.encoders.prepare import min_cosine, prepare_models
+from linnet_core.encoders.prepare import min_cosine
 from pipelines import defaults
 
+pytestmark = pytest.mark.shared_data
 PHOTOS = defaults.SHARED_DATA / "products" / "images"
 JPEG = PHOTOS / "100fp2010_c797e63e-7927-48cb-b869-07a8e1b7a3c8.jpg"
 JPEG_NAMED_WEBP = PHOTOS / "1247148-2.webp"
@@ -32,12 +33,6 @@ PNG_RGBA_NAMED_WEBP = PHOTOS / "9779927f-59e6-4918-afb9-41b090d93ea2.webp"
 PNG_PALETTE = PHOTOS / "874574-1600-1600.png"
 JPEG_GREY = PHOTOS / "dstg1804-1.jpg"
 REAL = [JPEG, JPEG_NAMED_WEBP, PNG_RGBA, PNG_RGBA_NAMED_WEBP, PNG_PALETTE, JPEG_GREY]
-
-
-@pytest.fixture(scope="module")
-def models_dir() -> str:
-    prepare_models(defaults.MODELS)
-    return str(defaults.MODELS)
 
 
 @pytest.fixture(scope="module")

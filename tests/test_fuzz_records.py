@@ -135,6 +135,7 @@ def test_fuzzed_import_accounts_for_every_record(records: list[dict], columns: d
 
 
 @pytest.mark.slow
+@pytest.mark.encoders
 def test_fuzzed_score_accounts_for_every_record(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     @settings(FAST, max_examples=1)
     @given(records=st.lists(raw_records, min_size=20, max_size=30), columns=parquet_columns)

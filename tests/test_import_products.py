@@ -76,6 +76,7 @@ def test_bigquery_input_flags_are_refused_not_ignored(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_import_shared_products(tmp_path: Path) -> None:
     summary = import_products.run(["--output", str(tmp_path)])
     assert summary["records_in"] == summary["rows"] == 13405

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from synthetic_training_data import write_training_data
 
+from linnet_core.calibration.thresholds import Thresholds, load_thresholds, save_thresholds
+from linnet_core.decisions import ABSTAINED, BACKED_OFF, LEAF
 from linnet_core.exemplars import Exemplars
 from linnet_core.model.export import export_inference_model, read_model_json
 from linnet_core.model.predictor import Predictor, TaxonomyMismatchError
 from linnet_core.model.version import directory_version
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
 from pipelines import cli
 
 SMALL_CONFIG = {"shared_units": [64], "level_units": [32], "epochs": 3, "batch_size": 64, "dropout": 0.1}
@@ -44,14 +45,10 @@ FRESH_PROCESS = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, gpt: Taxonomy) -> tuple[Path, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, train_model) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("train")
-    write_training_data(root / "data", gpt, sizes={"train": 600, "validation": 150})
-    (root / "config.json").write_text(json.dumps(SMALL_CONFIG))
-    code = cli.main(["train", "--data", str(root / "data"), "--config", str(root / "config.json"),
-                     "--output", str(root / "model"), "--holdout", "validation"])
-    assert code == 0
-    return root / "model", root / "data"
+    model = train_model(root, {"train": 600, "validation": 150}, SMALL_CONFIG, "--holdout", "validation")
+    return model, root / "data"
 
 
 def _inputs(n: int, seed: int = 1) -> dict[str, np.ndarray]:
@@ -70,7 +67,7 @@ def _assert_valid_paths(taxonomy: Taxonomy, outputs: dict) -> None:
         assert [n.id for n in taxonomy.ancestors(path[-1], include_self=True)] == path
         assert taxonomy.node(path[-1]).is_leaf
         assert gpt_id == (path[depth - 1] if depth else -1)
-        assert decision == (0 if depth == 0 else 2 if depth == len(path) else 1)
+        assert decision == (ABSTAINED if depth == 0 else LEAF if depth == len(path) else BACKED_OFF)
 
 
 def test_train_writes_the_model_directory(trained: tuple[Path, Path], gpt: Taxonomy) -> None:
@@ -116,6 +113,7 @@ def test_production_model_learns_from_every_split(trained: tuple[Path, Path], tm
                      "--holdout", "train", "--holdout", "validation"]) == 1
 
 
+@pytest.mark.subprocesses
 def test_saved_model_runs_in_a_fresh_process_without_project_code(trained: tuple[Path, Path], gpt: Taxonomy,
                                                                   tmp_path: Path) -> None:
     model_dir, _ = trained
@@ -290,8 +288,8 @@ def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
     the calibration split is added after training) and bakes temperatures and evidence weights in. The
     category vectors of the labelled nodes are their products' mean text embedding, so the priors are
     informative and must get positive weight at level 1."""
+    from linnet_core.calibration.tuning import CALIBRATION_PATHS, CalibrationPaths
     from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings, node_ids
-    from linnet_core.evaluation.tuning import CALIBRATION_PATHS, CalibrationPaths
     from linnet_core.model.data import read_split
 
     model_dir = Path(shutil.copytree(trained[0], tmp_path / "model"))

@@ -126,6 +126,8 @@ def write_staged(folder: Path, ids: list[str]) -> str:
     return str(folder)
 
 
+@pytest.mark.emulator
+@pytest.mark.subprocesses
 def test_commits_on_gcs_through_the_storage_emulator(tmp_path: Path):
     """The gs:// protocol end to end: Beam's GCS filesystem against gcp-storage-emulator."""
     result = run_scenario(Path(__file__).with_name("gcs_partitions_scenario.py"), tmp_path)
@@ -205,6 +207,7 @@ def table_state(root: Path, table: str) -> tuple[str | None, list[str]]:
     return (manifest or {}).get("run_id"), sorted(ids.to_pylist())
 
 
+@pytest.mark.subprocesses
 def test_tables_of_a_run_commit_together_even_when_killed(tmp_path: Path):
     """Reproduction 6: a SIGKILL between the table commits left one table new and the other old."""
     assert run_writer(tmp_path, "run-1", ["a", "b"]) == 0
@@ -222,6 +225,7 @@ def test_tables_of_a_run_commit_together_even_when_killed(tmp_path: Path):
     assert table_state(tmp_path, "products") == table_state(tmp_path, "dead_letters") == ("run-4", ["g", "h"])
 
 
+@pytest.mark.subprocesses
 def test_recover_completes_an_interrupted_commit(tmp_path: Path):
     run_writer(tmp_path, "run-1", ["a"])
     run_writer(tmp_path, "run-2", ["b", "c"], die_at="after_first_table")
@@ -233,6 +237,7 @@ def test_recover_completes_an_interrupted_commit(tmp_path: Path):
 
 
 @pytest.mark.parametrize("trial", range(2))
+@pytest.mark.subprocesses
 def test_concurrent_runs_on_one_partition_leave_one_whole_run(tmp_path: Path, trial: int):
     """Reproduction 3: two runs on one partition deleted each other's staged files; both tables
     were once committed empty."""

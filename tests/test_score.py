@@ -23,6 +23,7 @@ from linnet_core.taxonomy import Taxonomy
 from pipelines import defaults, score
 from pipelines.io import DEAD_LETTER, PRODUCTS
 
+pytestmark = pytest.mark.shared_data
 PHOTO = next((defaults.SHARED_DATA / "products" / "images").glob("*.jpg"))
 
 
@@ -53,6 +54,7 @@ def _faulty_inputs(folder: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.encoders
 def test_score_survives_faults_and_reruns_replace(tmp_path: Path, model_dir: Path) -> None:
     pattern = _faulty_inputs(tmp_path)
     argv = ["--input", pattern, "--model", str(model_dir), "--output", str(tmp_path / "out"),
@@ -107,19 +109,27 @@ def test_categorize_routes_a_failing_batch_to_dead_letters(model_dir: Path, gpt:
                 "image_embedding": np.zeros(IMAGE_DIM, np.float32), "image_present": 0.0}
 
     lineage = {"taxonomy_version": gpt.version, "thresholds_version": "t", "code_version": "test",
-               "run_id": "r", "scored_at": dt.datetime(2026, 11, 25, tzinfo=dt.UTC)}
+               "run_id": "r"}
     categorize = score.Categorize(str(model_dir), lineage, max_batch_size=1)
+    started = dt.datetime.now(dt.UTC)
+
+    def scored_during_the_run(row: dict) -> bool:
+        return started <= row["scored_at"] <= dt.datetime.now(dt.UTC)
+
     with TestPipeline() as pipeline:
         outputs = (pipeline
                    | beam.Create([embedded("ok-1"), embedded("broken", dim=7), embedded("ok-2")])
                    | categorize)
         assert_that(outputs["rows"] | "Ids" >> beam.Map(lambda row: row["product_id"]),
                     equal_to(["ok-1", "ok-2"]), label="CheckRows")
+        assert_that(outputs["rows"] | "ScoredAt" >> beam.Map(scored_during_the_run), equal_to([True, True]),
+                    label="CheckScoredAt")
         assert_that(outputs[DEAD_LETTER] | "Dead" >> beam.Map(lambda row: (row["product_id"], row["stage"],
                                                                             row["reason"])),
                     equal_to([("broken", "score", "scoring_failed")]), label="CheckDeadLetters")
 
 
+@pytest.mark.encoders
 def test_score_scores_products_whose_text_or_label_is_broken(tmp_path: Path, model_dir: Path) -> None:
     """Reproductions 1, 2 and 9: a lone surrogate (in a title or a product_id) and a gpt_id of
     Infinity, 1e20 or 3237.7 crashed `score`; a bad optional label made a dead letter. All are scored."""
@@ -138,6 +148,8 @@ def test_score_scores_products_whose_text_or_label_is_broken(tmp_path: Path, mod
 
 
 @pytest.mark.slow
+@pytest.mark.encoders
+@pytest.mark.subprocesses
 def test_two_concurrent_score_runs_leave_one_whole_partition(tmp_path: Path, model_dir: Path) -> None:
     """Reproduction 3: two `linnet score` runs on one --output and --partition, half a second apart,
     deleted each other's staged files; once both tables were committed empty."""

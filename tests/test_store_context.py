@@ -11,12 +11,12 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from linnet_core.calibration.thresholds import FirstPass, Thresholds, load_thresholds, save_thresholds
 from linnet_core.features import IMAGE_DIM, TEXT_DIM
 from linnet_core.model.export import THRESHOLDS_JSON, export_inference_model, read_model_json
 from linnet_core.model.predictor import Predictor
 from linnet_core.store_context import ContextLayout, StoreTable, leave_one_out, store_contexts
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import FirstPass, Thresholds, load_thresholds, save_thresholds
 from pipelines.io import DEAD_LETTER
 from pipelines.publish import CURRENT, current_version
 from pipelines.store_context import (

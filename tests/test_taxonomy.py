@@ -78,6 +78,7 @@ def test_fingerprint_tracks_structure(tiny_taxonomy_file: Path, tmp_path: Path) 
     assert Taxonomy.load(tiny_taxonomy_file).fingerprint != Taxonomy.load(moved).fingerprint
 
 
+@pytest.mark.shared_data
 def test_cli_summary_and_node(capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["taxonomy", "--taxonomy", defaults.TAXONOMY]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from linnet_core import metrics, records
+from linnet_core.decisions import LEAF
 from linnet_core.evaluation import baseline_models
 from linnet_core.evaluation.systems import SystemOutput, parquet_files
 from linnet_core.features import NO_LABEL, product_text
@@ -50,7 +51,6 @@ DESCRIPTIONS = {
           "to the deepest confident ancestor; its operating curve retunes the thresholds for each "
           "precision target on the same calibration set.",
 }
-LEAF = 2  # the model's `decision` code for a prediction down to the decoded path's end
 
 
 def product_texts(source: str, product_ids: Iterable[str] | None = None) -> dict[str, str]:

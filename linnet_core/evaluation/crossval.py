@@ -2,7 +2,7 @@
 
 Every labelled product of the training data (all splits, every store) falls in one of `folds` groups of
 whole stores (`training_data.store_folds`, the folds of cross-fitted calibration). For each fold:
-- ours: the cross-fitted scores of `model.crossfit` (a network with the model's config and an exemplar
+- ours: the cross-fitted scores of `calibration.crossfit` (a network with the model's config and an exemplar
   memory built from the other folds score the fold); the first-pass fusion, the store context, the
   final fusion and the precision-target thresholds are fit on the other folds' products, exactly as
   `linnet tune-thresholds` fits them, and applied to the fold. Its default decision is the thresholds of
@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from linnet_core import metrics
+from linnet_core.calibration.thresholds import FirstPass, cut_paths, tune
+from linnet_core.calibration.tuning import fit_fusion_weights
 from linnet_core.evaluation import baseline_models, report
 from linnet_core.evaluation.systems import Labels, SystemOutput
-from linnet_core.evaluation.tuning import fit_fusion_weights
 from linnet_core.features import NO_LABEL, TEXT_EMBEDDING, TITLE_EMBEDDING
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import FirstPass, cut_paths, tune
 from linnet_core.training_data import DEFAULT_FOLDS, SPLITS, store_folds
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def ours_on_fold(scored, train: np.ndarray, test: np.ndarray, taxonomy: Taxonomy
         "paths": the decoded test paths before thresholds; per target t, "t": the test predictions
         after the thresholds tuned for t on the train rows.
     """
-    from linnet_core.model import crossfit
+    from linnet_core.calibration import crossfit
 
     if evidence is not None:
         scored = replace(scored, evidence={k: v for k, v in scored.evidence.items() if k in evidence})
@@ -134,7 +134,7 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
 
     Writes crossval.json and crossval.md (and the curves' PNG) into `output`; returns crossval.json.
     """
-    from linnet_core.model import crossfit
+    from linnet_core.calibration import crossfit
     from linnet_core.model.data import read_splits
 
     started = time.monotonic()

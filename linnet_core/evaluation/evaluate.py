@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from linnet_core import metrics
+from linnet_core.calibration.thresholds import Thresholds, cut_paths, tune
 from linnet_core.evaluation import baselines, report
 from linnet_core.evaluation.systems import (
     EvaluationError,
@@ -26,10 +27,9 @@ from linnet_core.evaluation.systems import (
     read_labels,
     read_predictions,
 )
-from linnet_core.features import NO_LABEL
+from linnet_core.features import LEVELS, NO_LABEL
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import Thresholds, cut_paths, tune
 from linnet_core.training_data import DEFAULT_FOLDS, store_folds
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class EvaluationConfig:
         model, training_data: model directory and training-data directory (TFRecords).
         split: the training-data split evaluated when there are no predictions (and decoded for (b)).
         baselines: which of BASELINES to add; None adds those whose inputs are given.
-        products: raw products (JSONL) or products Parquet with the texts for (a).
+        products: raw products (JSONL) or products Parquet with the texts for (a), which needs them.
         hp_floor: the hierarchical precision at which coverages are compared.
         store_cap: products per store in the `capped_per_store` block (the acceptance set's cap).
     """
@@ -153,7 +153,8 @@ def run(config: EvaluationConfig) -> dict:
         if baselines.PUBLISHED in wanted:
             sweep = report.uniform_settings(overrides=predictor.thresholds.overrides)
             for name, fused in ((baselines.PUBLISHED, False), (baselines.PUBLISHED_ON_OURS, True)):
-                on_calibration = baselines.published_design(predictor, calibration, [0.0] * 7, fused, name)
+                on_calibration = baselines.published_design(predictor, calibration, [0.0] * LEVELS, fused,
+                                                            name)
                 chosen = _published_default(on_calibration, calibration_labels, table, sweep)
                 system = align(baselines.published_design(predictor, split, list(chosen.levels), fused, name),
                                compared.product_ids)
@@ -242,17 +243,17 @@ def _tfidf(config: EvaluationConfig, table: metrics.AncestorTable, compared: Sys
     """(a) trained on the products of the splits the model learnt from, scored on the compared products."""
     from linnet_core.model.data import read_split
     from linnet_core.model.export import read_model_json
-    from pipelines import defaults  # the shared products file is the default text source
 
+    if config.products is None:
+        raise EvaluationError("the TF-IDF baseline needs the products' texts (--products)")
     learnt = read_model_json(config.model).get("training", {}).get("splits", ["train"])
     parts = [read_split(config.training_data, split, embeddings=False) for split in learnt]
     train_ids = {name: np.concatenate([part[name] for part in parts])
                  for name in ("product_id", "gpt_id", "store")}
-    source = config.products or defaults.PRODUCTS_JSONL
-    texts = baselines.product_texts(source, set(train_ids["product_id"]) | set(compared.product_ids))
+    texts = baselines.product_texts(config.products, set(train_ids["product_id"]) | set(compared.product_ids))
     missing = [pid for pid in compared.product_ids if pid not in texts]
     if missing:
-        raise EvaluationError(f"{len(missing)} evaluated products have no text in {source}, "
+        raise EvaluationError(f"{len(missing)} evaluated products have no text in {config.products}, "
                               f"e.g. {missing[0]!r}")
     train = [(texts[pid], gid, store) for pid, gid, store in zip(
         train_ids["product_id"], train_ids["gpt_id"], train_ids["store"], strict=True) if pid in texts]
@@ -267,7 +268,7 @@ def _calibration_paths(model_dir: str, predictor, calibration: dict, table: metr
                        ) -> tuple[SystemOutput, Labels]:
     """What ours' thresholds are tuned on: the decoded calibration set `linnet tune-thresholds` kept
     (MODEL/calibration_paths.npz, cross-fitted), else the model on the calibration split."""
-    from linnet_core.evaluation.tuning import CALIBRATION_PATHS, CalibrationPaths
+    from linnet_core.calibration.tuning import CALIBRATION_PATHS, CalibrationPaths
 
     path = Path(model_dir, CALIBRATION_PATHS)
     if not path.exists():

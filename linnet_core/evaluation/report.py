@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from linnet_core import metrics
+from linnet_core.calibration.thresholds import Thresholds, cut_paths
 from linnet_core.evaluation.systems import Labels, SystemOutput
-from linnet_core.thresholds import Thresholds, cut_paths
+from linnet_core.features import LEVELS
 
 HP_FLOOR = 0.80
 UNLABELLED = "(unlabelled)"
@@ -51,7 +52,8 @@ def uniform_settings(steps: int = 41,
                      overrides: dict[int, float] | None = None) -> list[tuple[str, Thresholds]]:
     """One threshold t for every level, t from 0 to 1 (plus fixed floors): the sweep of a hand-set
     per-level design."""
-    return [(f"t={t:.3f}", Thresholds(f"uniform-{t:.3f}", (float(t),) * 7, overrides=dict(overrides or {})))
+    return [(f"t={t:.3f}", Thresholds(f"uniform-{t:.3f}", (float(t),) * LEVELS,
+                                      overrides=dict(overrides or {})))
             for t in np.linspace(0.0, 1.0, steps)]
 
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 import schemas
 from linnet_core.features import LEVELS, MODEL_INPUTS, label_feature, weight_feature
+from linnet_core.training_data import SPLITS
 
-SPLITS = ("train", "validation", "calibration")
 _DTYPES = {"string": tf.string, "float32": tf.float32, "int64": tf.int64}
 
 

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from linnet_core.calibration.thresholds import Thresholds, load_thresholds, save_thresholds
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.exemplars import EXEMPLARS, Exemplars
 from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY, THRESHOLDS_JSON
@@ -23,7 +24,6 @@ from linnet_core.publish import replace_dir
 from linnet_core.shopify import mapping_files
 from linnet_core.store_context import ContextLayout
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
-from linnet_core.thresholds import Thresholds, load_thresholds, save_thresholds
 
 SAVED_MODEL = "saved_model"
 CONFIG_JSON = "config.json"

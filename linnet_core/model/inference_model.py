@@ -11,14 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from linnet_core.category_prior import CategoryEmbeddings
-from linnet_core.exemplars import Exemplars
-from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
-from linnet_core.model import decoding
-from linnet_core.model.data import level_name
-from linnet_core.store_context import ContextLayout
-from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import (
+from linnet_core.calibration.thresholds import (
     EVIDENCE,
     EXEMPLAR_SHARES,
     PRODUCT_EVIDENCE,
@@ -27,6 +20,13 @@ from linnet_core.thresholds import (
     TITLE_PRIOR,
     Thresholds,
 )
+from linnet_core.category_prior import CategoryEmbeddings
+from linnet_core.exemplars import Exemplars
+from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
+from linnet_core.model import decoding, evidence
+from linnet_core.model.data import level_name
+from linnet_core.store_context import ContextLayout
+from linnet_core.taxonomy import Taxonomy
 
 STORE_CONTEXT_INPUT = "store_context"
 STORE_EVIDENCE = "store_evidence"
@@ -71,9 +71,9 @@ class InferenceModel(tf.Module):
             raise ValueError(f"default_decoding must be one of {decoding.MODES}, got {default_decoding!r}")
         self.network = network
         self._tables = decoding.DecodingTables.build(taxonomy, thresholds.overrides)
-        self._prior = (decoding.PriorTables.build(taxonomy, category_embeddings)
+        self._prior = (evidence.PriorTables.build(taxonomy, category_embeddings)
                        if category_embeddings is not None else None)
-        self._memory = decoding.ExemplarTables.build(taxonomy, exemplars) if exemplars is not None else None
+        self._memory = evidence.ExemplarTables.build(taxonomy, exemplars) if exemplars is not None else None
         available = {TEXT_PRIOR: self._prior is not None, TITLE_PRIOR: self._prior is not None,
                      EXEMPLAR_SHARES: self._memory is not None, STORE_CONTEXT: True}
         missing = [name for name in EVIDENCE if any(thresholds.weights(name)) and not available[name]]
@@ -110,15 +110,15 @@ class InferenceModel(tf.Module):
         return [outputs[level_name(k)] for k in range(1, self._tables.depth + 1)]
 
     def _evidence_scores(self, inputs: tuple[tf.Tensor, ...]) -> dict[str, list[tf.Tensor]]:
-        return decoding.evidence_scores(dict(zip(MODEL_INPUTS, inputs, strict=True)), self._prior,
+        return evidence.evidence_scores(dict(zip(MODEL_INPUTS, inputs, strict=True)), self._prior,
                                         self._memory)
 
     def _evidence(self, inputs: tuple[tf.Tensor, ...], context: tf.Tensor, fused: tf.Tensor | bool = True
-                  ) -> tuple[decoding.Evidence, ...]:
+                  ) -> tuple[evidence.Evidence, ...]:
         """The (scores, weights) pairs of the fused logits, store context last; weights 0 when `fused` is
         False."""
         scale = tf.cast(fused, tf.float32)
-        store = decoding.context_scores(tf.reshape(context, [-1, self._layout.width]), self._layout,
+        store = evidence.context_scores(tf.reshape(context, [-1, self._layout.width]), self._layout,
                                         self._tables_sizes)
         return tuple((scores, scale * tf.constant(self._weights[name]))
                      for name, scores in self._evidence_scores(inputs).items()) + (
@@ -130,10 +130,10 @@ class InferenceModel(tf.Module):
 
     def _first_pass(self, inputs: tuple[tf.Tensor, ...]) -> list[tf.Tensor]:
         """Per level, the first pass's softmax: the product evidence fused without store context."""
-        evidence = tuple((scores, tf.constant(self._first_weights[name]))
+        weighted = tuple((scores, tf.constant(self._first_weights[name]))
                          for name, scores in self._evidence_scores(inputs).items())
         return decoding.level_probabilities(self._logits(inputs), tf.constant(self._first_temperatures),
-                                            evidence)
+                                            weighted)
 
     @tf.function(input_signature=SERVING_SIGNATURE)
     def serving_default(self, text_embedding, title_embedding, image_embedding, image_present, store_context):
@@ -158,7 +158,7 @@ class InferenceModel(tf.Module):
         """The product's contribution to its store's context: its first-pass probabilities at the context
         levels, all but the top few per level zeroed (linnet_core.store_context)."""
         inputs = (text_embedding, title_embedding, image_embedding, image_present)
-        return {STORE_EVIDENCE: decoding.store_contributions(self._first_pass(inputs), self._layout)}
+        return {STORE_EVIDENCE: evidence.store_contributions(self._first_pass(inputs), self._layout)}
 
     @tf.function(input_signature=EMBEDDING_SIGNATURE)
     def level_probabilities(self, text_embedding, title_embedding, image_embedding, image_present):

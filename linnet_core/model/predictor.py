@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from linnet_core.calibration.thresholds import Thresholds, load_thresholds
 from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
 from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON, read_model_json
 from linnet_core.model.inference_model import STORE_CONTEXT_INPUT, STORE_EVIDENCE
 from linnet_core.store_context import store_contexts
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import Thresholds, load_thresholds
 
 DEFAULT_BATCH = 1024
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import tensorflow as tf
 import tf_keras
 
+from linnet_core.calibration.thresholds import Thresholds, default_thresholds, save_thresholds
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS
 from linnet_core.exemplars import EXEMPLARS, Exemplars, build_exemplars
 from linnet_core.features import TITLE_EMBEDDING
-from linnet_core.model import report
+from linnet_core.model import training_report
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import (
     DataError,
@@ -45,7 +46,6 @@ from linnet_core.model.training_model import build_training_model, compile_train
 from linnet_core.progress import Progress
 from linnet_core.publish import written_whole
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import Thresholds, default_thresholds, save_thresholds
 from linnet_core.training_data import CLASS_WEIGHTS, ENCODERS_JSON, SPLITS, VALIDATION
 
 logger = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
     network, history = fit_network(config, taxonomy.level_sizes(), examples,
                                    math.ceil(n_train / config.batch_size), cluster.strategy, **validation)
     seconds = time.monotonic() - started
-    curves = report.curves(history.history, taxonomy.max_depth)
+    curves = training_report.curves(history.history, taxonomy.max_depth)
     if cluster.is_chief:
         weights = network.get_weights()
         # Written aside and renamed into place: model.json never names a model whose SavedModel is
@@ -265,11 +265,11 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
         "training": training,
         "exemplars": training["exemplars"],
     })
-    report.write_curves(curves, output_dir)
+    training_report.write_curves(curves, output_dir)
     export_inference_model(output_dir)
-    validation = (report.evaluate_split(output_dir, Path(training["data_dir"]), VALIDATION, taxonomy)
+    validation = (training_report.evaluate_split(output_dir, Path(training["data_dir"]), VALIDATION, taxonomy)
                   if VALIDATION in training["held_out_splits"] else {})
     info = read_model_json(output_dir)
     write_model_json(output_dir, {**info, "validation": validation})
-    report.write_model_card(output_dir, info, validation)
+    training_report.write_model_card(output_dir, info, validation)
     logger.info("wrote model directory %s", output_dir)

@@ -1,6 +1,6 @@
 """Calibrate a model directory and give it precision-target thresholds (`linnet tune-thresholds`).
 
-1. the calibration set (`model.crossfit`): logits and evidence of labelled products from stores the
+1. the calibration set (`calibration.crossfit`): logits and evidence of labelled products from stores the
    scoring networks never saw, cross-fitted over the train and calibration stores by default, at most
    `store_cap` products per store (the acceptance set's cap, so no store decides the fit);
 2. per level, the temperature of the network's logits and the weight of each product evidence by NLL
@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from linnet_core import calibration, metrics
+from linnet_core import metrics
+from linnet_core.calibration import fusion
+from linnet_core.calibration.thresholds import DELTA, FirstPass, Thresholds, save_thresholds, tune
 from linnet_core.features import LEVELS, NO_LABEL
 from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import DELTA, FirstPass, Thresholds, save_thresholds, tune
 from linnet_core.training_data import CALIBRATION, DEFAULT_FOLDS, TRAIN
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def fit_fusion_weights(calibration_set, taxonomy: Taxonomy
                        ) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
     """Per-level temperatures and evidence weights fitted on a `crossfit.CalibrationSet`."""
     names = list(calibration_set.evidence)
-    temperatures, weights = calibration.fit_fusions(
+    temperatures, weights = fusion.fit_fusions(
         calibration_set.logits, [calibration_set.evidence[name] for name in names], calibration_set.labels,
         parent_indexes(taxonomy))
     return _padded(temperatures, 1.0), {name: _padded(w, 0.0) for name, w in zip(names, weights, strict=True)}
@@ -87,7 +88,7 @@ def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, f
     Raises:
         ValueError: folds < 2 on a model trained on the calibration split.
     """
-    from linnet_core.model import crossfit
+    from linnet_core.calibration import crossfit
     from linnet_core.model.data import read_split
     from linnet_core.model.export import read_model_json
     from linnet_core.model.predictor import Predictor
@@ -120,14 +121,14 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
         DataError (a split is missing), ModelDirError, ValueError (too few stores to cross-fit),
         ThresholdsError.
     """
-    from linnet_core.model import crossfit
+    from linnet_core.calibration import crossfit
+    from linnet_core.calibration.thresholds import load_thresholds
     from linnet_core.model.export import (
         TAXONOMY_COPY,
         THRESHOLDS_JSON,
         export_inference_model,
         read_model_json,
     )
-    from linnet_core.thresholds import load_thresholds
 
     model_dir = Path(model_dir)
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)

@@ -1,4 +1,4 @@
-"""The Beam counters of a finished run, for run summaries (progress of long stages: linnet_core.progress)."""
+"""The Beam counters of a finished run, for run summaries (long stages log progress: linnet_core.progress)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from linnet_core import metrics
+from linnet_core.features import LEVELS
 from linnet_core.model.data import level_name, model_inputs, read_split
 from linnet_core.model.decoding import EXACT, MODES
 from linnet_core.model.predictor import Predictor
@@ -70,7 +71,7 @@ def evaluate_split(model_dir: Path, data_dir: Path, split: str, taxonomy: Taxono
     table = metrics.AncestorTable(taxonomy)
     result = {}
     for mode in MODES:
-        for setting, levels in (("thresholds", None), ("no_thresholds", np.zeros(7, np.float32))):
+        for setting, levels in (("thresholds", None), ("no_thresholds", np.zeros(LEVELS, np.float32))):
             output = predictor.predict(inputs, decoding=mode, thresholds=levels,
                                        use_overrides=levels is None)
             result[f"{mode}/{setting}"] = metrics.compute_metrics(

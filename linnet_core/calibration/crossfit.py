@@ -6,7 +6,7 @@ Cross-fitted (the default): the pool of train and calibration stores is cut into
 whole stores; for each group, a network with the model's config is trained on the other groups and an
 exemplar memory is built from them, and both score the group. Every pool product is then scored as an
 unseen store's product is in production, and calibration sees ~70 stores instead of the calibration
-split's ~10 (measured: thresholds certified for 0.8 held at 0.81 on other stores, docs/training.md).
+split's ~10 (docs/experiments/2026-11-29-title-exemplars-cross-fitting.md).
 Without folds: the model itself on the calibration split.
 """
 
@@ -23,9 +23,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from linnet_core.calibration.thresholds import STORE_CONTEXT
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.features import LEVELS, MODEL_INPUTS
-from linnet_core.model import decoding
+from linnet_core.model import decoding, evidence
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import array_dataset, class_labels, level_name, model_inputs, read_splits
 from linnet_core.model.export import CONFIG_JSON
@@ -33,7 +34,6 @@ from linnet_core.model.inference_model import evidence_output
 from linnet_core.progress import Progress
 from linnet_core.store_context import ContextLayout, level_scores, store_contexts
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.thresholds import STORE_CONTEXT
 from linnet_core.training_data import CALIBRATION, DEFAULT_FOLDS, TRAIN, store_folds
 
 logger = logging.getLogger(__name__)
@@ -80,9 +80,9 @@ def from_model(predictor, arrays: Mapping[str, np.ndarray], depth: int) -> Calib
     """The exported model's own logits and evidence on held-out arrays (`data.read_split`)."""
     inputs = model_inputs(arrays)
     logits = predictor.level_logits(inputs)
-    evidence = predictor.level_evidence(inputs)
+    scores = predictor.level_evidence(inputs)
     return _scored(arrays, depth, [logits[level_name(k)] for k in range(1, depth + 1)],
-                   {name: [evidence[evidence_output(name, k)] for k in range(1, depth + 1)]
+                   {name: [scores[evidence_output(name, k)] for k in range(1, depth + 1)]
                     for name in predictor.evidence})
 
 
@@ -90,11 +90,11 @@ def _select(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.
     return {name: values[rows] for name, values in arrays.items()}
 
 
-def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: decoding.PriorTables | None,
-                memory: decoding.ExemplarTables | None) -> CalibrationSet:
+def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: evidence.PriorTables | None,
+                memory: evidence.ExemplarTables | None) -> CalibrationSet:
     """The fold network's logits and the evidence (with the fold's memory) on the held-out arrays."""
     logits: list[list[np.ndarray]] = [[] for _ in range(depth)]
-    evidence: dict[str, list[list[np.ndarray]]] = {}
+    by_name: dict[str, list[list[np.ndarray]]] = {}
     n = len(arrays["gpt_id"])
     for start in range(0, n, BATCH):
         batch = {name: tf.constant(np.asarray(arrays[name][start:start + BATCH], np.float32))
@@ -102,12 +102,12 @@ def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: de
         outputs = network(batch, training=False)
         for k in range(depth):
             logits[k].append(outputs[level_name(k + 1)].numpy())
-        for name, scores in decoding.evidence_scores(batch, prior, memory).items():
-            evidence.setdefault(name, [[] for _ in range(depth)])
+        for name, scores in evidence.evidence_scores(batch, prior, memory).items():
+            by_name.setdefault(name, [[] for _ in range(depth)])
             for k in range(depth):
-                evidence[name][k].append(scores[k].numpy())
+                by_name[name][k].append(scores[k].numpy())
     return _scored(arrays, depth, [np.concatenate(z) for z in logits],
-                   {name: [np.concatenate(e) for e in scores] for name, scores in evidence.items()})
+                   {name: [np.concatenate(e) for e in scores] for name, scores in by_name.items()})
 
 
 def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int = DEFAULT_FOLDS,
@@ -141,7 +141,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
         stores = len(np.unique(pool["store"]))
         raise ValueError(f"the pool's {stores} stores fill fewer than 2 of {folds} folds")
     embeddings_path = model_dir / CATEGORY_EMBEDDINGS
-    prior = (decoding.PriorTables.build(taxonomy, CategoryEmbeddings.load(embeddings_path))
+    prior = (evidence.PriorTables.build(taxonomy, CategoryEmbeddings.load(embeddings_path))
              if embeddings_path.exists() else None)
     store_cap = data_store_cap(data_dir)
     parts = []
@@ -154,7 +154,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
                                 seed=config.seed, repeat=True)
         network, _ = fit_network(config, sizes, dataset, math.ceil(n / config.batch_size),
                                  what=f"fold {f + 1} network")
-        memory = decoding.ExemplarTables.build(taxonomy,
+        memory = evidence.ExemplarTables.build(taxonomy,
                                                exemplar_memory(training, taxonomy, store_cap, config))
         rows = scored_rows[fold[scored_rows] == f]
         parts.append(_score_fold(network, _select(pool, rows), depth, prior, memory))
@@ -166,19 +166,19 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
 def store_contributions(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: Sequence[float],
                         weights: Mapping[str, Sequence[float]]) -> np.ndarray:
     """Each product's contribution to its store's context at this first-pass fusion, by the model's own
-    ops (decoding.store_contributions)."""
+    ops (evidence.store_contributions)."""
     layout = ContextLayout.of(taxonomy.level_sizes())
     parts = []
     for start in range(0, len(calibration.gpt_id), BATCH):
         stop = start + BATCH
-        evidence = tuple((
+        weighted = tuple((
             [tf.constant(scores[k][start:stop]) for k in range(len(layout.sizes))],
             tf.constant(np.asarray(weights.get(name, [0.0] * LEVELS), np.float32)))
             for name, scores in calibration.evidence.items() if name != STORE_CONTEXT)
         probabilities = decoding.level_probabilities(
             [tf.constant(z[start:stop]) for z in calibration.logits[:len(layout.sizes)]],
-            tf.constant(np.asarray(temperatures, np.float32)), evidence)
-        parts.append(decoding.store_contributions(probabilities, layout).numpy())
+            tf.constant(np.asarray(temperatures, np.float32)), weighted)
+        parts.append(evidence.store_contributions(probabilities, layout).numpy())
     return np.concatenate(parts) if parts else np.zeros((0, layout.width), np.float32)
 
 
@@ -202,13 +202,13 @@ def decode_paths(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: 
     zeros = tf.zeros([LEVELS])
     for start in range(0, len(calibration.gpt_id), BATCH):
         stop = start + BATCH
-        evidence = tuple((
+        weighted = tuple((
             [tf.constant(scores[k][start:stop]) for k in range(tables.depth)],
             tf.constant(np.asarray(weights.get(name, [0.0] * LEVELS), np.float32)))
             for name, scores in calibration.evidence.items())
         out = decoding.decode([tf.constant(z[start:stop]) for z in calibration.logits], tables,
                               tf.constant(np.asarray(temperatures, np.float32)), tf.constant(mode), zeros,
-                              tf.constant(False), evidence)
+                              tf.constant(False), weighted)
         ids.append(out["level_ids"].numpy())
         confidences.append(out["level_confidences"].numpy())
     return (np.concatenate(ids).astype(np.int64).reshape(-1, LEVELS),

@@ -2,7 +2,7 @@
 
 The inference SavedModel bakes one of these in at export; its format is the contract in
 docs/ARCHITECTURE.md. Also: the numpy statement of how thresholds cut a decoded path, Clopper–Pearson
-bounds, and precision-target tuning. Standard library and numpy only, so no TF is needed to tune.
+bounds, and precision-target tuning. numpy and scipy only, so no TF is needed to tune.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
-LEVELS = 7
+from linnet_core.features import LEVELS
+
 CONFIDENCES = ("path",)
 # The evidence fused into the model's logits besides its own heads (docs/ARCHITECTURE.md): the taxonomy
 # prior of the full text and of the title, the exemplar memory's neighbour shares (PRODUCT_EVIDENCE: each
@@ -29,8 +31,8 @@ EVIDENCE = (*PRODUCT_EVIDENCE, STORE_CONTEXT)
 DEFAULT_LEVEL_THRESHOLD = 0.5
 DELTA = 0.05
 BOOTSTRAP_RESAMPLES = 400
-# The precision target of `linnet tune-thresholds`, `run-local` and `make` (docs/training.md: targets
-# hold on unseen stores up to ~0.8; 0.9 leaves a few percent coverage).
+# The precision target of `linnet tune-thresholds`, `run-local` and `make`: below the ~0.8 up to which
+# targets have held on unseen stores (docs/experiments/).
 DEFAULT_TARGET_PRECISION = 0.7
 # Floors for sensitive subtrees shipped with the package (`load_floors(None)`).
 DEFAULT_FLOORS = "config/sensitive_categories.json"
@@ -246,61 +248,6 @@ def cut_paths(level_ids: np.ndarray, level_confidences: np.ndarray, thresholds: 
 
 
 # -- Clopper–Pearson ---------------------------------------------------------------------------------
-_LGAMMA = np.vectorize(math.lgamma, otypes=[np.float64])
-
-
-def _beta_continued_fraction(a: np.ndarray, b: np.ndarray, x: np.ndarray,
-                             iterations: int = 2000) -> np.ndarray:
-    """The continued fraction of the incomplete beta function (modified Lentz), elementwise."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = np.ones_like(x)
-    d = 1.0 - qab * x / qap
-    d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
-    h = d.copy()
-    for m in range(1, iterations + 1):
-        m2 = 2 * m
-        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)),
-                          -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + numerator * d
-            d = 1.0 / np.where(np.abs(d) < tiny, tiny, d)
-            c = 1.0 + numerator / c
-            c = np.where(np.abs(c) < tiny, tiny, c)
-            delta = d * c
-            h = h * delta
-        if np.all(np.abs(delta - 1.0) < 1e-14):
-            break
-    return h
-
-
-def betainc(a: np.ndarray | float, b: np.ndarray | float, x: np.ndarray | float) -> np.ndarray:
-    """The regularized incomplete beta function I_x(a, b) for a, b > 0 and x in [0, 1], elementwise."""
-    a, b, x = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a, b, x)))
-    result = np.where(x >= 1.0, 1.0, 0.0)
-    inside = (x > 0.0) & (x < 1.0)
-    if not inside.any():
-        return result
-    a, b, x = a[inside], b[inside], x[inside]
-    log_front = _LGAMMA(a + b) - _LGAMMA(a) - _LGAMMA(b) + a * np.log(x) + b * np.log1p(-x)
-    # The fraction converges fast for x < (a+1)/(a+b+2); use I_x(a,b) = 1 - I_{1-x}(b,a) otherwise.
-    direct = x < (a + 1.0) / (a + b + 2.0)
-    fraction = np.where(direct, _beta_continued_fraction(a, b, x), _beta_continued_fraction(b, a, 1.0 - x))
-    front = np.exp(log_front)
-    result[inside] = np.where(direct, front * fraction / a, 1.0 - front * fraction / b)
-    return np.clip(result, 0.0, 1.0)
-
-
-def beta_quantile(q: float, a: np.ndarray, b: np.ndarray, iterations: int = 60) -> np.ndarray:
-    """The q-quantile of Beta(a, b), elementwise, by bisection on `betainc` (absolute error < 1e-15)."""
-    a, b = np.broadcast_arrays(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))
-    low, high = np.zeros(a.shape), np.ones(a.shape)
-    for _ in range(iterations):
-        middle = (low + high) / 2.0
-        below = betainc(a, b, middle) < q
-        low, high = np.where(below, middle, low), np.where(below, high, middle)
-    return (low + high) / 2.0
-
-
 def clopper_pearson_upper(errors: np.ndarray | int, n: np.ndarray | int, delta: float = DELTA) -> np.ndarray:
     """One-sided Clopper–Pearson upper bound, at confidence 1 − δ, on an error rate seen as errors/n.
 
@@ -313,7 +260,7 @@ def clopper_pearson_upper(errors: np.ndarray | int, n: np.ndarray | int, delta: 
     bound = np.ones(errors.shape)
     open_ = errors < n
     if open_.any():
-        bound[open_] = beta_quantile(1.0 - delta, errors[open_] + 1.0, n[open_] - errors[open_])
+        bound[open_] = stats.beta.ppf(1.0 - delta, errors[open_] + 1.0, n[open_] - errors[open_])
     return bound
 
 
