@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from serving.batcher import MicroBatcher, OverloadedError
+from serving.categorizer import shares_a_store
 from serving.validation import RequestError, parse_products
 
 
@@ -144,3 +145,8 @@ def test_a_job_whose_caller_gave_up_is_not_run() -> None:
 
     assert asyncio.run(scenario()) == [2]
     assert seen == [1]
+
+
+def test_only_products_sharing_a_store_in_their_request_need_the_first_pass() -> None:
+    requests = [[{"store": "s"}, {"store": "t"}, {"store": "s"}], [{"store": "t"}], [{}, {"store": None}]]
+    assert shares_a_store(requests) == [True, False, True, False, False, False]

@@ -56,6 +56,8 @@ def test_store_table_contexts_are_a_batch_run_against_the_table() -> None:
                                                  enumerate(zip("abcdef", stores, strict=True))})
     np.testing.assert_allclose(table.contexts(["b", "e"], ["s", "t"], own[[1, 4]]), everyone[[1, 4]],
                                atol=1e-6)
+    # A product alone in its batch: its own contribution cancels out, so the service may pass zeros.
+    np.testing.assert_allclose(table.contexts(["b"], ["s"], np.zeros((1, 3))), everyone[[1]], atol=1e-6)
     # ... a changed product replaces its stored row, and a new product or one without a store joins none.
     changed = own.copy()
     changed[1] = rng.random(3)
