@@ -7,6 +7,7 @@ with its plot; and the audit measured on seeded label flips (`linnet_core.label_
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,9 @@ from linnet_core.evaluation.report import markdown_table, to_json_safe
 from linnet_core.evaluation.tuning import calibration_set, fit_fusion
 from linnet_core.features import NO_LABEL
 from linnet_core.taxonomy import Taxonomy
-from linnet_core.training_data import DEFAULT_FOLDS
+from linnet_core.training_data import DEFAULT_FOLDS, store_folds
+
+logger = logging.getLogger(__name__)
 
 REVIEW = "label_audit"  # .parquet and .csv: the review table
 STORE_BRANCHES = "store_branches"  # .parquet and .csv
@@ -43,6 +46,18 @@ class AuditedLabels:
         return [str(p) for p in self.product_id[self.result.flagged]]
 
 
+def flagged_products(audit_dir: str | Path) -> list[str]:
+    """The product ids of an audit's review table (AUDIT_DIR/label_audit.parquet).
+
+    Raises:
+        FileNotFoundError: AUDIT_DIR has no review table.
+    """
+    path = Path(audit_dir, f"{REVIEW}.parquet")
+    if not path.exists():
+        raise FileNotFoundError(f"{audit_dir} has no {path.name}: not a `linnet audit-labels` output")
+    return [str(p) for p in pd.read_parquet(path, columns=["product_id"])["product_id"]]
+
+
 def audit_scored(scored, taxonomy: Taxonomy, mode: str = "exact", min_margin: float = 0.0) -> AuditedLabels:
     """Audit a cross-fitted `crossfit.CalibrationSet`: fuse it as `tune-thresholds` does (first pass,
     store context, fusion), decode it with the model's ops, and weigh each label's path probability
@@ -59,6 +74,26 @@ def audit_scored(scored, taxonomy: Taxonomy, mode: str = "exact", min_margin: fl
     result = label_audit.audit(paths, given, decoded[:, :depth], confidences[:, :depth],
                                min_margin=min_margin)
     return AuditedLabels(scored.product_id, scored.store, known, paths, result)
+
+
+def audited_weights(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int,
+                    flagged_weight: float) -> Callable[[int, Mapping[str, np.ndarray]], np.ndarray]:
+    """`crossfit.cross_fit`'s example weights for a cross-validation that trains on audited labels: for
+    each held-out fold, the other folds' labels are audited by cross-fitting among those folds alone
+    (no held-out label reaches the audit) and the flagged ones weigh `flagged_weight`."""
+    from linnet_core.model import crossfit
+
+    training = crossfit.FoldTraining.of(model_dir, data_dir, taxonomy)
+
+    def weights(held_out: int, others: Mapping[str, np.ndarray]) -> np.ndarray:
+        inner = store_folds(others["store"], folds)  # the outer folds but the held-out one
+        audited = audit_scored(crossfit.cross_fit(training, others, inner, np.arange(len(inner))), taxonomy)
+        flagged = audited.flagged_ids()
+        logger.info("fold %d: the audit of the other folds flags %d of %d labels", held_out, len(flagged),
+                    len(inner))
+        return label_audit.example_factors(others["product_id"], flagged, flagged_weight)
+
+    return weights
 
 
 def audit_model_data(model_dir: str | Path, data_dir: str | Path, folds: int = DEFAULT_FOLDS,

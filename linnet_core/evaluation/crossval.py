@@ -122,7 +122,8 @@ def _summary(per_fold: Sequence[dict]) -> dict:
 def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, output: str | Path,
         model_config: str | Path, folds: int = DEFAULT_FOLDS, store_cap: int = STORE_CAP,
         target_precision: float = TARGETS[0], baselines: Sequence[str] = BASELINES,
-        scored=None, progress: Callable[[str], None] = logger.info) -> dict:
+        scored=None, progress: Callable[[str], None] = logger.info,
+        flagged_weight: float | None = None) -> dict:
     """The cross-validation: per fold and system the metrics, their mean and spread, the curves.
 
     Args:
@@ -131,9 +132,13 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
         model_config: a directory with the model's config.json and category_embeddings.npz (a model
             directory, or its copy): ours' fold networks and priors.
         scored: a cross-fitted set already made (else made here: `folds` networks).
+        flagged_weight: train ours on audited labels: in each fold the other folds' labels are audited
+            among themselves (`auditing.audited_weights`: `folds` - 1 more networks per fold) and the
+            flagged ones weigh this much; None: no audit.
 
     Writes crossval.json and crossval.md (and the curves' PNG) into `output`; returns crossval.json.
     """
+    from linnet_core.evaluation import auditing
     from linnet_core.model import crossfit
     from linnet_core.model.data import read_splits
 
@@ -145,9 +150,11 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
     capped[capped_rows(pool["product_id"], pool["store"], store_cap)] = True
     if scored is None:
         progress(f"cross-fitting {folds} fold networks over {len(np.unique(pool['store']))} stores")
+        weights = (None if flagged_weight is None else
+                   auditing.audited_weights(model_config, data_dir, taxonomy, folds, flagged_weight))
         scored = crossfit.cross_fitted(model_config, data_dir, taxonomy, folds,
                                        keep=lambda a: capped_rows(a["product_id"], a["store"], store_cap),
-                                       splits=SPLITS)
+                                       splits=SPLITS, example_weights=weights)
     known_pool = np.where(np.isin(pool["gpt_id"], table.ids), pool["gpt_id"], NO_LABEL)
     index = {pid: i for i, pid in enumerate(pool["product_id"])}
     scored_rows = np.array([index[pid] for pid in scored.product_id], np.int64)
@@ -179,6 +186,7 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
                  + ", ".join(f"{n} hF1 {m[-1]['hF1']:.3f}" for n, m in per_system.items())
                  + f" ({time.monotonic() - started:.0f} s)")
     result = {"folds": folds, "store_cap": store_cap, "target_precision": target_precision,
+              "flagged_weight": flagged_weight,
               "stores": int(len(np.unique(scored.store))), "products": int(len(scored.gpt_id)),
               "systems": {name: {"per_fold": folds_, "summary": _summary(folds_)}
                           for name, folds_ in per_system.items()},
