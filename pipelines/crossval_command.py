@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-audit-weight", type=float, default=None, metavar="W",
                         help="train ours on audited labels: in each fold the other folds' labels are audited "
                              "among themselves and the flagged ones weigh W (0..1; default: no audit)")
+    parser.add_argument("--capped-training", action="store_true",
+                        help="fold networks learn from the store-capped products only (a CPU-bound run's "
+                             "sample; baselines still learn from every product)")
     args = parser.parse_args(argv)
     if args.label_audit_weight is not None and not 0.0 <= args.label_audit_weight <= 1.0:
         raise UsageError(f"--label-audit-weight must be in [0, 1], got {args.label_audit_weight}")
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args.data, texts, Taxonomy.load(args.taxonomy), args.output, args.model, args.folds,
                  args.store_cap, args.target_precision, baselines,
                  progress=lambda line: print(f"[cross-validate] {line}", flush=True),
-                 flagged_weight=args.label_audit_weight)
+                 flagged_weight=args.label_audit_weight, capped_training=args.capped_training)
     print(open(f"{args.output}/{CROSSVAL_MD}", encoding="utf-8").read())
     print(json.dumps({name: entry["summary"]["hF1"] for name, entry in result["systems"].items()}))
     return 0

@@ -100,7 +100,7 @@ def audit_model_data(model_dir: str | Path, data_dir: str | Path, folds: int = D
                      min_margin: float = 0.0, relabel: Callable[[dict], dict] | None = None
                      ) -> tuple[AuditedLabels, Taxonomy]:
     """Audit every labelled product of the splits MODEL learnt from, cross-fitted over `folds` store
-    folds (`relabel`: see `crossfit.cross_fitted`). Returns the audit and the model's taxonomy.
+    folds (`relabel`: see `tuning.calibration_set`). Returns the audit and the model's taxonomy.
 
     Raises:
         DataError, ModelDirError, ValueError (too few stores to cross-fit).

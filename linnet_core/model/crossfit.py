@@ -147,7 +147,7 @@ ExampleWeights = Callable[[int, Mapping[str, np.ndarray]], np.ndarray]
 def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int = DEFAULT_FOLDS,
                  keep: Callable[[dict], np.ndarray] | None = None,
                  splits: Sequence[str] = (TRAIN, CALIBRATION),
-                 relabel: Callable[[dict], dict] | None = None,
+                 prepare: Callable[[dict], dict] | None = None,
                  example_weights: ExampleWeights | None = None) -> CalibrationSet:
     """The cross-fitted calibration set of the pool (the `splits` of DATA the model was trained on).
 
@@ -157,7 +157,8 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
         folds: groups of stores (> 1).
         keep: rows → the row indexes to score (e.g. a store cap); None scores every pool product.
         splits: the pool.
-        relabel: the pool's arrays → the arrays with other labels (e.g. injected flips), before anything.
+        prepare: the pool's arrays → the arrays to cross-fit instead, before anything (other labels:
+            injected flips; fewer rows: a sample).
         example_weights: see `cross_fit`.
 
     Raises:
@@ -166,7 +167,7 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
     if folds < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
     pool = read_splits(data_dir, tuple(splits), weights=True)
-    pool = relabel(pool) if relabel else pool
+    pool = prepare(pool) if prepare else pool
     scored_rows = np.asarray(keep(pool) if keep else np.arange(len(pool["gpt_id"])), np.int64)
     return cross_fit(FoldTraining.of(model_dir, data_dir, taxonomy), pool, store_folds(pool["store"], folds),
                      scored_rows, example_weights)
