@@ -63,3 +63,30 @@ def test_training_on_audited_labels_records_what_it_dropped(audited: Path):
     assert training["flagged_labels"] == len(flagged) and training["flagged_weight"] == 0.25
     assert cli.main(["train", "--data", str(audited / "data"), "--output", str(audited / "bad"),
                      "--label-audit", str(audited / "data")]) == 1  # not an audit: one line, exit 1
+
+
+def test_the_cross_validation_audits_each_fold_on_the_other_folds_only(audited: Path):
+    from linnet_core.model import crossfit
+    from linnet_core.model.export import TAXONOMY_COPY
+    from linnet_core.taxonomy import Taxonomy
+    from linnet_core.training_data import store_folds
+
+    taxonomy = Taxonomy.load(audited / "model" / TAXONOMY_COPY)
+    pool = read_splits(audited / "data", SPLITS, weights=True)
+    fold = store_folds(pool["store"], 3)
+    audit_others = auditing.audited_weights(audited / "model", audited / "data", taxonomy, 3, 0.0)
+    seen = {}
+
+    def weights(held_out: int, others: dict) -> np.ndarray:
+        seen[held_out] = set(others["store"])
+        if held_out:
+            return np.ones(len(others["store"]), np.float32)
+        factors = audit_others(held_out, others)  # an audit cross-fitted among folds 1 and 2
+        assert factors.shape == (len(others["store"]),) and set(np.unique(factors)) == {0.0, 1.0}
+        return factors
+
+    training = crossfit.FoldTraining.of(audited / "model", audited / "data", taxonomy)
+    scored = crossfit.cross_fit(training, pool, fold, np.arange(len(fold)), weights)
+    assert sorted(seen) == [0, 1, 2] and len(scored.gpt_id) == len(fold)
+    for held_out, stores in seen.items():  # no held-out store's label reaches its fold's training
+        assert stores == set(pool["store"][fold != held_out])

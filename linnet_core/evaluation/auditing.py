@@ -168,8 +168,8 @@ def _write_report(summary: dict, branch_rows: list[dict], audited: AuditedLabels
              f"({summary['flagged_share']:.1%}): where the label's path and the model's part, the model's "
              "node reaches its confident threshold (the mean probability of the products labelled with "
              "it).", "",
-             "Flagged by the level where the paths part: " + ", ".join(
-                 f"level {k}: {n}" for k, n in summary["flagged_by_level"].items() if n) + ".", "",
+             "Flagged by the level where the paths part: " + (", ".join(
+                 f"level {k}: {n}" for k, n in summary["flagged_by_level"].items() if n) or "none") + ".", "",
              f"![label audit]({PLOT_PNG})", "", f"### The {EXAMPLES} highest-scored flags", ""]
     lines += markdown_table(["product", "store", "label", "suggested", "score", "distance"], [
         [e["product_id"], e["store"], e["given_path"], e["suggested_path"], e["score"], e["distance"]]
