@@ -45,15 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inject-noise", type=_rates, default=None, metavar="SIBLING,BRANCH",
                         help="measure the audit: flip these shares of the labels (seeded) first")
     parser.add_argument("--seed", type=int, default=0, help="seed of --inject-noise")
+    parser.add_argument("--store-cap", type=int, default=None,
+                        help="train on and audit at most this many products per store (a sample: ~3x less "
+                             "CPU and memory on the shared data; default: every product)")
     args = parser.parse_args(argv)
     from linnet_core.evaluation import auditing
 
     if args.inject_noise:
         found = auditing.measure_noise(args.model, args.data, args.output, args.folds, *args.inject_noise,
-                                       seed=args.seed, min_margin=args.min_margin)
+                                       seed=args.seed, min_margin=args.min_margin, store_cap=args.store_cap)
         print(json.dumps(found, indent=2))
         return 0
-    audited, taxonomy = auditing.audit_model_data(args.model, args.data, args.folds, args.min_margin)
+    audited, taxonomy = auditing.audit_model_data(args.model, args.data, args.folds, args.min_margin,
+                                                  store_cap=args.store_cap)
     summary = auditing.write_audit(audited, taxonomy, args.output)
     print(json.dumps({k: v for k, v in summary.items() if k != "examples"}, indent=2))
     return 0

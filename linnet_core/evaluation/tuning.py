@@ -95,10 +95,10 @@ def fit_fusion(scored, taxonomy: Taxonomy):
 
 
 def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int,
-                    store_cap: int | None, relabel=None):
+                    store_cap: int | None, prepare=None):
     """The store-capped calibration set (`store_cap` None: every product): cross-fitted over the
-    model's training splits with `folds` > 1 (`relabel`: the pool's arrays → the same with other labels,
-    before the cross-fitting), else the model on
+    model's training splits with `folds` > 1 (`prepare`: the pool's arrays → the arrays to cross-fit,
+    e.g. with other labels or fewer products), else the model on
     the calibration split (which it must not have learnt from).
 
     Raises:
@@ -116,9 +116,9 @@ def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, f
     splits = read_model_json(model_dir)["training"].get("splits", [TRAIN, CALIBRATION])
     if folds > 1:
         return crossfit.cross_fitted(model_dir, data_dir, taxonomy, folds, keep=cap, splits=splits,
-                                     prepare=relabel)
-    if relabel is not None:
-        raise ValueError("relabelling needs cross-fitting (folds > 1): the model learnt the labels it has")
+                                     prepare=prepare)
+    if prepare is not None:
+        raise ValueError("changing the pool needs cross-fitting (folds > 1): the model learnt the one it has")
     if CALIBRATION in splits:
         raise ValueError(f"--folds {folds}: the model learnt from the {CALIBRATION} split, so it cannot "
                          f"calibrate on it; cross-fit (--folds > 1) or train with --holdout {CALIBRATION}")
