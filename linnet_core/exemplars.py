@@ -81,7 +81,7 @@ class Exemplars:
 
 
 def build_exemplars(vectors: np.ndarray, labels: np.ndarray, stores: Sequence[str], taxonomy: Taxonomy,
-                    store_cap: float | None) -> Exemplars:
+                    store_cap: float | None, factors: np.ndarray | None = None) -> Exemplars:
     """The memory of labelled products: rows without a level-1 label are left out.
 
     Args:
@@ -89,14 +89,17 @@ def build_exemplars(vectors: np.ndarray, labels: np.ndarray, stores: Sequence[st
         labels: int[M, >= depth] class index per level (training features `label_level_k`).
         stores: each row's store: its weight is the store factor min(1, store_cap / n_store) that
             training uses (`training_data.store_factors`, n_store counted over these rows; None: 1).
+        factors: a further factor per row (the weight of labels an audit doubts; 0 leaves the row out);
+            None: 1.
     """
     labels = np.asarray(labels, np.int64)[:, :taxonomy.max_depth]
-    keep = labels[:, 0] >= 0
+    factors = np.ones(len(labels), np.float32) if factors is None else np.asarray(factors, np.float32)
+    keep = (labels[:, 0] >= 0) & (factors > 0)
     vectors = np.asarray(vectors, np.float32)[keep]
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     stores = np.asarray(stores, dtype=object)[keep].astype(str)
     _, store_index, counts = np.unique(stores, return_inverse=True, return_counts=True)
-    weights = store_factors(counts[store_index], store_cap).astype(np.float32)
+    weights = (store_factors(counts[store_index], store_cap) * factors[keep]).astype(np.float32)
     memory = Exemplars(vectors, labels[keep].astype(np.int32), weights, taxonomy.fingerprint)
     memory.check(taxonomy)
     return memory

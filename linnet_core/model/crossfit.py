@@ -179,8 +179,9 @@ def cross_fit(training: FoldTraining, pool: Mapping[str, np.ndarray], fold: np.n
     exemplar memory built from the rows of the other folds (`fold`: int[N], a fold per row).
 
     Args:
-        example_weights: per held-out fold, factors for the other folds' examples' weights (the
-            network's loss and the memory), e.g. a label audit run on those folds alone; None: 1.
+        example_weights: per held-out fold, factors for the other folds' examples' weights in the
+            network's loss and in the exemplar memory (0 leaves an example out), e.g. a label audit run
+            on those folds alone; None: 1.
 
     Raises:
         ValueError: fewer than two folds hold scored rows.
@@ -198,13 +199,14 @@ def cross_fit(training: FoldTraining, pool: Mapping[str, np.ndarray], fold: np.n
     for f in held_out:
         tf_keras.utils.set_random_seed(config.seed + f)  # the same folds give the same networks
         others = _select(pool, np.flatnonzero(fold != f))
-        if example_weights is not None:
-            others = scaled_weights(others, example_weights(f, others))
+        factors = None if example_weights is None else example_weights(f, others)
+        if factors is not None:
+            others = scaled_weights(others, factors)
         n = len(others["gpt_id"])
         dataset = array_dataset(others, config.batch_size, shuffle_buffer=config.shuffle_buffer,
                                 seed=config.seed, repeat=True)
         network, _ = fit_network(config, sizes, dataset, math.ceil(n / config.batch_size))
-        memory = exemplar_memory(others, taxonomy, training.store_cap)
+        memory = exemplar_memory(others, taxonomy, training.store_cap, factors)
         memory = decoding.ExemplarTables.build(taxonomy, memory)
         rows = scored_rows[fold[scored_rows] == f]
         parts.append(_score_fold(network, _select(pool, rows), depth, training.prior, memory))

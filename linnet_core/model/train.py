@@ -14,6 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -68,11 +69,12 @@ def data_store_cap(data_dir: str | Path) -> float | None:
         return json.load(handle).get("store_cap")
 
 
-def exemplar_memory(arrays: dict, taxonomy: Taxonomy, store_cap: float | None) -> Exemplars:
+def exemplar_memory(arrays: dict, taxonomy: Taxonomy, store_cap: float | None,
+                    factors: np.ndarray | None = None) -> Exemplars:
     """The exemplar memory of a split's arrays (`data.read_split`): title embeddings, level labels, and
     the store factor with the training data's cap, so that memory and training weigh stores alike."""
     return build_exemplars(arrays[TITLE_EMBEDDING], class_labels(arrays, taxonomy.max_depth), arrays["store"],
-                           taxonomy, store_cap)
+                           taxonomy, store_cap, factors)
 
 
 def cluster_from_env(environ: dict | None = None) -> Cluster:
@@ -150,8 +152,8 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
             rows' Shopify category); None: rows get none.
         holdout: splits whose stores the network and the exemplar memory never see (`training_splits`).
         flagged: product ids whose labels a label audit doubts (`linnet audit-labels`): their examples'
-            weights are multiplied by `flagged_weight` (0 drops them from the loss; the exemplar memory
-            keeps them). Single-process training only.
+            weights in the loss and in the exemplar memory are multiplied by `flagged_weight` (0 drops
+            them). Single-process training only.
 
     Returns:
         The per-epoch curves (curves.json's content).
@@ -204,7 +206,7 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
                                       "data_dir": str(data_dir), "splits": list(splits),
                                       "held_out_splits": list(holdout),
                                       **({"flagged_labels": len(flagged), "flagged_weight": flagged_weight}
-                                         if flagged else {})}, shopify_dir)
+                                         if flagged else {})}, shopify_dir, flagged, flagged_weight)
     return curves
 
 
@@ -227,7 +229,8 @@ def fit_network(config: ModelConfig, level_sizes: list[int], dataset, steps_per_
 
 def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxonomy: Taxonomy,
                      thresholds: Thresholds, curves: dict, training: dict,
-                     shopify_dir: str | Path | None = None) -> None:
+                     shopify_dir: str | Path | None = None, flagged: Collection[str] = (),
+                     flagged_weight: float = 0.0) -> None:
     """Weights, config, taxonomy copy, category embeddings and encoder ids (when the data has them), the
     Shopify mapping, the exemplar memory (the training splits), thresholds, model.json, curves; then
     export and the model card: everything a worker reads travels in the model directory.
@@ -248,7 +251,8 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
         copy_shopify_mapping(shopify_dir, output_dir)
     data_dir = training["data_dir"]
     arrays = read_splits(data_dir, training["splits"])
-    memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir))
+    factors = example_factors(arrays["product_id"], flagged, flagged_weight) if flagged else None
+    memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir), factors)
     memory.save(output_dir / EXEMPLARS)
     training = {**training, "exemplars": len(memory.weights), "stores": len(set(arrays["store"]))}
     save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
