@@ -17,7 +17,7 @@ OUT ?= out
 TARGET_PRECISION ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint run-local bench-embed bench-embedding-table bench-exemplars bench-scale bench-score bench-serve serve evaluate cross-validate dataflow-submit clean
+.PHONY: help install test test-fast lint run-local bench-embed bench-embedding-table bench-exemplars bench-scale bench-score bench-serve serve evaluate cross-validate audit-labels dataflow-submit clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ evaluate: $(OUT)/model/model.json  ## Train (or reuse) a model, tune thresholds,
 
 cross-validate: $(OUT)/model/model.json  ## Ours vs baselines A/B/C on the same 5 store folds of every labelled store.
 	$(LINNET) cross-validate --data $(OUT)/training_data --model $(OUT)/model --output $(OUT)/crossval
+
+audit-labels: $(OUT)/model/model.json  ## Rank the training labels the model disputes (the stores it learnt from): out/label_audit.
+	$(LINNET) audit-labels --model $(OUT)/model --data $(OUT)/training_data --output $(OUT)/label_audit
 
 BENCH_EMBED_ARGS ?=
 bench-embed: install  ## Embedding throughput: bare encoders vs EmbedProducts (DirectRunner), peak RSS at N and 4N.

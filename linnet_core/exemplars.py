@@ -125,7 +125,8 @@ def bound(labels: np.ndarray, stores: np.ndarray, weights: np.ndarray, per_class
 
 
 def build_exemplars(vectors: np.ndarray, labels: np.ndarray, stores: Sequence[str], taxonomy: Taxonomy,
-                    store_cap: float | None, per_class: int = 0, per_store_class: int = 0) -> Exemplars:
+                    store_cap: float | None, per_class: int = 0, per_store_class: int = 0,
+                    factors: np.ndarray | None = None) -> Exemplars:
     """The memory of labelled products: rows without a level-1 label are left out.
 
     Args:
@@ -134,15 +135,18 @@ def build_exemplars(vectors: np.ndarray, labels: np.ndarray, stores: Sequence[st
         stores: each row's store: its weight is the store factor min(1, store_cap / n_store) that
             training uses (`training_data.store_factors`, n_store counted over these rows; None: 1).
         per_class, per_store_class: the bounds of `bound` (0: brute force, every labelled row).
+        factors: a further factor per row (the weight of labels an audit doubts; 0 leaves the row out);
+            None: 1.
     """
     labels = np.asarray(labels, np.int64)[:, :taxonomy.max_depth]
-    keep = labels[:, 0] >= 0
+    factors = np.ones(len(labels), np.float32) if factors is None else np.asarray(factors, np.float32)
+    keep = (labels[:, 0] >= 0) & (factors > 0)
     vectors = np.asarray(vectors, np.float32)[keep]
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     labels = labels[keep]
     stores = np.asarray(stores, dtype=object)[keep].astype(str)
     _, store_index, counts = np.unique(stores, return_inverse=True, return_counts=True)
-    weights = store_factors(counts[store_index], store_cap).astype(np.float32)
+    weights = (store_factors(counts[store_index], store_cap) * factors[keep]).astype(np.float32)
     if per_class or per_store_class:
         rows, weights = bound(labels, stores, weights, per_class, per_store_class)
         vectors, labels = vectors[rows], labels[rows]

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipelines.evaluate_command:main", "Metrics, report, plots and baselines vs labels."),
     "tune-thresholds": ("pipelines.tune_thresholds_command:main", "Temperatures + precision thresholds."),
     "cross-validate": ("pipelines.crossval_command:main", "Ours vs baselines on the same store folds."),
+    "audit-labels": ("pipelines.audit_labels_command:main", "Rank doubtful training labels; store × branch."),
+    "review-queue": ("pipelines.review_queue:main", "Unlabelled products → what to label next, and why."),
     "score": ("pipelines.score:main", "Products → embeddings → categories: one partitioned table."),
     "run-local": ("pipelines.run_local:main", "The whole job on the DirectRunner over the shared data."),
     "backfill": ("pipelines.backfill:main", "Score day by day by updated_at; one partition per day."),

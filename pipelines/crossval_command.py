@@ -39,7 +39,15 @@ def main(argv: list[str] | None = None) -> int:
                         choices=TARGETS, help="ours' default decision")
     parser.add_argument("--baselines", default=",".join(BASELINES),
                         help=f"comma list of {','.join(BASELINES)} (or 'none')")
+    parser.add_argument("--label-audit-weight", type=float, default=None, metavar="W",
+                        help="train ours on audited labels: in each fold the other folds' labels are audited "
+                             "among themselves and the flagged ones weigh W (0..1; default: no audit)")
+    parser.add_argument("--capped-training", action="store_true",
+                        help="fold networks learn from the store-capped products only (a CPU-bound run's "
+                             "sample; baselines still learn from every product)")
     args = parser.parse_args(argv)
+    if args.label_audit_weight is not None and not 0.0 <= args.label_audit_weight <= 1.0:
+        raise UsageError(f"--label-audit-weight must be in [0, 1], got {args.label_audit_weight}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from linnet_core.evaluation.baselines import product_texts
     from linnet_core.taxonomy import Taxonomy
@@ -51,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = product_texts(args.products) if baselines else {}
     result = run(published_dir(args.data), texts, Taxonomy.load(args.taxonomy), args.output, args.model,
                  args.folds, args.store_cap, args.target_precision, baselines,
-                 progress=lambda line: print(f"[cross-validate] {line}", flush=True))
+                 progress=lambda line: print(f"[cross-validate] {line}", flush=True),
+                 flagged_weight=args.label_audit_weight, capped_training=args.capped_training)
     print(open(f"{args.output}/{CROSSVAL_MD}", encoding="utf-8").read())
     print(json.dumps({name: entry["summary"]["hF1"] for name, entry in result["systems"].items()}))
     return 0

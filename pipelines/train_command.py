@@ -14,7 +14,7 @@ from linnet_core.model.data import DataError
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from pipelines import defaults
 from pipelines.publish import published_dir
-from pipelines.usage import ArgumentParser
+from pipelines.usage import ArgumentParser, UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shopify_taxonomy", "--shopify-taxonomy", dest="shopify_taxonomy",
                         default=defaults.SHOPIFY_TAXONOMY,
                         help="Shopify taxonomy folder whose GPT mapping the model keeps ('none': no mapping)")
+    parser.add_argument("--label-audit", "--label_audit", dest="label_audit", default=None,
+                        metavar="AUDIT_DIR",
+                        help="a `linnet audit-labels` output: the labels it flags weigh --flagged-weight")
+    parser.add_argument("--flagged-weight", "--flagged_weight", dest="flagged_weight", type=float,
+                        default=0.0,
+                        help="factor on the training weight of audited labels, 0..1 (default 0: dropped)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.flagged_weight <= 1.0:
+        raise UsageError(f"--flagged-weight must be in [0, 1], got {args.flagged_weight}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        from linnet_core.evaluation.auditing import flagged_products
         from linnet_core.model.train import cluster_from_env, train
 
         cluster = cluster_from_env()
@@ -42,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         taxonomy = Taxonomy.load(args.taxonomy)
         thresholds = load_thresholds(args.thresholds) if args.thresholds else None
         shopify = None if args.shopify_taxonomy == "none" else args.shopify_taxonomy
+        flagged = flagged_products(args.label_audit) if args.label_audit else ()
         train(published_dir(args.data), args.output, config, taxonomy, thresholds, cluster, shopify,
-              args.holdout)
+              args.holdout, flagged, args.flagged_weight)
     except (ConfigError, DataError, TaxonomyError, ThresholdsError, OSError) as error:
         print(f"linnet train: {error}", file=sys.stderr)
         return 1

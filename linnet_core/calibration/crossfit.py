@@ -28,7 +28,14 @@ from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.features import LEVELS, MODEL_INPUTS
 from linnet_core.model import decoding, evidence
 from linnet_core.model.config import ModelConfig
-from linnet_core.model.data import array_dataset, class_labels, level_name, model_inputs, read_splits
+from linnet_core.model.data import (
+    array_dataset,
+    class_labels,
+    level_name,
+    model_inputs,
+    read_splits,
+    scaled_weights,
+)
 from linnet_core.model.export import CONFIG_JSON
 from linnet_core.model.inference_model import evidence_output
 from linnet_core.progress import Progress
@@ -110,9 +117,38 @@ def _score_fold(network, arrays: Mapping[str, np.ndarray], depth: int, prior: ev
                    {name: [np.concatenate(e) for e in scores] for name, scores in by_name.items()})
 
 
+@dataclass(frozen=True)
+class FoldTraining:
+    """What every fold network and memory is built with: the model's config, the taxonomy priors (when
+    the model has category embeddings) and the training data's store cap."""
+
+    config: ModelConfig
+    taxonomy: Taxonomy
+    prior: evidence.PriorTables | None
+    store_cap: float | None
+
+    @classmethod
+    def of(cls, model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy) -> FoldTraining:
+        from linnet_core.model.train import data_store_cap
+
+        model_dir = Path(model_dir)
+        config = ModelConfig.from_json(json.loads((model_dir / CONFIG_JSON).read_text(encoding="utf-8")),
+                                       source=str(model_dir / CONFIG_JSON))
+        embeddings_path = model_dir / CATEGORY_EMBEDDINGS
+        prior = (evidence.PriorTables.build(taxonomy, CategoryEmbeddings.load(embeddings_path))
+                 if embeddings_path.exists() else None)
+        return cls(config, taxonomy, prior, data_store_cap(data_dir))
+
+
+# (held-out fold, the other folds' arrays) → a factor per training example that multiplies its weights
+ExampleWeights = Callable[[int, Mapping[str, np.ndarray]], np.ndarray]
+
+
 def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int = DEFAULT_FOLDS,
                  keep: Callable[[dict], np.ndarray] | None = None,
-                 splits: Sequence[str] = (TRAIN, CALIBRATION)) -> CalibrationSet:
+                 splits: Sequence[str] = (TRAIN, CALIBRATION),
+                 prepare: Callable[[dict], dict] | None = None,
+                 example_weights: ExampleWeights | None = None) -> CalibrationSet:
     """The cross-fitted calibration set of the pool (the `splits` of DATA the model was trained on).
 
     Args:
@@ -121,44 +157,61 @@ def cross_fitted(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxonomy
         folds: groups of stores (> 1).
         keep: rows → the row indexes to score (e.g. a store cap); None scores every pool product.
         splits: the pool.
+        prepare: the pool's arrays → the arrays to cross-fit instead, before anything (other labels:
+            injected flips; fewer rows: a sample).
+        example_weights: see `cross_fit`.
 
     Raises:
         ValueError: folds < 2, or fewer than two non-empty folds.
     """
-    from linnet_core.model.train import data_store_cap, exemplar_memory, fit_network
-
     if folds < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
-    model_dir = Path(model_dir)
-    config = ModelConfig.from_json(json.loads((model_dir / CONFIG_JSON).read_text(encoding="utf-8")),
-                                   source=str(model_dir / CONFIG_JSON))
-    depth, sizes = taxonomy.max_depth, taxonomy.level_sizes()
     pool = read_splits(data_dir, tuple(splits), weights=True)
-    fold = store_folds(pool["store"], folds)
-    scored_rows = np.asarray(keep(pool) if keep else np.arange(len(fold)), np.int64)
-    held_out = [f for f in range(folds) if np.isin(scored_rows, np.flatnonzero(fold == f)).any()]
+    pool = prepare(pool) if prepare else pool
+    scored_rows = np.asarray(keep(pool) if keep else np.arange(len(pool["gpt_id"])), np.int64)
+    return cross_fit(FoldTraining.of(model_dir, data_dir, taxonomy), pool, store_folds(pool["store"], folds),
+                     scored_rows, example_weights)
+
+
+def cross_fit(training: FoldTraining, pool: Mapping[str, np.ndarray], fold: np.ndarray,
+              scored_rows: np.ndarray, example_weights: ExampleWeights | None = None) -> CalibrationSet:
+    """Score `scored_rows` of `pool` (`data.read_splits` arrays with weights), each by a network and an
+    exemplar memory built from the rows of the other folds (`fold`: int[N], a fold per row).
+
+    Args:
+        example_weights: per held-out fold, factors for the other folds' examples' weights in the
+            network's loss and in the exemplar memory (0 leaves an example out), e.g. a label audit run
+            on those folds alone; None: 1.
+
+    Raises:
+        ValueError: fewer than two folds hold scored rows.
+    """
+    from linnet_core.model.train import exemplar_memory, fit_network
+
+    taxonomy, config = training.taxonomy, training.config
+    depth, sizes = taxonomy.max_depth, taxonomy.level_sizes()
+    held_out = [int(f) for f in np.unique(fold[scored_rows])]
     if len(held_out) < 2:
         stores = len(np.unique(pool["store"]))
-        raise ValueError(f"the pool's {stores} stores fill fewer than 2 of {folds} folds")
-    embeddings_path = model_dir / CATEGORY_EMBEDDINGS
-    prior = (evidence.PriorTables.build(taxonomy, CategoryEmbeddings.load(embeddings_path))
-             if embeddings_path.exists() else None)
-    store_cap = data_store_cap(data_dir)
+        raise ValueError(f"the pool's {stores} stores fill fewer than 2 folds")
     parts = []
     progress = Progress("cross-fitting", total=len(held_out), unit="folds", interval_s=0.0)
     for f in held_out:
         tf_keras.utils.set_random_seed(config.seed + f)  # the same folds give the same networks
-        training = _select(pool, np.flatnonzero(fold != f))
-        n = len(training["gpt_id"])
-        dataset = array_dataset(training, config.batch_size, shuffle_buffer=config.shuffle_buffer,
+        others = _select(pool, np.flatnonzero(fold != f))
+        factors = None if example_weights is None else example_weights(f, others)
+        if factors is not None:
+            others = scaled_weights(others, factors)
+        n = len(others["gpt_id"])
+        dataset = array_dataset(others, config.batch_size, shuffle_buffer=config.shuffle_buffer,
                                 seed=config.seed, repeat=True)
         network, _ = fit_network(config, sizes, dataset, math.ceil(n / config.batch_size),
                                  what=f"fold {f + 1} network")
-        memory = evidence.ExemplarTables.build(taxonomy,
-                                               exemplar_memory(training, taxonomy, store_cap, config))
+        memory = evidence.ExemplarTables.build(
+            taxonomy, exemplar_memory(others, taxonomy, training.store_cap, config, factors))
         rows = scored_rows[fold[scored_rows] == f]
-        parts.append(_score_fold(network, _select(pool, rows), depth, prior, memory))
-        logger.info("cross-fitting fold %d/%d: trained on %d products, scored %d", f + 1, folds, n, len(rows))
+        parts.append(_score_fold(network, _select(pool, rows), depth, training.prior, memory))
+        logger.info("cross-fitting fold %d: trained on %d products, scored %d", f, n, len(rows))
         progress.update()
     return CalibrationSet.concatenate(parts)
 
@@ -193,6 +246,20 @@ def with_store_context(calibration: CalibrationSet, taxonomy: Taxonomy, temperat
     return replace(calibration, evidence={**calibration.evidence, STORE_CONTEXT: scores})
 
 
+def _batches(calibration: CalibrationSet, temperatures: Sequence[float],
+             weights: Mapping[str, Sequence[float]]):
+    """The set in batches as the decoding ops take it: (rows, per-level logits, temperatures, evidence)."""
+    depth = len(calibration.logits)
+    temperatures = tf.constant(np.asarray(temperatures, np.float32))
+    for start in range(0, len(calibration.gpt_id), BATCH):
+        rows = slice(start, start + BATCH)
+        weighted = tuple((
+            [tf.constant(scores[k][rows]) for k in range(depth)],
+            tf.constant(np.asarray(weights.get(name, [0.0] * LEVELS), np.float32)))
+            for name, scores in calibration.evidence.items())
+        yield rows, [tf.constant(z[rows]) for z in calibration.logits], temperatures, weighted
+
+
 def decode_paths(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: Sequence[float],
                  weights: Mapping[str, Sequence[float]], mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Decode the set with the model's own decoding ops at these fusion settings: (level_ids int64[N, 7],
@@ -200,16 +267,22 @@ def decode_paths(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: 
     tables = decoding.DecodingTables.build(taxonomy)
     ids, confidences = [], []
     zeros = tf.zeros([LEVELS])
-    for start in range(0, len(calibration.gpt_id), BATCH):
-        stop = start + BATCH
-        weighted = tuple((
-            [tf.constant(scores[k][start:stop]) for k in range(tables.depth)],
-            tf.constant(np.asarray(weights.get(name, [0.0] * LEVELS), np.float32)))
-            for name, scores in calibration.evidence.items())
-        out = decoding.decode([tf.constant(z[start:stop]) for z in calibration.logits], tables,
-                              tf.constant(np.asarray(temperatures, np.float32)), tf.constant(mode), zeros,
-                              tf.constant(False), weighted)
+    for _, logits, scale, weighted in _batches(calibration, temperatures, weights):
+        out = decoding.decode(logits, tables, scale, tf.constant(mode), zeros, tf.constant(False), weighted)
         ids.append(out["level_ids"].numpy())
         confidences.append(out["level_confidences"].numpy())
     return (np.concatenate(ids).astype(np.int64).reshape(-1, LEVELS),
             np.concatenate(confidences).astype(np.float64).reshape(-1, LEVELS))
+
+
+def label_confidences(calibration: CalibrationSet, taxonomy: Taxonomy, temperatures: Sequence[float],
+                      weights: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """float64[N, depth]: the path probability the fused model gives each node of each product's own
+    label (0 past the label), by the ops that score decoded paths: what a label audit weighs."""
+    tables = decoding.DecodingTables.build(taxonomy)
+    parts = []
+    for rows, logits, scale, weighted in _batches(calibration, temperatures, weights):
+        log_probs = decoding.sibling_log_probs(logits, tables, scale, weighted)
+        labels = tf.constant(calibration.labels[rows], tf.int32)
+        parts.append(decoding.path_confidences(log_probs, labels).numpy())
+    return np.concatenate(parts).astype(np.float64).reshape(-1, tables.depth)

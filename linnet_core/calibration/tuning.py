@@ -81,9 +81,26 @@ def fit_fusion_weights(calibration_set, taxonomy: Taxonomy
     return _padded(temperatures, 1.0), {name: _padded(w, 0.0) for name, w in zip(names, weights, strict=True)}
 
 
-def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int, store_cap: int):
-    """The store-capped calibration set: cross-fitted over the model's training splits with `folds` > 1,
-    else the model on the calibration split (which it must not have learnt from).
+def fit_fusion(scored, taxonomy: Taxonomy):
+    """Step 2 of the tuning on a `crossfit.CalibrationSet`: the first-pass fusion, the store context it
+    gives, then the fusion with the store context.
+
+    Returns:
+        (the set with its store-context evidence, the FirstPass, temperatures, evidence weights).
+    """
+    from linnet_core.calibration import crossfit
+
+    first = FirstPass(*fit_fusion_weights(scored, taxonomy))
+    scored = crossfit.with_store_context(scored, taxonomy, first.temperatures, first.evidence_weights)
+    return (scored, first, *fit_fusion_weights(scored, taxonomy))
+
+
+def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int,
+                    store_cap: int | None, prepare=None):
+    """The store-capped calibration set (`store_cap` None: every product): cross-fitted over the
+    model's training splits with `folds` > 1 (`prepare`: the pool's arrays → the arrays to cross-fit,
+    e.g. with other labels or fewer products), else the model on
+    the calibration split (which it must not have learnt from).
 
     Raises:
         ValueError: folds < 2 on a model trained on the calibration split.
@@ -94,11 +111,15 @@ def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, f
     from linnet_core.model.predictor import Predictor
 
     def cap(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-        return capped_rows(arrays["product_id"], arrays["store"], store_cap)
+        every = np.arange(len(arrays["product_id"]))
+        return capped_rows(arrays["product_id"], arrays["store"], store_cap) if store_cap else every
 
     splits = read_model_json(model_dir)["training"].get("splits", [TRAIN, CALIBRATION])
     if folds > 1:
-        return crossfit.cross_fitted(model_dir, data_dir, taxonomy, folds, keep=cap, splits=splits)
+        return crossfit.cross_fitted(model_dir, data_dir, taxonomy, folds, keep=cap, splits=splits,
+                                     prepare=prepare)
+    if prepare is not None:
+        raise ValueError("changing the pool needs cross-fitting (folds > 1): the model learnt the one it has")
     if CALIBRATION in splits:
         raise ValueError(f"--folds {folds}: the model learnt from the {CALIBRATION} split, so it cannot "
                          f"calibrate on it; cross-fit (--folds > 1) or train with --holdout {CALIBRATION}")
@@ -135,10 +156,8 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     table = metrics.AncestorTable(taxonomy)
     before = load_thresholds(model_dir / THRESHOLDS_JSON)
     mode = read_model_json(model_dir).get("default_decoding", "exact")
-    scored = calibration_set(model_dir, data_dir, taxonomy, folds, store_cap)
-    first = FirstPass(*fit_fusion_weights(scored, taxonomy))
-    scored = crossfit.with_store_context(scored, taxonomy, first.temperatures, first.evidence_weights)
-    temperatures, weights = fit_fusion_weights(scored, taxonomy)
+    scored, first, temperatures, weights = fit_fusion(calibration_set(model_dir, data_dir, taxonomy, folds,
+                                                                      store_cap), taxonomy)
     logger.info("fitted on %d calibration products (%d stores): temperatures %s, evidence weights %s",
                 len(scored.gpt_id), len(np.unique(scored.store)), temperatures, weights)
 

@@ -122,7 +122,8 @@ def _summary(per_fold: Sequence[dict]) -> dict:
 def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, output: str | Path,
         model_config: str | Path, folds: int = DEFAULT_FOLDS, store_cap: int = STORE_CAP,
         target_precision: float = TARGETS[0], baselines: Sequence[str] = BASELINES,
-        scored=None, progress: Callable[[str], None] = logger.info) -> dict:
+        scored=None, progress: Callable[[str], None] = logger.info,
+        flagged_weight: float | None = None, capped_training: bool = False) -> dict:
     """The cross-validation: per fold and system the metrics, their mean and spread, the curves.
 
     Args:
@@ -131,10 +132,16 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
         model_config: a directory with the model's config.json and category_embeddings.npz (a model
             directory, or its copy): ours' fold networks and priors.
         scored: a cross-fitted set already made (else made here: `folds` networks).
+        flagged_weight: train ours on audited labels: in each fold the other folds' labels are audited
+            among themselves (`auditing.audited_weights`: `folds` - 1 more networks per fold) and the
+            flagged ones weigh this much; None: no audit.
+        capped_training: the fold networks (and audits) learn from the capped products only, not every
+            product of the other folds: ~3× fewer examples, for a CPU-bound run; say so with its figures.
 
     Writes crossval.json and crossval.md (and the curves' PNG) into `output`; returns crossval.json.
     """
     from linnet_core.calibration import crossfit
+    from linnet_core.evaluation import auditing
     from linnet_core.model.data import read_splits
 
     started = time.monotonic()
@@ -143,11 +150,19 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
     fold = store_folds(pool["store"], folds)
     capped = np.zeros(len(fold), bool)
     capped[capped_rows(pool["product_id"], pool["store"], store_cap)] = True
+
+    def capped_only(arrays: dict) -> dict:
+        rows = capped_rows(arrays["product_id"], arrays["store"], store_cap)
+        return {name: values[rows] for name, values in arrays.items()}
+
     if scored is None:
         progress(f"cross-fitting {folds} fold networks over {len(np.unique(pool['store']))} stores")
+        weights = (None if flagged_weight is None else
+                   auditing.audited_weights(model_config, data_dir, taxonomy, folds, flagged_weight))
         scored = crossfit.cross_fitted(model_config, data_dir, taxonomy, folds,
                                        keep=lambda a: capped_rows(a["product_id"], a["store"], store_cap),
-                                       splits=SPLITS)
+                                       splits=SPLITS, prepare=capped_only if capped_training else None,
+                                       example_weights=weights)
     known_pool = np.where(np.isin(pool["gpt_id"], table.ids), pool["gpt_id"], NO_LABEL)
     index = {pid: i for i, pid in enumerate(pool["product_id"])}
     scored_rows = np.array([index[pid] for pid in scored.product_id], np.int64)
@@ -179,6 +194,7 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
                  + ", ".join(f"{n} hF1 {m[-1]['hF1']:.3f}" for n, m in per_system.items())
                  + f" ({time.monotonic() - started:.0f} s)")
     result = {"folds": folds, "store_cap": store_cap, "target_precision": target_precision,
+              "flagged_weight": flagged_weight, "capped_training": capped_training,
               "stores": int(len(np.unique(scored.store))), "products": int(len(scored.gpt_id)),
               "systems": {name: {"per_fold": folds_, "summary": _summary(folds_)}
                           for name, folds_ in per_system.items()},

@@ -96,3 +96,24 @@ def confusion_plot(names: list[str], matrix: np.ndarray, path: Path) -> str:
              ylabel="true level-1 branch (labelled products)", title="Level-1 confusion (row share)")
     figure.colorbar(image, ax=axis, fraction=0.04)
     return _save(figure, path)
+
+
+def label_audit_plot(given_probability: np.ndarray, suggested_probability: np.ndarray, flagged: np.ndarray,
+                     branch_names: Sequence[str], branch_shares: Sequence[float], path: Path) -> str:
+    """Left: where each disputed label's path parts from the model's, the label's probability against
+    the model's node's (flagged ones in red). Right: the share of each level-1 branch's labels flagged."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
+    disputed = ~np.isnan(given_probability)
+    for mask, colour, name in ((disputed & ~flagged, "0.6", "not flagged"), (flagged, "tab:red", "flagged")):
+        left.scatter(given_probability[mask], suggested_probability[mask], s=6, alpha=0.5, c=colour,
+                     label=f"{name} ({int(mask.sum())})")
+    left.plot([0, 1], [0, 1], color="black", linewidth=0.6, linestyle=":")
+    left.set(xlabel="label's path probability where the paths part", ylabel="model's node's path probability",
+             xlim=(0, 1), ylim=(0, 1), title="Labels the model disputes")
+    left.legend(fontsize=8)
+    order = np.argsort(branch_shares)
+    right.barh(np.asarray(branch_names, dtype=object)[order], np.asarray(branch_shares)[order],
+               color="tab:red")
+    right.set(xlabel="share of the branch's labels flagged", xlim=(0, 1), title="Flagged by level-1 branch")
+    right.tick_params(axis="y", labelsize=7)
+    return _save(figure, path)

@@ -127,7 +127,8 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    """A markdown table (floats to 3 digits, NaN and None as –) and a blank line."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return lines + [""]
@@ -159,11 +160,11 @@ def render_report(result: dict, titles: dict[str, str], descriptions: dict[str, 
     lines += [f"- **{titles.get(n, n)}**: {descriptions[n]}" for n in names if n in descriptions]
     lines += ["", f"Compared on the same {result['n_compared']} products; unlabelled products count in "
                   "coverage only.", ""]
-    lines += _table(header, [[k] + [result["systems"][n].get(k) for n in names] for k in keys])
+    lines += markdown_table(header, [[k] + [result["systems"][n].get(k) for n in names] for k in keys])
     comparison = result["comparison"]
     lines += [f"## Coverage at hierarchical precision ≥ {comparison['hp_floor']:.2f}", "",
               "Largest coverage over each system's own operating curve whose hP reaches the floor.", ""]
-    lines += _table(["system", "coverage", "hP", "hF1", "setting"], [
+    lines += markdown_table(["system", "coverage", "hP", "hF1", "setting"], [
         [titles.get(n, n)] + ([p["coverage"], p["hP"], p["hF1"], p["setting"]] if p else ["–"] * 4)
         for n, p in comparison["best_at_floor"].items()])
     lines += [f"- hF1 of ours beats (a) and (b): **{comparison['ours_beats_baselines_on_hF1']}**",
@@ -180,7 +181,7 @@ def render_report(result: dict, titles: dict[str, str], descriptions: dict[str, 
                   f"{unseen['stores']} stores, at most 150 each): per target, thresholds tuned on "
                   f"{unseen['folds'] - 1} of {unseen['folds']} store folds cut the paths of the held-out "
                   "fold, so every product is judged by thresholds that never saw its store.", ""]
-        lines += _table(["target", "hP", "coverage", "hR", "hF1", "exact accuracy"], [
+        lines += markdown_table(["target", "hP", "coverage", "hR", "hF1", "exact accuracy"], [
             [p["target"], p["hP"], p["coverage"], p["hR"], p["hF1"], p["exact_accuracy"]]
             for p in unseen["points"]])
     capped = result.get("capped_per_store")
@@ -194,22 +195,22 @@ def render_report(result: dict, titles: dict[str, str], descriptions: dict[str, 
         rows = [[k] + [capped["systems"][n].get(k) for n in capped_names] for k in keys if k != "aurc"]
         rows += [["level-1 accuracy"] + [capped["systems"][n]["level_accuracy"][0] for n in capped_names],
                  ["n"] + [capped["systems"][n]["n"] for n in capped_names]]
-        lines += _table(["metric"] + [titles.get(n, n) for n in capped_names], rows)
+        lines += markdown_table(["metric"] + [titles.get(n, n) for n in capped_names], rows)
     lines += ["## Per level (ours)", ""]
     ours = result["systems"][names[-1]]
-    lines += _table(["level", "accuracy", "depth coverage", "ECE"], [
+    lines += markdown_table(["level", "accuracy", "depth coverage", "ECE"], [
         [k + 1, ours["level_accuracy"][k], ours["depth_coverage"][k], ours["ece"][k]]
         for k in range(len(ours["level_accuracy"]))])
     curve = result["operating_curves"].get(names[-1], [])
     if curve:
         lines += ["## The trade-off to choose (ours): operating curve", ""]
-        lines += _table(["setting", "coverage", "hP", "hR", "hF1"],
+        lines += markdown_table(["setting", "coverage", "hP", "hR", "hF1"],
                         [[p["setting"], p["coverage"], p["hP"], p["hR"], p["hF1"]] for p in _distinct(curve)])
     for title, key in (("level-1 branch of the label", "by_branch"), ("language", "by_language")):
         lines += [f"## By {title}", ""]
         group_header = ["group", "n", "labelled"] + [f"{titles.get(n, n)} {m}" for n in names
                                                      for m in ("cov", "hP", "hF1")]
-        lines += _table(group_header, [
+        lines += markdown_table(group_header, [
             [row["group"], row["n"], row["n_labelled"]]
             + [row[n][m] for n in names for m in ("coverage", "hP", "hF1")] for row in result[key]])
     lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]

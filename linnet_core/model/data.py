@@ -166,3 +166,20 @@ def read_splits(data_dir: str | Path, splits: tuple[str, ...] | list[str], embed
     arrays = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     order = np.argsort(arrays["product_id"].astype(str), kind="stable")
     return {name: values[order] for name, values in arrays.items()}
+
+
+def scaled_weights(arrays: Mapping[str, np.ndarray], factors: np.ndarray) -> dict[str, np.ndarray]:
+    """The arrays with every `weight_level_k` multiplied by a factor per example (e.g. down-weighting
+    labels an audit doubts; 0 drops the example from the loss).
+
+    Raises:
+        DataError: the arrays have no weights, or factors are not one non-negative number per example.
+    """
+    factors = np.asarray(factors, np.float32)
+    n = len(arrays["gpt_id"])
+    if factors.shape != (n,) or not np.all(np.isfinite(factors)) or (factors < 0).any():
+        raise DataError(f"need one finite factor >= 0 per example ({n}), got shape {factors.shape}")
+    names = [weight_feature(k) for k in range(1, LEVELS + 1)]
+    if any(name not in arrays for name in names):
+        raise DataError("these arrays were read without weights (read_split(..., weights=True))")
+    return {**arrays, **{name: arrays[name] * factors for name in names}}

@@ -10,10 +10,11 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -21,6 +22,7 @@ from linnet_core.calibration.thresholds import Thresholds, default_thresholds, s
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS
 from linnet_core.exemplars import EXEMPLARS, Exemplars, build_exemplars
 from linnet_core.features import TITLE_EMBEDDING
+from linnet_core.label_audit import example_factors
 from linnet_core.model import training_report
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.data import (
@@ -30,6 +32,7 @@ from linnet_core.model.data import (
     count_examples,
     make_dataset,
     read_splits,
+    scaled_weights,
     split_files,
 )
 from linnet_core.model.export import (
@@ -68,12 +71,13 @@ def data_store_cap(data_dir: str | Path) -> float | None:
 
 
 def exemplar_memory(arrays: dict, taxonomy: Taxonomy, store_cap: float | None,
-                    config: ModelConfig) -> Exemplars:
+                    config: ModelConfig, factors: np.ndarray | None = None) -> Exemplars:
     """The exemplar memory of a split's arrays (`data.read_split`): title embeddings, level labels, and
     the store factor with the training data's cap, so that memory and training weigh stores alike;
     bounded as the config says."""
     return build_exemplars(arrays[TITLE_EMBEDDING], class_labels(arrays, taxonomy.max_depth), arrays["store"],
-                           taxonomy, store_cap, config.exemplars_per_class, config.exemplars_per_store_class)
+                           taxonomy, store_cap, config.exemplars_per_class, config.exemplars_per_store_class,
+                           factors)
 
 
 def cluster_from_env(environ: dict | None = None) -> Cluster:
@@ -135,7 +139,8 @@ def _files(data_dir: str | Path, splits: Sequence[str]) -> list[str]:
 
 def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, taxonomy: Taxonomy,
           thresholds: Thresholds | None = None, cluster: Cluster | None = None,
-          shopify_dir: str | Path | None = None, holdout: Sequence[str] = ()) -> dict:
+          shopify_dir: str | Path | None = None, holdout: Sequence[str] = (),
+          flagged: Collection[str] = (), flagged_weight: float = 0.0) -> dict:
     """Train on every split of DATA but the `holdout` ones (none: a production model on every labelled
     store); validate each epoch on DATA/validation when it is held out. The chief writes `output_dir`.
 
@@ -149,12 +154,16 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
         shopify_dir: a Shopify taxonomy folder whose GPT mapping the model directory keeps (for the
             rows' Shopify category); None: rows get none.
         holdout: splits whose stores the network and the exemplar memory never see (`training_splits`).
+        flagged: product ids whose labels a label audit doubts (`linnet audit-labels`): their examples'
+            weights in the loss and in the exemplar memory are multiplied by `flagged_weight` (0 drops
+            them). Single-process training only.
 
     Returns:
         The per-epoch curves (curves.json's content).
 
     Raises:
-        DataError: a split is missing or empty.
+        DataError: a split is missing or empty, or `flagged` under multi-worker training.
+        ValueError: flagged_weight outside [0, 1].
     """
     cluster = cluster or cluster_from_env()
     tf_keras.utils.set_random_seed(config.seed)
@@ -167,6 +176,8 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
     if n_train == 0 or (validate and n_validation == 0):
         raise DataError(f"{data_dir}: empty split (train {n_train}, validation {n_validation} examples)")
     multi = cluster.num_workers > 1
+    if multi and flagged:
+        raise DataError("down-weighting audited labels needs single-process training (no TF_CONFIG cluster)")
     started = time.monotonic()
     validation = {} if not validate else {
         "validation_data": _distributed_input(cluster, validation_files, config.batch_size, config,
@@ -178,8 +189,11 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
         examples = _distributed_input(cluster, train_files, config.batch_size, config, shuffle=True,
                                       repeat=True)
     else:
-        examples = array_dataset(read_splits(data_dir, splits, weights=True), config.batch_size,
-                                 shuffle_buffer=config.shuffle_buffer, seed=config.seed, repeat=True)
+        arrays = read_splits(data_dir, splits, weights=True)
+        if flagged:
+            arrays = scaled_weights(arrays, example_factors(arrays["product_id"], flagged, flagged_weight))
+        examples = array_dataset(arrays, config.batch_size, shuffle_buffer=config.shuffle_buffer,
+                                 seed=config.seed, repeat=True)
     network, history = fit_network(config, taxonomy.level_sizes(), examples,
                                    math.ceil(n_train / config.batch_size), cluster.strategy, **validation)
     seconds = time.monotonic() - started
@@ -193,7 +207,9 @@ def train(data_dir: str | Path, output_dir: str | Path, config: ModelConfig, tax
                              curves, {"train_examples": n_train, "validation_examples": n_validation,
                                       "workers": cluster.num_workers, "train_seconds": round(seconds, 1),
                                       "data_dir": str(data_dir), "splits": list(splits),
-                                      "held_out_splits": list(holdout)}, shopify_dir)
+                                      "held_out_splits": list(holdout),
+                                      **({"flagged_labels": len(flagged), "flagged_weight": flagged_weight}
+                                         if flagged else {})}, shopify_dir, flagged, flagged_weight)
     return curves
 
 
@@ -228,7 +244,8 @@ def fit_network(config: ModelConfig, level_sizes: list[int], dataset, steps_per_
 
 def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxonomy: Taxonomy,
                      thresholds: Thresholds, curves: dict, training: dict,
-                     shopify_dir: str | Path | None = None) -> None:
+                     shopify_dir: str | Path | None = None, flagged: Collection[str] = (),
+                     flagged_weight: float = 0.0) -> None:
     """Weights, config, taxonomy copy, category embeddings and encoder ids (when the data has them), the
     Shopify mapping, the exemplar memory (the training splits), thresholds, model.json, curves; then
     export and the model card: everything a worker reads travels in the model directory.
@@ -249,7 +266,8 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
         copy_shopify_mapping(shopify_dir, output_dir)
     data_dir = training["data_dir"]
     arrays = read_splits(data_dir, training["splits"])
-    memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir), config)
+    factors = example_factors(arrays["product_id"], flagged, flagged_weight) if flagged else None
+    memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir), config, factors)
     memory.save(output_dir / EXEMPLARS)
     training = {**training, "exemplars": len(memory.weights), "stores": len(set(arrays["store"]))}
     save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
