@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,16 @@ class RouteEmbeddedFn(beam.DoFn):
 def without_vectors(record: Mapping[str, Any]) -> dict[str, Any]:
     """The record without its embedding vectors: what a dead letter keeps of an embedded record."""
     return {key: value for key, value in record.items() if not key.endswith("_embedding")}
+
+
+def failed_batch_dead_letters(element: tuple[Sequence[tuple[str, dict]], Exception], stage: str
+                              ) -> Iterator[dict[str, Any]]:
+    """A batch of embedded records that RunInference failed on (`with_exception_handling`) → a dead
+    letter per record, with the error: the model stages' (first pass, categorize, review queue) one rule."""
+    batch, error = element
+    for _, record in batch:
+        yield dead_letter(stage, Reason.SCORING_FAILED, f"{type(error).__name__}: {error}",
+                          without_vectors(record))
 
 
 class EmbedProducts(beam.PTransform):

@@ -26,10 +26,9 @@ from linnet_core import review_queue
 from linnet_core.exemplars import EXEMPLARS, Exemplars
 from linnet_core.features import NO_LABEL
 from linnet_core.model import MODEL_JSON, TAXONOMY_COPY
-from linnet_core.records import Reason, dead_letter
 from linnet_core.taxonomy import Taxonomy
 from pipelines.counters import beam_counters
-from pipelines.embed import EmbeddingOptions, EmbedProducts, local_copy, read_uri, without_vectors
+from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_letters, local_copy, read_uri
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import new_attempt
@@ -146,13 +145,6 @@ def write_queue(rows: list[dict], output: str) -> str:
     return str(Path(output, f"{QUEUE}.parquet"))
 
 
-def _failed_batches(element: tuple[Sequence[tuple[str, dict]], Exception]) -> Iterator[dict]:
-    batch, error = element
-    for _, record in batch:
-        yield dead_letter(STAGE, Reason.SCORING_FAILED, f"{type(error).__name__}: {error}",
-                          without_vectors(record))
-
-
 class RankUncertainty(beam.PTransform):
     """Embedded records with store context → candidates (tagged `candidates`) and dead letters of failed
     batches."""
@@ -167,8 +159,9 @@ class RankUncertainty(beam.PTransform):
             | "KeyById" >> beam.WithKeys(lambda record: record["product_id"])
             | "RunInference" >> RunInference(self.handler).with_exception_handling()
         )
-        return {"candidates": predictions | "ToCandidate" >> beam.ParDo(ToCandidateFn()),
-                DEAD_LETTER: failures.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batches)}
+        dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
+            failed_batch_dead_letters, stage=STAGE)
+        return {"candidates": predictions | "ToCandidate" >> beam.ParDo(ToCandidateFn()), DEAD_LETTER: dead}
 
 
 def _count_dead_letters(row: dict) -> dict:

@@ -24,7 +24,6 @@ from linnet_core import __version__, decisions
 from linnet_core.calibration.thresholds import load_thresholds
 from linnet_core.categorization import Lineage, prediction_row
 from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
-from linnet_core.records import Reason, dead_letter
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from pipelines import defaults
@@ -34,9 +33,9 @@ from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
     EmbedProducts,
+    failed_batch_dead_letters,
     local_copy,
     read_uri,
-    without_vectors,
 )
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
@@ -135,13 +134,6 @@ class ToCategorizedRowFn(beam.DoFn):
         yield row
 
 
-def _failed_batches_to_dead_letters(element: tuple[Sequence[tuple[str, dict]], Exception]) -> Iterator[dict]:
-    batch, error = element
-    for _, record in batch:
-        yield dead_letter(SCORE_STAGE, Reason.SCORING_FAILED, f"{type(error).__name__}: {error}",
-                          without_vectors(record))
-
-
 class Categorize(beam.PTransform):
     """Embedded records → categorized rows (tagged `rows`) and dead letters of failed batches.
 
@@ -164,7 +156,8 @@ class Categorize(beam.PTransform):
             | "RunInference" >> RunInference(self.handler).with_exception_handling()
         )
         rows = predictions | "ToRow" >> beam.ParDo(self.row_fn)
-        dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batches_to_dead_letters)
+        dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
+            failed_batch_dead_letters, stage=SCORE_STAGE)
         return {"rows": rows, DEAD_LETTER: dead}
 
 

@@ -28,14 +28,12 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 import schemas
 from linnet_core.features import MODEL_INPUTS
-from linnet_core.records import Reason, dead_letter
 from linnet_core.store_context import StoreTable, leave_one_out
-from pipelines.embed import local_copy, without_vectors
+from pipelines.embed import failed_batch_dead_letters, local_copy
 from pipelines.io import DEAD_LETTER
 from pipelines.publish import current_version, publish, version_dir
 
@@ -230,7 +228,8 @@ class StoreContext(beam.PTransform):
                   | "AttachContext" >> beam.FlatMap(attach_context))
         if self.directory is not None:
             self._write(members, sums)
-        dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batches)
+        dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
+            failed_batch_dead_letters, stage=CONTEXT_STAGE)
         return {"embedded": (joined, without_store) | "AllProducts" >> beam.Flatten(), DEAD_LETTER: dead}
 
     def _merge_stored(self, members: beam.PCollection) -> beam.PCollection:
@@ -272,12 +271,3 @@ class StoreContext(beam.PTransform):
         _ = (written | "Written" >> beam.Flatten()
              | "OneSignal" >> beam.combiners.Count.Globally()
              | "Publish" >> beam.ParDo(PublishVersion(self.directory, self.run_id)))
-
-
-def _failed_batches(element: tuple[Sequence[tuple[str, dict]], Exception]) -> Iterator[dict]:
-    batch, error = element
-    failed = Metrics.counter("linnet", "store_context_failed")
-    for _, record in batch:
-        failed.inc()
-        yield dead_letter(CONTEXT_STAGE, Reason.SCORING_FAILED, f"{type(error).__name__}: {error}",
-                          without_vectors(record))
