@@ -70,6 +70,18 @@ class OutputOptions(PipelineOptions):
                             help="run identifier recorded in lineage columns (default: a timestamp)")
 
 
+class ModelOptions(PipelineOptions):
+    """The model a pipeline runs (`score`, `backfill`, `review-queue`), declared once: Beam registers every
+    options class for every pipeline, so a flag two classes declare breaks the parse of both."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--model", default=str(defaults.OUTPUT / "model"),
+                            help="model directory (local or gs://)")
+        parser.add_argument("--max_batch_size", "--max-batch-size", dest="max_batch_size", type=int,
+                            default=256, help="upper cap on the model's batch size")
+
+
 def require(flags: PipelineOptions, *names: str) -> None:
     """Raise UsageError naming the missing flags (argparse `required` would break other pipelines)."""
     missing = [f"--{name}" for name in names if getattr(flags, name, None) in (None, "")]

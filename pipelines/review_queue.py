@@ -25,15 +25,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from linnet_core import review_queue
 from linnet_core.exemplars import EXEMPLARS, Exemplars
 from linnet_core.features import NO_LABEL
-from linnet_core.model import MODEL_JSON, TAXONOMY_COPY
+from linnet_core.model import TAXONOMY_COPY
 from linnet_core.taxonomy import Taxonomy
 from pipelines.counters import beam_counters
-from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_letters, local_copy, read_uri
+from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_letters, local_copy
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
-from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
+from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import new_attempt
 from pipelines.sources import product_source, refuse_bigquery_input
-from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext
+from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext, model_info
 
 LOGGER = logging.getLogger(__name__)
 QUEUE = "review_queue"  # .parquet and .csv in --output
@@ -43,18 +43,15 @@ COLUMNS = ("rank", "product_id", "store", "title", "predicted_id", "predicted_pa
 
 
 class ReviewQueueOptions(PipelineOptions):
-    """Flags of `linnet review-queue` beyond input, output and embedding."""
+    """Flags of `linnet review-queue` beyond input, output, the model (`ModelOptions`) and embedding."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--model", default=None, help="model directory")
         parser.add_argument("--budget", type=int, default=None, help="products to queue for labelling")
         parser.add_argument("--per_store_cap", "--per-store-cap", dest="per_store_cap", type=int,
                             default=None,
                             help="at most this many per store (default: the budget shared evenly "
                                  "among stores)")
-        parser.add_argument("--max_batch_size", "--max-batch-size", dest="max_batch_size", type=int,
-                            default=256, help="upper cap on the model's batch size")
 
 
 class UncertaintyModelHandler(SavedModelHandler):
@@ -195,26 +192,25 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         UsageError: missing flags or a budget below 1.
     """
     options = pipeline_options(argv, "linnet review-queue", ProductInputOptions, OutputOptions,
-                               ReviewQueueOptions, EmbeddingOptions, description=__doc__)
+                               ModelOptions, ReviewQueueOptions, EmbeddingOptions, description=__doc__)
     flags, outputs = options.view_as(ReviewQueueOptions), options.view_as(OutputOptions)
-    require(flags, "model", "budget")
+    model = options.view_as(ModelOptions)
+    require(model, "model")
+    require(flags, "budget")
     require(outputs, "output")
     refuse_bigquery_input(options, "linnet review-queue")
     if flags.budget < 1 or (flags.per_store_cap is not None and flags.per_store_cap < 1):
         raise ValueError(f"--budget and --per_store_cap must be >= 1, got {flags.budget}, "
                          f"{flags.per_store_cap}")
-    try:
-        info = json.loads(read_uri(f"{flags.model.rstrip('/')}/{MODEL_JSON}"))
-    except FileNotFoundError:
-        raise ValueError(f"--model {flags.model} is not a model directory: it has no {MODEL_JSON}") from None
+    info = model_info(model.model)
     run_id = outputs.run_id or new_attempt()
     pipeline = test_pipeline or beam.Pipeline(options=options)
     products = pipeline | "ReadProducts" >> product_source(options, run_id=run_id, optional_labels=True)
-    context = StoreContext(flags.model, int(info["store_context_width"]), run_id,
-                           max_batch_size=flags.max_batch_size)
+    context = StoreContext(model.model, int(info["store_context_width"]), run_id,
+                           max_batch_size=model.max_batch_size)
     build(products, EmbedProducts.from_options(options, run_id), context,
-          RankUncertainty(flags.model, flags.max_batch_size),
-          PickQueueFn(flags.model, flags.budget, flags.per_store_cap), outputs.output, run_id)
+          RankUncertainty(model.model, model.max_batch_size),
+          PickQueueFn(model.model, flags.budget, flags.per_store_cap), outputs.output, run_id)
     result = pipeline.run()
     result.wait_until_finish()
     counters = beam_counters(result)

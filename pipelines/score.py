@@ -23,10 +23,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from linnet_core import __version__, decisions
 from linnet_core.calibration.thresholds import load_thresholds
 from linnet_core.categorization import Lineage, prediction_row
-from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
+from linnet_core.model import SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
-from pipelines import defaults
 from pipelines.bigquery import BigQueryOptions
 from pipelines.counters import beam_counters
 from pipelines.embed import (
@@ -35,13 +34,12 @@ from pipelines.embed import (
     EmbedProducts,
     failed_batch_dead_letters,
     local_copy,
-    read_uri,
 )
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
-from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
+from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
 from pipelines.sources import embedding_total, product_source, table_sinks
-from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext
+from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext, model_info
 from pipelines.usage import UsageError
 from pipelines.watermark import AdvanceWatermark
 
@@ -52,20 +50,18 @@ SCORE_STAGE = "score"
 
 
 class ScoreOptions(PipelineOptions):
-    """Flags of `linnet score` beyond input (`ProductInputOptions`), output (`OutputOptions`) and
-    embedding (`EmbeddingOptions`). Beam parses only direct subclasses of PipelineOptions."""
+    """Flags of `linnet score` beyond input (`ProductInputOptions`), output (`OutputOptions`), the model
+    (`ModelOptions`) and embedding (`EmbeddingOptions`). Beam parses only direct subclasses of
+    PipelineOptions."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--model", default=str(defaults.OUTPUT / "model"), help="model directory")
         parser.add_argument("--decoding", choices=("exact", "greedy"), default=None,
                             help="decoding mode (default: the one baked into the model)")
         parser.add_argument("--thresholds", default=None,
                             help="thresholds.json to use instead of the model's baked-in one")
         parser.add_argument("--partition", default=None,
                             help="logical date YYYY-MM-DD (or run id) naming the output partition")
-        parser.add_argument("--max_batch_size", "--max-batch-size", dest="max_batch_size", type=int,
-                            default=256, help="upper cap on the model's batch size")
         parser.add_argument("--watermark", default=None,
                             help="advance this watermark file to the partition's day after the commit")
         parser.add_argument("--store_context", "--store-context", dest="store_context", default=None,
@@ -236,13 +232,11 @@ def _write_summary(output: str | None, summary: dict) -> None:
 def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, watermark: str | None,
                   only_updated_on_day: bool, test_pipeline: beam.Pipeline | None) -> beam.Pipeline:
     flags, outputs = options.view_as(ScoreOptions), options.view_as(OutputOptions)
-    require(flags, "model")
+    model = options.view_as(ModelOptions)
+    require(model, "model")
     if not (outputs.output or outputs.output_dataset):
         raise UsageError("give --output (files) or --output_dataset (BigQuery)")
-    try:
-        info = json.loads(read_uri(FileSystems.join(flags.model, MODEL_JSON)))
-    except FileNotFoundError:
-        raise ValueError(f"--model {flags.model} is not a model directory: it has no {MODEL_JSON}") from None
+    info = model_info(model.model)
     levels, thresholds_version = None, info["thresholds_version"]
     if flags.thresholds:
         chosen = load_thresholds(flags.thresholds)
@@ -251,10 +245,10 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     pipeline = test_pipeline or beam.Pipeline(options=options)
     day = partition.day if only_updated_on_day else None
     products = pipeline | "ReadProducts" >> product_source(options, day, run_id, optional_labels=True)
-    categorize = Categorize(flags.model, lineage, flags.decoding, levels, flags.max_batch_size)
-    context = StoreContext(flags.model, int(info["store_context_width"]), run_id, flags.store_context,
+    categorize = Categorize(model.model, lineage, flags.decoding, levels, model.max_batch_size)
+    context = StoreContext(model.model, int(info["store_context_width"]), run_id, flags.store_context,
                            {key: info[key] for key in ("model_version", "thresholds_version")},
-                           flags.max_batch_size)
+                           model.max_batch_size)
     write = table_sinks(options, {CATEGORIZED: "categorized", DEAD_LETTERS: "dead_letters"}, partition,
                         run_id)
     total = None if only_updated_on_day else embedding_total(options)  # a day's share is not known
@@ -281,8 +275,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         RuntimeError: rows in ≠ rows out + dead letters (nothing may be lost).
         ValueError: missing flags, or --model is not a model directory.
     """
-    options = pipeline_options(argv, "linnet score", ProductInputOptions, OutputOptions, ScoreOptions,
-                               EmbeddingOptions, BigQueryOptions, description=__doc__)
+    options = pipeline_options(argv, "linnet score", ProductInputOptions, OutputOptions, ModelOptions,
+                               ScoreOptions, EmbeddingOptions, BigQueryOptions, description=__doc__)
     flags, outputs = options.view_as(ScoreOptions), options.view_as(OutputOptions)
     run_id = outputs.run_id or new_attempt()
     partition = Partition.parse(flags.partition or dt.datetime.now(dt.UTC).date().isoformat())
@@ -290,7 +284,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     result = pipeline.run()
     result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:  # a job built (DataflowRunner), not run: nothing to count
-        summary = {"run_id": run_id, "partition": partition.name, "dry_run": True, "model": flags.model}
+        summary = {"run_id": run_id, "partition": partition.name, "dry_run": True,
+                   "model": options.view_as(ModelOptions).model}
         print(json.dumps(summary, indent=2))
         return summary
     summary = run_summary(result, run_id, partition)

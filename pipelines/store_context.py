@@ -19,6 +19,7 @@ big store still sees the whole store, and a failed run leaves the previous versi
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 import schemas
 from linnet_core.features import MODEL_INPUTS
 from linnet_core.store_context import StoreTable, leave_one_out
-from pipelines.embed import failed_batch_dead_letters, local_copy
+from pipelines.embed import failed_batch_dead_letters, local_copy, read_uri
 from pipelines.io import DEAD_LETTER
 from pipelines.publish import current_version, publish, version_dir
 
@@ -53,6 +54,20 @@ def load_predictor(model_dir: str, batch_size: int) -> Any:
 
     local = local_copy(model_dir, only=(SAVED_MODEL, MODEL_JSON, THRESHOLDS_JSON))
     return Predictor(local, batch_size=batch_size)
+
+
+def model_info(model_dir: str) -> dict:
+    """MODEL/model.json through FileSystems (local or gs://).
+
+    Raises:
+        ValueError: the folder is no model directory.
+    """
+    from linnet_core.model import MODEL_JSON
+
+    try:
+        return json.loads(read_uri(FileSystems.join(model_dir, MODEL_JSON)))
+    except FileNotFoundError:
+        raise ValueError(f"--model {model_dir} is not a model directory: it has no {MODEL_JSON}") from None
 
 
 class SavedModelHandler(ModelHandler[dict, Any, Any]):

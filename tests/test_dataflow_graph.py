@@ -111,10 +111,12 @@ def test_template_launch_scores_one_day():
 
 
 def test_template_parameters_are_flags_of_the_template_command():
+    from pipelines.options import ModelOptions
     from pipelines.score import ScoreOptions
 
     scoring = argparse.ArgumentParser()
     ScoreOptions._add_argparse_args(scoring)
+    ModelOptions._add_argparse_args(scoring)
     flags = set(PipelineOptions([]).get_all_options()) | {
         action.dest for parser in (scoring, backfill._parser()) for action in parser._actions}
     assert _template_parameters() <= flags
