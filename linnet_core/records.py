@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 MAX_CHARS = {"title": 1_000, "description": 20_000, "vendor": 500, "product_type": 500}
+# The key fields' limits, beside the text fields'.
+MAX_KEY_CHARS = {"product_id": 1_000, "store": 500}
 MAX_LIST_ITEM_CHARS = 200
 MAX_LIST_ITEMS = 100
 MAX_RAW_CHARS = 1_000_000
@@ -240,10 +242,11 @@ def normalize(raw: Mapping[str, Any], image_root: str | None = None,
     """
     if not isinstance(raw, Mapping):
         raise RecordError(Reason.NOT_AN_OBJECT, f"record is a {type(raw).__name__}, not an object")
-    product_id = clean_text(raw.get("product_id"), MAX_LIST_ITEM_CHARS * 5, "product_id")
+    product_id = clean_text(raw.get("product_id"), MAX_KEY_CHARS["product_id"], "product_id")
     if not product_id:
         raise RecordError(Reason.MISSING_PRODUCT_ID, "record has no product_id", "product_id")
-    record: dict[str, Any] = {"product_id": product_id, "store": clean_text(raw.get("store"), 500, "store")}
+    store = clean_text(raw.get("store"), MAX_KEY_CHARS["store"], "store")
+    record: dict[str, Any] = {"product_id": product_id, "store": store}
     for name in TEXT_FIELDS:
         record[name] = clean_text(raw.get(name), MAX_CHARS[name], name)
     for name in LIST_FIELDS:
@@ -321,7 +324,7 @@ def _product_id_of(raw: Any) -> str | None:
     if not isinstance(raw, Mapping):
         return None
     try:
-        return clean_text(raw.get("product_id"), MAX_LIST_ITEM_CHARS * 5, "product_id")
+        return clean_text(raw.get("product_id"), MAX_KEY_CHARS["product_id"], "product_id")
     except RecordError:
         return None
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from linnet_core.records import LIST_FIELDS, MAX_CHARS, MAX_LIST_ITEMS, RecordError, normalize
+from linnet_core.records import LIST_FIELDS, MAX_CHARS, MAX_KEY_CHARS, MAX_LIST_ITEMS, RecordError, normalize
 
 PRODUCTS = "products"
 IMAGE_BASE64 = "image_base64"
@@ -107,7 +107,7 @@ def _product(raw: Any, where: str, image_root: str | None) -> Product:
 
 
 def _check_sizes(raw: Mapping[str, Any], where: str) -> None:
-    for name, limit in {**MAX_CHARS, "product_id": 1_000, "store": 500}.items():
+    for name, limit in {**MAX_CHARS, **MAX_KEY_CHARS}.items():
         value = raw.get(name)
         if isinstance(value, str) and len(value) > RAW_CHARS_READ * limit:
             raise RequestError(422, "oversized_field", f"{where}.{name} has {len(value)} characters; "
