@@ -5,7 +5,10 @@ of a product is filed in store `<store>-r<r>`: the stores multiply, as a growing
 synthetic unit title vectors (the speed of a top-k does not depend on what the vectors say). For each
 size: the exemplar count brute force and bounded (`--per_class`, `--per_store_class`), the memory's
 bytes, and products/s of `evidence.exemplar_shares` (the SavedModel's exemplar op, a `tf.function`
-with the memory as a constant, as exported) over `--queries` products in batches of `--batch`.
+with the memory as a constant, as exported) over `--queries` products in batches of `--batch`. The caps
+default to the model config's. A memory whose vectors exceed `--max_constant_mb` is reported as not
+exportable instead of measured: the SavedModel holds it as graph constants, which protobuf caps at 2 GB
+in all, and building that graph is what ran out of memory.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tensorflow as tf
 from linnet_core.exemplars import build_exemplars
 from linnet_core.features import TEXT_DIM
 from linnet_core.model import evidence
+from linnet_core.model.config import default_config
 from linnet_core.taxonomy import Taxonomy
 from pipelines import defaults
 
@@ -70,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="9000,90000,900000")
-    parser.add_argument("--per_class", type=int, default=64)
-    parser.add_argument("--per_store_class", type=int, default=8)
+    config = default_config()
+    parser.add_argument("--per_class", type=int, default=config.exemplars_per_class)
+    parser.add_argument("--per_store_class", type=int, default=config.exemplars_per_store_class)
+    parser.add_argument("--max_constant_mb", type=int, default=1024,
+                        help="larger memories are reported as not exportable, not measured")
     parser.add_argument("--queries", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
@@ -87,13 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         row: dict = {"exemplars": size}
         for name, caps in (("brute", (0, 0)), ("bounded", (args.per_class, args.per_store_class))):
             memory = build_exemplars(vectors, size_labels, size_stores, taxonomy, 150.0, *caps)
-            row[name] = {"exemplars": len(memory.weights), "memory_mb": round(memory.vectors.nbytes / 2**20),
-                         "products_per_s": throughput(memory, taxonomy, queries, args.batch, args.rounds)}
+            memory_mb = round(memory.vectors.nbytes / 2**20)
+            row[name] = {"exemplars": len(memory.weights), "memory_mb": memory_mb, "products_per_s": (
+                throughput(memory, taxonomy, queries, args.batch, args.rounds)
+                if memory_mb <= args.max_constant_mb else "not exportable")}
             del memory
         report["sizes"].append(row)
-        print(f"{size} exemplars: brute {row['brute']['products_per_s']}/s ({row['brute']['memory_mb']} MB); "
-              f"bounded {row['bounded']['exemplars']} exemplars {row['bounded']['products_per_s']}/s "
-              f"({row['bounded']['memory_mb']} MB)", flush=True)
+        print(f"{size} exemplars: " + "; ".join(
+            f"{name} {row[name]['exemplars']} exemplars {row[name]['products_per_s']} products/s "
+            f"({row[name]['memory_mb']} MB)" for name in ("brute", "bounded")), flush=True)
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))
     return 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence, Sized
+from itertools import accumulate
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from pipelines.score import base_lineage, load_taxonomies
 from pipelines.store_context import SavedModelHandler, load_predictor, read_store_table
 from serving.validation import IMAGE_BASE64, Product, RequestError
 
+T = TypeVar("T")
 LOGGER = logging.getLogger(__name__)
 # Products whose photos were given but none could be used: online, the caller can send better ones.
 UNUSABLE_IMAGES = (STATUS_MISSING, STATUS_UNREADABLE)
@@ -71,10 +73,7 @@ class OnlineCategorizer:
         outcomes = self.embedder.embed([product.record for product in products], _reader(products))
         answers: list[list[dict] | RequestError] = []
         kept: list[tuple[int, list[dict]]] = []  # (request index, embedded records)
-        start = 0
-        for index, request in enumerate(requests):
-            mine = outcomes[start:start + len(request)]
-            start += len(request)
+        for index, mine in enumerate(split_like(outcomes, requests)):
             refusals = (_refusal(position, outcome) for position, outcome in enumerate(mine))
             error = next((refusal for refusal in refusals if refusal is not None), None)
             answers.append(error)
@@ -89,23 +88,16 @@ class OnlineCategorizer:
         records = [record for request in requests for record in request]
         inputs = SavedModelHandler.inputs(records)
         own = self._contributions(requests, inputs)
-        contexts, start = [], 0
-        for request in requests:  # each request is its own batch run: no context leaks between callers
-            stop = start + len(request)
-            contexts.append(self.table.contexts([r["product_id"] for r in request],
-                                                [r.get("store") for r in request], own[start:stop]))
-            start = stop
+        # Each request is its own batch run: no context leaks between callers.
+        contexts = [self.table.contexts([r["product_id"] for r in request], [r.get("store") for r in request],
+                                        mine) for request, mine in zip(requests, split_like(own, requests),
+                                                                        strict=True)]
         outputs = self.predictor.predict(inputs, store_context=np.concatenate(contexts))
         lineage = Lineage(model_version=self.predictor.model_version, scored_at=dt.datetime.now(dt.UTC),
                           **self.lineage)
         rows = [prediction_row(record, {name: value[i] for name, value in outputs.items()}, lineage,
                                self.taxonomy, self.shopify) for i, record in enumerate(records)]
-        answers, start = [], 0
-        for request in requests:
-            answers.append(rows[start:start + len(request)])
-            start += len(request)
-        return answers
-
+        return split_like(rows, requests)
 
     def _contributions(self, requests: list[list[dict]], inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Each product's first-pass contribution where it matters: a product's own contribution cancels
@@ -117,6 +109,12 @@ class OnlineCategorizer:
         if needed:
             own[needed] = self.predictor.store_evidence({name: v[needed] for name, v in inputs.items()})
         return own
+
+
+def split_like(items: Sequence[T], requests: Sequence[Sized]) -> list[Sequence[T]]:
+    """`items` of the concatenated requests, cut back into one slice per request."""
+    ends = accumulate(len(request) for request in requests)
+    return [items[end - len(request):end] for request, end in zip(requests, ends, strict=True)]
 
 
 def shares_a_store(requests: Sequence[Sequence[dict]]) -> list[bool]:
