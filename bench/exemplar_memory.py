@@ -70,6 +70,10 @@ def throughput(memory, taxonomy: Taxonomy, queries: np.ndarray, batch: int, roun
     return round(statistics.median(rates), 1)
 
 
+def _rate(rate: float | str) -> str:
+    return f"{rate} products/s" if isinstance(rate, float) else rate
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             del memory
         report["sizes"].append(row)
         print(f"{size} exemplars: " + "; ".join(
-            f"{name} {row[name]['exemplars']} exemplars {row[name]['products_per_s']} products/s "
-            f"({row[name]['memory_mb']} MB)" for name in ("brute", "bounded")), flush=True)
+            f"{name} {row[name]['exemplars']} exemplars ({row[name]['memory_mb']} MB): "
+            f"{_rate(row[name]['products_per_s'])}" for name in ("brute", "bounded")), flush=True)
     report["load_average_end"] = os.getloadavg()
     print(json.dumps(report, indent=2))
     return 0
