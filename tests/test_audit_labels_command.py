@@ -17,7 +17,7 @@ from linnet_core.model.data import read_splits
 from linnet_core.training_data import SPLITS
 from pipelines import build_training_data, cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.trains_model, pytest.mark.encoders, pytest.mark.shared_data]
 SAMPLE = 300
 
 

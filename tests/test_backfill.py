@@ -2,76 +2,68 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import apache_beam as beam
 import pyarrow.dataset as ds
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import backfill, partitions
-from pipelines.io import PRODUCTS, ReadProducts
+from linnet_core import decisions
+from pipelines import backfill, partitions, score
 from pipelines.partitions import Partition, WritePartition
 from pipelines.watermark import AdvanceWatermark, Watermark, WatermarkError
 
 D1, D2, D3 = dt.date(2026, 11, 21), dt.date(2026, 11, 22), dt.date(2026, 11, 23)
+PRODUCTS = [("a", D1), ("b", D1), ("c", D2), ("d", D3), ("e", D3), ("f", D3), ("late", D3 + dt.timedelta(1))]
 
 
-def copy_day(day: dt.date, argv: list[str]) -> dict[str, Any]:
-    """A small real scoring stand-in: the day's products → partition `date=day` of table `products`,
-    then the watermark, as the `ScorePartition` contract asks.
-
-    `--fail_day` makes the run for that day fail after reading, before its commit.
-    """
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--input")
-    parser.add_argument("--output")
-    parser.add_argument("--fail_day", type=dt.date.fromisoformat)
-    parser.add_argument("--watermark")
-    args, beam_argv = parser.parse_known_args(argv)
-
-    def check(record: dict) -> dict:
-        if day == args.fail_day:
-            raise RuntimeError(f"injected failure on {day}")
-        return record
-
-    with beam.Pipeline(options=PipelineOptions(beam_argv)) as pipeline:
-        products = (pipeline | "Read" >> ReadProducts(args.input))[PRODUCTS]
-        _ = (
-            products
-            | "OnDay" >> beam.Filter(partitions.updated_on, day)
-            | "Check" >> beam.Map(check)
-            | "Write" >> WritePartition(args.output, "products", Partition.for_day(day))
-            | "AdvanceWatermark" >> AdvanceWatermark(args.watermark, day)
-        )
-    return partitions.read_manifest(partitions.partition_dir(args.output, "products", Partition.for_day(day)))
-
-
-@pytest.fixture
-def products_file(tmp_path: Path) -> Path:
-    rows = [("a", D1), ("b", D1), ("c", D2), ("d", D3), ("e", D3), ("f", D3), ("late", D3 + dt.timedelta(1))]
-    path = tmp_path / "products.jsonl"
+def write_products(path: Path, products: list[tuple[str, dt.date]], title: str = "Product") -> Path:
+    """Products updated on the given days, plus one without `updated_at` (in no day's partition)."""
     path.write_text("".join(
-        json.dumps({"product_id": pid, "title": f"Product {pid}", "updated_at": f"{day}T23:59:59Z"}) + "\n"
-        for pid, day in rows) + json.dumps({"product_id": "undated", "title": "x"}) + "\n")
+        json.dumps({"product_id": pid, "store": "s1", "title": f"{title} {pid}",
+                    "updated_at": f"{day}T23:59:59Z"}) + "\n"
+        for pid, day in products) + json.dumps({"product_id": "undated", "title": "x"}) + "\n")
     return path
 
 
-def partitions_on_disk(output: Path) -> dict[str, list[str]]:
-    table = ds.dataset(output / "products", format="parquet", partitioning="hive").to_table()
-    result: dict[str, list[str]] = {}
-    for row in table.select(["date", "product_id"]).to_pylist():
-        result.setdefault(str(row["date"]), []).append(row["product_id"])
-    return {day: sorted(ids) for day, ids in sorted(result.items())}
+def categorized_rows(output: Path) -> list[dict]:
+    """The committed rows of the `categorized` table, with their partition's `date`."""
+    table = ds.dataset(output / score.CATEGORIZED, format="parquet", partitioning="hive").to_table()
+    return table.to_pylist()
 
 
-def run(products_file: Path, output: Path, *flags: str) -> int:
-    return backfill.main([*flags, f"--input={products_file}", f"--output={output}"],
-                         score_partition=copy_day, today=D3 + dt.timedelta(days=1))
+def scored_on_disk(output: Path) -> dict[str, list[tuple[str, str]]]:
+    """(product_id, run_id) of each committed `categorized` row, by partition day."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    for row in categorized_rows(output):
+        result.setdefault(str(row["date"]), []).append((row["product_id"], row["run_id"]))
+    return {day: sorted(rows) for day, rows in sorted(result.items())}
+
+
+def failing_on(day: dt.date) -> Callable[..., dict]:
+    """`score.prediction_row`, raising for the products updated on `day`: that day's scoring job fails
+    after reading and inference, before its commit."""
+    real = score.prediction_row
+
+    def prediction_row(example: dict, *args: object) -> dict:
+        if example["updated_at"].date() == day:
+            raise RuntimeError(f"injected failure on {day}")
+        return real(example, *args)
+
+    return prediction_row
+
+
+def last_json(text: str) -> dict:
+    """The last JSON document of `text`: backfill's summary, printed after each day's run summary."""
+    decoder, position, document = json.JSONDecoder(), 0, {}
+    text = text.strip()
+    while position < len(text):
+        document, position = decoder.raw_decode(text, position)
+        position = len(text) - len(text[position:].lstrip())
+    return document
 
 
 def test_plan_days():
@@ -99,36 +91,61 @@ def test_watermark_moves_one_committed_day_at_a_time(tmp_path: Path):
         mark.read()
 
 
-def test_backfill_writes_one_partition_per_day_and_reruns_replace(products_file: Path, tmp_path: Path):
+def test_backfill_scores_each_day_into_its_partition_resumes_a_failed_day_and_reruns_replace(
+        tmp_path: Path, model_dir: Path, models_dir: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture):
+    """The real scorer (`pipelines.score:score_partition`, the default) with a small trained model: each
+    day's products become that day's `categorized` partition; a day whose job fails stops the backfill
+    with nothing of it committed and the watermark on the day before; `--incremental` resumes there
+    (`--max_days` days at most); rerunning a day replaces its partition and leaves the others and the
+    watermark alone."""
+    products = write_products(tmp_path / "products.jsonl", PRODUCTS)
     output = tmp_path / "out"
-    assert run(products_file, output, f"--since={D1}", f"--until={D3}") == 0
-    expected = {str(D1): ["a", "b"], str(D2): ["c"], str(D3): ["d", "e", "f"]}
-    assert partitions_on_disk(output) == expected
-    assert Watermark(str(output / backfill.WATERMARK_FILE)).read() == D3
+    watermark = Watermark(str(output / backfill.WATERMARK_FILE))
 
-    assert run(products_file, output, f"--since={D2}", f"--until={D2}") == 0
-    assert partitions_on_disk(output) == expected
-    assert Watermark(str(output / backfill.WATERMARK_FILE)).read() == D3
+    def run(*flags: str) -> dict:
+        code = backfill.main([*flags, f"--input={products}", f"--output={output}", f"--model={model_dir}",
+                              f"--models_dir={models_dir}", f"--embedding_cache={tmp_path / 'cache'}"],
+                             today=D3 + dt.timedelta(days=1))
+        return {"code": code, **last_json(capsys.readouterr().out)}
+
+    def ids(scored: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+        return {day: [product_id for product_id, _ in rows] for day, rows in scored.items()}
+
+    with monkeypatch.context() as patch:
+        patch.setattr(score, "prediction_row", failing_on(D2))
+        failed = run(f"--since={D1}", f"--until={D3}")
+    assert failed["code"] == 1 and failed["failed_day"] == str(D2)
+    assert [day["day"] for day in failed["days"]] == [str(D1)]
+    first = scored_on_disk(output)
+    assert ids(first) == {str(D1): ["a", "b"]}
+    assert watermark.read() == D1
+
+    assert run("--incremental", "--max_days=1")["code"] == 0
+    resumed = scored_on_disk(output)
+    assert ids(resumed) == {str(D1): ["a", "b"], str(D2): ["c"]}
+    assert resumed[str(D1)] == first[str(D1)], "a resumed backfill does not score a committed day again"
+    assert watermark.read() == D2
+
+    write_products(products, [*PRODUCTS, ("a2", D1)], title="Changed")
+    rerun = run(f"--since={D1}", f"--until={D1}")
+    assert rerun["code"] == 0 and rerun["days"][0]["manifest"]["rows_out"] == 3
+    after = scored_on_disk(output)
+    assert ids(after) == {str(D1): ["a", "a2", "b"], str(D2): ["c"]}
+    assert after[str(D2)] == resumed[str(D2)]
+    assert len({run_id for rows in after.values() for _, run_id in rows}) == 2, "one scoring run per day"
+    assert watermark.read() == D2
+    version = json.loads((model_dir / "model.json").read_text())["model_version"]
+    rows = categorized_rows(output)
+    assert {row["model_version"] for row in rows} == {version}
+    assert {row["decision"] for row in rows} <= set(decisions.NAMES)
 
 
-def test_failed_day_stops_the_backfill_and_incremental_resumes_it(products_file: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture):
-    output = tmp_path / "out"
-    assert run(products_file, output, f"--since={D1}", "--incremental", f"--fail_day={D2}") == 1
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["failed_day"] == str(D2) and [day["day"] for day in summary["days"]] == [str(D1)]
-    assert partitions_on_disk(output) == {str(D1): ["a", "b"]}
-    assert Watermark(str(output / backfill.WATERMARK_FILE)).read() == D1
+def test_incremental_needs_a_start(tmp_path: Path):
+    def never(day: dt.date, argv: list[str]) -> dict:
+        raise AssertionError(f"scored {day} without a start")
 
-    assert run(products_file, output, "--incremental", "--max_days=1") == 0
-    assert Watermark(str(output / backfill.WATERMARK_FILE)).read() == D2
-    assert run(products_file, output, "--incremental") == 0
-    assert partitions_on_disk(output) == {str(D1): ["a", "b"], str(D2): ["c"], str(D3): ["d", "e", "f"]}
-    assert Watermark(str(output / backfill.WATERMARK_FILE)).read() == D3
-
-
-def test_incremental_needs_a_start(products_file: Path, tmp_path: Path):
-    assert run(products_file, tmp_path / "out", "--incremental") == 2
+    assert backfill.main(["--incremental", f"--output={tmp_path / 'out'}"], score_partition=never) == 2
 
 
 def test_scorer_is_loaded_by_name():

@@ -68,6 +68,7 @@ def test_missing_required_flag_is_a_usage_error(products: Path, capsys: pytest.C
     assert one_line(capsys) == "linnet import-products: missing required flag(s): --output"
 
 
+@pytest.mark.shared_data  # import-products loads the shared taxonomy before it reads the input
 @pytest.mark.parametrize("case", ["missing", "directory"])
 def test_bad_input_is_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture):
     given = tmp_path / "nowhere.jsonl" if case == "missing" else tmp_path
@@ -126,6 +127,7 @@ def test_help_lists_the_flags(command: str, flags: list[str], capsys: pytest.Cap
         assert flag in out
 
 
+@pytest.mark.shared_data
 def test_a_failed_import_keeps_the_previous_output(tmp_path: Path, products: Path,
                                                   capsys: pytest.CaptureFixture):
     """Reproduction 5: an import with a missing input deleted the previous products and dead letters

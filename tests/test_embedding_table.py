@@ -18,11 +18,11 @@ from apache_beam.testing.util import assert_that, equal_to
 import schemas
 from linnet_core import features, records
 from linnet_core.encoders.cache import content_hash
-from linnet_core.encoders.prepare import prepare_models
 from pipelines import defaults
 from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, read_uri
 from pipelines.embedding_table import SCHEMA, LookUpEmbeddings, table_row
 
+pytestmark = pytest.mark.shared_data
 PHOTOS = defaults.SHARED_DATA / "products" / "images"
 JPEG = str(PHOTOS / "100fp2010_c797e63e-7927-48cb-b869-07a8e1b7a3c8.jpg")
 
@@ -86,12 +86,6 @@ def _run(products: list[dict], cfg: EmbedConfig) -> dict[str, int]:
     return {c.key.metric.name: c.committed for c in counters}
 
 
-@pytest.fixture(scope="module")
-def models_dir() -> str:
-    prepare_models(defaults.MODELS)
-    return str(defaults.MODELS)
-
-
 def test_second_run_encodes_nothing_and_a_change_only_itself(tmp_path: Path, models_dir: str) -> None:
     table = tmp_path / "table"
     cfg = EmbedConfig(models_dir=models_dir, batch_size=2, threads=2, table_dir=str(table))
@@ -117,6 +111,8 @@ def test_second_run_encodes_nothing_and_a_change_only_itself(tmp_path: Path, mod
 
 
 @pytest.mark.slow
+@pytest.mark.emulator
+@pytest.mark.subprocesses
 def test_the_table_works_on_gcs(tmp_path: Path, models_dir: str) -> None:
     from gcs_emulator import run_scenario
 

@@ -66,7 +66,12 @@ def test_evaluate_command_writes_every_key_and_the_report(tmp_path, tiny_taxonom
     assert result["hP"] == pytest.approx(10 / 13) and result["hF1"] == pytest.approx(2 / 3)
     assert result["coverage"] == pytest.approx(6 / 8) and (result["n"], result["n_labelled"]) == (8, 6)
     assert result["level_accuracy"] == pytest.approx([5 / 6, 4 / 6, 1 / 5])  # the tiny tree has 3 levels
-    assert len(result["ece"]) == 3 and result["aurc"] is not None
+    # AURC over the 6 labelled products, path ends by confidence: 13 for 12 (0.85, wrong), 3 (0.8), 4 for 3
+    # (0.7, wrong), 11 for 13 (0.6, wrong), 3 (0.3), 13 (0.2): (1 + 1/2 + 2/3 + 3/4 + 3/5 + 3/6) / 6.
+    assert result["aurc"] == pytest.approx(241 / 360)
+    # Level 1 is right for all six, so its ECE is the mean of 1 − confidence whatever the bins.
+    assert len(result["ece"]) == 3
+    assert result["ece"][0] == pytest.approx((0.01 + 0.1 + 0.1 + 0.6 + 0.1 + 0.05) / 6)
     assert (result["model_version"], result["taxonomy_version"], result["thresholds_version"]) == (
         "m1", "tiny-1", "p0.9-abc")
     # Operating curve of ours without calibration data: a uniform sweep with back-off.

@@ -125,6 +125,7 @@ def write_inputs(folder: Path, records: list[dict], columns: dict[str, list]) ->
     return f"{folder / 'fuzz.jsonl'},{folder / 'fuzz.parquet'}", len(lines) + 2 + 3
 
 
+@pytest.mark.shared_data  # import-products loads the shared taxonomy
 @settings(FAST, max_examples=3)
 @given(records=st.lists(raw_records, min_size=5, max_size=25), columns=parquet_columns)
 def test_fuzzed_import_accounts_for_every_record(records: list[dict], columns: dict[str, list]) -> None:

@@ -14,6 +14,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines import import_products
 from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts
 
+pytestmark = pytest.mark.shared_data  # import-products loads the shared taxonomy by default
+
 GOOD = [
     {"product_id": "s1#1", "store": "s1", "title": "Dog bed", "tags": "dogs,beds", "gpt_id": "4434"},
     {"product_id": "s1#2", "store": "s1", "title": "<i>Mug</i>", "description": "Ceramic"},
@@ -76,7 +78,6 @@ def test_bigquery_input_flags_are_refused_not_ignored(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.shared_data
 def test_import_shared_products(tmp_path: Path) -> None:
     summary = import_products.run(["--output", str(tmp_path)])
     assert summary["records_in"] == summary["rows"] == 13405

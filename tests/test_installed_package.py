@@ -121,6 +121,9 @@ def _summaries(bucket: Any, output: str) -> Iterator[dict[str, Any]]:
 
 
 @pytest.mark.slow
+@pytest.mark.encoders
+@pytest.mark.emulator
+@pytest.mark.subprocesses
 def test_installed_package_scores_and_backfills_from_gs_and_a_retune_reaches_the_rows(
         fresh_venv: Path, model_dir: Path, gpt: Taxonomy, tmp_path: Path) -> None:
     from synthetic_training_data import write_training_data

@@ -68,6 +68,7 @@ def test_input_fn_reads_synthetic_records(tmp_path: Path, gpt: Taxonomy) -> None
         split_files(tmp_path, "calibration")
 
 
+@pytest.mark.trains_model  # fits a small network for two epochs
 def test_training_reports_its_epochs_with_an_eta(tmp_path: Path, gpt: Taxonomy,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     write_training_data(tmp_path, gpt, sizes={"train": 40}, files_per_split=1)

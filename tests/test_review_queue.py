@@ -70,6 +70,8 @@ def test_reasons_name_the_margin_branch_coverage_and_store_pick():
 
 
 @pytest.mark.slow
+@pytest.mark.encoders
+@pytest.mark.shared_data
 def test_review_queue_end_to_end_on_shared_products(model_dir: Path, tmp_path: Path):
     products = tmp_path / "products.jsonl"
     by_store: dict[str, list[dict]] = {}

@@ -9,6 +9,8 @@ import pytest
 
 from pipelines.run_local import run_stage
 
+pytestmark = pytest.mark.shared_data  # the stages read the shared taxonomy
+
 
 def test_a_stage_reports_its_wall_cpu_and_peak_rss() -> None:
     figures = run_stage(["taxonomy", "--node", "1"])

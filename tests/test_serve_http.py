@@ -24,7 +24,7 @@ import pytest
 
 from pipelines import defaults, score
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.encoders, pytest.mark.subprocesses, pytest.mark.shared_data]
 PRODUCTS_DIR = defaults.SHARED_DATA / "products"
 PER_STORE, STORES = 20, 10
 READY_TIMEOUT_S = 600

@@ -313,14 +313,17 @@ def test_build_examples_routes_every_label_and_embedding_failure(taxonomy_file, 
 
 
 @pytest.fixture(scope="module")
-def crafted_run(taxonomy_file, tmp_path_factory) -> tuple[Path, dict]:
+def crafted_run(taxonomy_file, tmp_path_factory, models_dir) -> tuple[Path, dict]:
+    """The pipeline on the crafted records; the products' vectors come from their ids, but the category
+    embeddings of the taxonomy prior come from the prepared text encoder."""
     folder = tmp_path_factory.mktemp("crafted")
     lines = [json.dumps(r) for r in _good_records()] + [json.dumps(r) for r, _ in BAD_RECORDS]
     lines += [line for line, _ in BAD_LINES]
     (folder / "products.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     output = folder / "data"
     argv = ["--input", str(folder / "products.jsonl"), "--taxonomy", taxonomy_file, "--output", str(output),
-            "--shards", "2", "--run_id", "crafted", "--store_cap", str(CRAFTED_STORE_CAP)]
+            "--shards", "2", "--run_id", "crafted", "--store_cap", str(CRAFTED_STORE_CAP),
+            "--models_dir", models_dir]
     stats = build_training_data.run(argv, test_pipeline=TestPipeline(argv=argv), embed=VectorsFromIds())
     return output, stats
 
@@ -430,7 +433,7 @@ def test_transform_fn_is_self_contained_and_matches_class_weights(crafted_run):
     np.testing.assert_array_equal(transformed["weight_level_4"].numpy(), np.zeros(size))
 
 
-def test_reads_labelled_products_from_a_bigquery_table(taxonomy_file, tmp_path, bq_emulator):
+def test_reads_labelled_products_from_a_bigquery_table(taxonomy_file, tmp_path, bq_emulator, models_dir):
     from google.cloud import bigquery
 
     from pipelines import bigquery as bq
@@ -446,7 +449,7 @@ def test_reads_labelled_products_from_a_bigquery_table(taxonomy_file, tmp_path, 
     argv = ["--input_table", table, "--project", bq_emulator.project,
             "--bigquery_endpoint", bq_emulator.endpoint,
             "--bigquery_storage_endpoint", bq_emulator.storage_endpoint, "--taxonomy", taxonomy_file,
-            "--output", str(tmp_path / "data"), "--shards", "1"]
+            "--output", str(tmp_path / "data"), "--shards", "1", "--models_dir", models_dir]
     stats = build_training_data.run(argv, test_pipeline=TestPipeline(argv=argv), embed=VectorsFromIds())
     assert (stats["inputs"], stats["examples"]) == (21, 20)
     assert stats["dead_letters_by_reason"] == {Reason.UNKNOWN_LABEL.value: 1}
