@@ -90,10 +90,10 @@ class PickQueueFn(beam.DoFn):
     """Every candidate (one list) → the queue rows in pick order: coverage of each decoded branch from
     the model's exemplar memory (the training labels it learnt from), then `review_queue.select`."""
 
-    def __init__(self, model_dir: str, budget: int, store_cap: int | None) -> None:
+    def __init__(self, model_dir: str, budget: int, per_store_cap: int | None) -> None:
         self.model_dir = model_dir
         self.budget = budget
-        self.store_cap = store_cap
+        self.per_store_cap = per_store_cap
 
     def setup(self) -> None:
         local = Path(local_copy(self.model_dir, only=(TAXONOMY_COPY, EXEMPLARS)))
@@ -115,7 +115,7 @@ class PickQueueFn(beam.DoFn):
             np.array([c["store"] for c in candidates], dtype=object),
             np.array([c["margin"] for c in candidates]), np.array([c["entropy"] for c in candidates]),
             np.array([node for node, _ in covered], np.int64), np.array([n for _, n in covered], np.int64))
-        picked = review_queue.select(pool, self.budget, self.store_cap)
+        picked = review_queue.select(pool, self.budget, self.per_store_cap)
         level1 = self.taxonomy.level_ids(1)
         tops = [tuple(self.taxonomy.node(level1[j]).name for j in candidates[row]["top"]) for row in picked]
         names = {int(pool.branch[row]): self.taxonomy.node(int(pool.branch[row])).full_path for row in picked}

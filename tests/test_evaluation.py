@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from linnet_core import metrics
+from linnet_core.capped_sample import capped_rows
 from linnet_core.evaluation import baselines, report
 from linnet_core.evaluation.systems import EvaluationError, parquet_files, read_labels, read_predictions
 from linnet_core.model.data import read_split
-from linnet_core.store_cap import capped_rows
 from pipelines import cli, evaluate_command
 
 # Same cases as test_metrics: exact, back-off, wrong sibling, abstained, wrong level 2, unlabelled
@@ -89,10 +89,11 @@ def test_capped_per_store_block_on_a_crafted_example(tmp_path, tiny_taxonomy_fil
     predictions, labels = _write_inputs(tmp_path, stores=["a", "a", "a", "a", "b", "b", "b"])
     output = tmp_path / "evaluation"
     assert cli.main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
-                     str(tiny_taxonomy_file), "--output", str(output), "--store-cap", "2"]) == 0
+                     str(tiny_taxonomy_file), "--output", str(output), "--max-products-per-store", "2"]) == 0
     result = json.loads((output / "metrics.json").read_text())
     capped = result["capped_per_store"]
-    assert (capped["store_cap"], capped["n_stores"], capped["n"], capped["n_labelled"]) == (2, 3, 5, 3)
+    assert (capped["max_products_per_store"], capped["n_stores"], capped["n"],
+            capped["n_labelled"]) == (2, 3, 5, 3)
     assert capped["hP"] == pytest.approx(4 / 5) and capped["hR"] == pytest.approx(4 / 9)
     assert capped["hF1"] == pytest.approx(4 / 7) and capped["coverage"] == pytest.approx(3 / 5)
     assert capped["exact_accuracy"] == pytest.approx(1 / 3)
@@ -102,7 +103,7 @@ def test_capped_per_store_block_on_a_crafted_example(tmp_path, tiny_taxonomy_fil
     text = (output / "report.md").read_text()
     assert "## At most 2 products per store (as the acceptance set)" in text and "hF1 0.571" in text
     assert cli.main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
-                     str(tiny_taxonomy_file), "--output", str(output), "--store-cap", "0"]) == 1
+                     str(tiny_taxonomy_file), "--output", str(output), "--store-cap", "0"]) == 1  # old name
 
 
 def test_capped_rows_are_deterministic_and_keep_small_stores_whole():

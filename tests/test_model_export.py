@@ -315,7 +315,7 @@ def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
         tuned.temperatures[5]
     report = json.loads((model_dir / "thresholds_report.json").read_text())
     assert report["evidence_weights"] == {name: list(w) for name, w in tuned.evidence_weights.items()}
-    assert report["calibration"] == {"folds": 3, "store_cap": 150, "products": 600, "stores": 7}
+    assert report["calibration"] == {"folds": 3, "max_products_per_store": 150, "products": 600, "stores": 7}
     paths = CalibrationPaths.load(model_dir / CALIBRATION_PATHS)
     assert paths.level_ids.shape == (600, 7) and sorted(set(paths.store)) == [f"store-{i}" for i in range(7)]
     np.testing.assert_allclose(Predictor(model_dir, gpt).metadata["text_prior_weights"],
@@ -324,7 +324,8 @@ def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
     assert cli.main(["tune-thresholds", "--model", str(model_dir), "--data", str(data), "--folds", "0",
                      "--target-precision", "0.5", "--sensitive", "none"]) == 0
     report = json.loads((model_dir / "thresholds_report.json").read_text())
-    assert report["calibration"] == {"folds": None, "store_cap": 150, "products": 300, "stores": 7}
+    assert report["calibration"] == {"folds": None, "max_products_per_store": 150, "products": 300,
+                                     "stores": 7}
 
 
 def test_train_publishes_the_model_whole_and_a_failure_keeps_the_old_one(trained, tmp_path: Path,
