@@ -40,7 +40,7 @@ from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, 
 from pipelines.partitions import Partition, new_attempt
 from pipelines.sources import embedding_total, product_source, table_sinks
 from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext, model_info
-from pipelines.usage import UsageError
+from pipelines.usage import UsageError, add_renamed_flag
 from pipelines.watermark import AdvanceWatermark
 
 LOGGER = logging.getLogger(__name__)
@@ -58,8 +58,10 @@ class ScoreOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--decoding", choices=("exact", "greedy"), default=None,
                             help="decoding mode (default: the one baked into the model)")
-        parser.add_argument("--thresholds", default=None,
-                            help="thresholds.json to use instead of the model's baked-in one")
+        add_renamed_flag(parser, parser.add_argument(
+            "--calibration", default=None,
+            help="calibration.json whose thresholds to use instead of the model's baked-in ones"),
+            "--thresholds")
         parser.add_argument("--partition", default=None,
                             help="logical date YYYY-MM-DD (or run id) naming the output partition")
         parser.add_argument("--watermark", default=None,
@@ -171,7 +173,7 @@ def code_version() -> str:
 
 def base_lineage(info: dict, run_id: str, thresholds_version: str | None = None) -> dict[str, str]:
     """The lineage a run stamps on every row, but `model_version` (the loaded model's) and `scored_at`:
-    from model.json, the thresholds file used (default the model's) and this code."""
+    from model.json, the calibration file used (default the model's) and this code."""
     return {"taxonomy_version": info["taxonomy_version"],
             "thresholds_version": thresholds_version or info["thresholds_version"],
             "code_version": code_version(), "run_id": run_id}
@@ -238,8 +240,8 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
         raise UsageError("give --output (files) or --output_dataset (BigQuery)")
     info = model_info(model.model)
     levels, thresholds_version = None, info["thresholds_version"]
-    if flags.thresholds:
-        chosen = load_thresholds(flags.thresholds)
+    if flags.calibration:
+        chosen = load_thresholds(flags.calibration)
         levels, thresholds_version = list(chosen.levels), chosen.version
     lineage = base_lineage(info, run_id, thresholds_version)
     pipeline = test_pipeline or beam.Pipeline(options=options)

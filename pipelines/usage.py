@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -64,6 +65,12 @@ def unknown_flags_message(unknown: Sequence[str], known: Iterable[str]) -> str:
     return "; ".join(parts)
 
 
+@functools.cache
+def _note_renamed(old: str, new: str) -> None:
+    """Once per process: Beam parses a command line again for every view of its options."""
+    print(f"linnet: {old} is deprecated, use {new}", file=sys.stderr)
+
+
 class _RenamedFlag(argparse.Action):
     """An old spelling of a renamed flag: sets the new flag's value, with a note on stderr."""
 
@@ -73,7 +80,7 @@ class _RenamedFlag(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        print(f"{parser.prog}: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        _note_renamed(str(option_string), self.new)
         setattr(namespace, self.dest, values)
 
 

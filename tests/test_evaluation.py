@@ -243,7 +243,7 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     model, data = trained_model / "model", trained_model / "data"
     assert cli.main(["tune-thresholds", "--model", str(model), "--data", str(data),
                      "--target-precision", "0.8"]) == 0
-    tuned = load_thresholds(model / "thresholds.json")
+    tuned = load_thresholds(model / "calibration.json")
     assert tuned.version.startswith("p0.8-") and tuned.target_precision == 0.8
     assert tuned.overrides[772] == 0.95 and tuned.temperatures != (1.0,) * 7
     assert read_model_json(model)["thresholds_version"] == tuned.version

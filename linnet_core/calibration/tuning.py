@@ -9,7 +9,7 @@
 3. decode the set with the model's own decoding ops at that fusion (exact decoding depends on it);
 4. per level, the smallest Clopper–Pearson-certified threshold for the target, sensitive floors as
    overrides (optionally per level-1 subtree);
-5. write a versioned thresholds file, re-export the inference model with it, and keep the decoded
+5. write a versioned calibration file, re-export the inference model with it, and keep the decoded
    calibration paths (MODEL/calibration_paths.npz) so `linnet evaluate` retunes on the same evidence.
 """
 
@@ -32,7 +32,7 @@ from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import CALIBRATION, DEFAULT_FOLDS, TRAIN
 
 logger = logging.getLogger(__name__)
-HISTORY = "thresholds_history"
+HISTORY = "calibration_history"
 REPORT = "thresholds_report.json"
 CALIBRATION_PATHS = "calibration_paths.npz"
 
@@ -147,8 +147,8 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     from linnet_core.calibration import crossfit
     from linnet_core.calibration.thresholds import load_thresholds
     from linnet_core.model.export import (
+        CALIBRATION_JSON,
         TAXONOMY_COPY,
-        THRESHOLDS_JSON,
         export_inference_model,
         read_model_json,
     )
@@ -156,7 +156,7 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     model_dir = Path(model_dir)
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
     table = metrics.AncestorTable(taxonomy)
-    before = load_thresholds(model_dir / THRESHOLDS_JSON)
+    before = load_thresholds(model_dir / CALIBRATION_JSON)
     mode = read_model_json(model_dir).get("default_decoding", "exact")
     scored, first, temperatures, weights = fit_fusion(calibration_set(model_dir, data_dir, taxonomy, folds,
                                                                       max_products_per_store), taxonomy)
