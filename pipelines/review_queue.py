@@ -18,7 +18,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pandas as pd
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -27,7 +26,7 @@ from linnet_core.exemplars import EXEMPLARS, Exemplars
 from linnet_core.features import NO_LABEL
 from linnet_core.model import TAXONOMY_COPY
 from linnet_core.taxonomy import Taxonomy
-from pipelines.counters import beam_counters
+from pipelines.counters import Accounting, committed, counter, records_in
 from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_letters, local_copy
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
@@ -77,7 +76,7 @@ class ToCandidateFn(beam.DoFn):
     """A prediction → the few fields the pick needs (no vectors travel to the single pick step)."""
 
     def __init__(self) -> None:
-        self.candidates = Metrics.counter("linnet", "review_candidates")
+        self.candidates = counter("review_candidates")
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[dict]:
         product_id, result = element
@@ -162,7 +161,7 @@ class RankUncertainty(beam.PTransform):
 
 
 def _count_dead_letters(row: dict) -> dict:
-    Metrics.counter("linnet", "review_dead_letters").inc()
+    counter("review_dead_letters").inc()
     return row
 
 
@@ -213,15 +212,13 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
           PickQueueFn(model.model, flags.budget, flags.per_store_cap), outputs.output, run_id)
     result = pipeline.run()
     result.wait_until_finish()
-    counters = beam_counters(result)
+    accounting = Accounting(records_in(result), committed(result, "review_candidates"),
+                            committed(result, "review_dead_letters"))
     queued = len(pd.read_parquet(Path(outputs.output, f"{QUEUE}.parquet")))
-    summary = {"run_id": run_id, "records_in": counters.get("linnet:records_read", 0),
-               "candidates": counters.get("linnet:review_candidates", 0),
-               "dead_letters": counters.get("linnet:review_dead_letters", 0), "queued": queued}
-    summary["balanced"] = summary["records_in"] == summary["candidates"] + summary["dead_letters"]
+    summary = {"run_id": run_id, "records_in": accounting.records_in, "candidates": accounting.records_out,
+               "dead_letters": accounting.dead_letters, "queued": queued, "balanced": accounting.balanced}
     print(json.dumps(summary, indent=2))
-    if not summary["balanced"]:
-        raise RuntimeError(f"records lost in run {run_id}: {summary}")
+    accounting.check(f"run {run_id}")
     return summary
 
 

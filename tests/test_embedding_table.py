@@ -20,7 +20,8 @@ from linnet_core import features, records
 from linnet_core.encoders.cache import content_hash
 from linnet_core.encoders.prepare import prepare_models
 from pipelines import defaults
-from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, read_uri
+from pipelines.counters import NAMESPACE
+from pipelines.embed import EmbedConfig, EmbedProducts, read_uri
 from pipelines.embedding_table import SCHEMA, LookUpEmbeddings, table_row
 
 PHOTOS = defaults.SHARED_DATA / "products" / "images"
