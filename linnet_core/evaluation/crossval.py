@@ -137,7 +137,7 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
             among themselves (`auditing.audited_weights`: `folds` - 1 more networks per fold) and the
             flagged ones weigh this much; None: no audit.
         capped_training: the fold networks (and audits) learn from the capped products only, not every
-            product of the other folds: ~3× fewer examples, for a CPU-bound run; say so with its figures.
+            product of the other folds: fewer examples, for a CPU-bound run; say so with its figures.
 
     Writes crossval.json and crossval.md (and the curves' PNG) into `output`; returns crossval.json.
     """
