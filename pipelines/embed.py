@@ -33,11 +33,11 @@ from linnet_core.records import Reason, dead_letter
 from pipelines import defaults
 from pipelines.counters import NAMESPACE, counter
 from pipelines.embedding_table import AppendToEmbeddingTable, LookUpEmbeddings
+from pipelines.io import DEAD_LETTER
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
-DEAD_LETTER = "dead_letter"
 NEW_VECTORS = "new_vectors"
 STAGE = "embed"
 # RunInference's own metrics of the embedder (batch sizes, latencies), kept apart from other models'.

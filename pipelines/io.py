@@ -302,10 +302,11 @@ class DeduplicateProducts(beam.PTransform):
         super().__init__()
         self.run_id = run_id
 
-    def expand(self, products: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
+    def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
+        kept = (
             products
             | "KeyByProductId" >> beam.WithKeys(_product_id)
             | "GroupByProductId" >> beam.GroupByKey()
             | "KeepNewest" >> beam.ParDo(KeepNewestFn(self.run_id)).with_outputs(DEAD_LETTER, main=PRODUCTS)
         )
+        return {PRODUCTS: kept[PRODUCTS], DEAD_LETTER: kept[DEAD_LETTER]}

@@ -1,7 +1,8 @@
 """`linnet review-queue`: unlabelled products → validate → deduplicate → embed → store context →
 uncertainty → one pick over all of them (`linnet_core.review_queue`: uncertain, in thinly covered
 branches, spread over stores) → the queue, each product with its reason (Parquet and CSV), and dead
-letters. Records in = candidates + dead letters, checked at the end.
+letters, published whole (`publish.published`: a failed run leaves the previous queue). Records in =
+candidates + dead letters, checked at the end.
 
 Example:
   linnet review-queue --model out/model --input new_products.jsonl --budget 200 --output out/review_queue
@@ -31,6 +32,7 @@ from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_l
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import new_attempt
+from pipelines.publish import published
 from pipelines.sources import product_source, refuse_bigquery_input
 from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext, model_info
 
@@ -187,7 +189,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     """Build the review queue; returns the run summary (records in, candidates, dead letters, queued).
 
     Raises:
-        RuntimeError: records in ≠ candidates + dead letters (nothing may be lost).
+        RecordsLostError: records in ≠ candidates + dead letters (nothing may be lost).
         UsageError: missing flags or a budget below 1.
     """
     options = pipeline_options(argv, "linnet review-queue", ProductInputOptions, OutputOptions,
@@ -203,15 +205,16 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
                          f"{flags.per_store_cap}")
     info = model_info(model.model)
     run_id = outputs.run_id or new_attempt()
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    products = pipeline | "ReadProducts" >> product_source(options, run_id=run_id, optional_labels=True)
-    context = StoreContext(model.model, int(info["store_context_width"]), run_id,
-                           max_batch_size=model.max_batch_size)
-    build(products, EmbedProducts.from_options(options, run_id), context,
-          RankUncertainty(model.model, model.max_batch_size),
-          PickQueueFn(model.model, flags.budget, flags.per_store_cap), outputs.output, run_id)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with published(outputs.output) as staging:
+        pipeline = test_pipeline or beam.Pipeline(options=options)
+        products = pipeline | "ReadProducts" >> product_source(options, run_id=run_id, optional_labels=True)
+        context = StoreContext(model.model, int(info["store_context_width"]), run_id,
+                               max_batch_size=model.max_batch_size)
+        build(products, EmbedProducts.from_options(options, run_id), context,
+              RankUncertainty(model.model, model.max_batch_size),
+              PickQueueFn(model.model, flags.budget, flags.per_store_cap), staging, run_id)
+        result = pipeline.run()
+        result.wait_until_finish()
     accounting = Accounting(records_in(result), committed(result, "review_candidates"),
                             committed(result, "review_dead_letters"))
     queued = len(pd.read_parquet(Path(outputs.output, f"{QUEUE}.parquet")))
