@@ -40,7 +40,8 @@ from linnet_core import features, records
 from linnet_core.encoders.image import ImageEncoder, load_pixels
 from linnet_core.encoders.text import TEXT_MODEL_NAME, load_text_encoder
 from pipelines import defaults
-from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts
+from pipelines.counters import NAMESPACE
+from pipelines.embed import EmbedConfig, EmbedProducts
 
 
 class PeakRss:

@@ -28,7 +28,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from linnet_core import records
 from pipelines import defaults
-from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts
+from pipelines.counters import NAMESPACE
+from pipelines.embed import EmbedConfig, EmbedProducts
 
 sys.path.insert(0, str(Path(__file__).parent))
 from scale import base_sample  # noqa: E402 - the sibling benchmark's spread sample of the shared products

@@ -80,7 +80,7 @@ def node_ids(taxonomy: Taxonomy) -> list[int]:
 def embed_categories(taxonomy: Taxonomy, encode: Callable[[Sequence[str]], np.ndarray], encoder_id: str,
                      dim: int, cache_dir: str | None = None) -> CategoryEmbeddings:
     """Encode every node's full path with `encode` (the products' text encoder), through the
-    embedding cache when given (the ~5.6k paths take ~20 s on two cores; cached, well under 1 s)."""
+    embedding cache when given, so only the first build of a taxonomy pays for encoding its paths."""
     ids = node_ids(taxonomy)
     texts = [taxonomy.node(node_id).full_path for node_id in ids]
     cache = None

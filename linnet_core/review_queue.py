@@ -55,18 +55,18 @@ def priority(candidates: Candidates) -> np.ndarray:
     return (1.0 - candidates.margin) / (1.0 + np.log1p(candidates.coverage))
 
 
-def select(candidates: Candidates, budget: int, store_cap: int | None = None) -> list[int]:
+def select(candidates: Candidates, budget: int, per_store_cap: int | None = None) -> list[int]:
     """Up to `budget` rows, in pick order: greedily the highest priority divided by (1 + products
-    already picked in its branch), with at most `store_cap` per store (default: the budget shared
+    already picked in its branch), with at most `per_store_cap` per store (default: the budget shared
     evenly among the stores, raised only when the stores under it run out of products).
 
     Raises:
-        ValueError: budget < 1 or store_cap < 1.
+        ValueError: budget < 1 or per_store_cap < 1.
     """
-    if budget < 1 or (store_cap is not None and store_cap < 1):
-        raise ValueError(f"budget and store cap must be >= 1, got {budget} and {store_cap}")
+    if budget < 1 or (per_store_cap is not None and per_store_cap < 1):
+        raise ValueError(f"budget and store cap must be >= 1, got {budget} and {per_store_cap}")
     stores = np.asarray(candidates.store).astype(str)
-    cap = store_cap or math.ceil(budget / max(len(np.unique(stores)), 1))
+    cap = per_store_cap or math.ceil(budget / max(len(np.unique(stores)), 1))
     base = priority(candidates)
     order = np.lexsort((np.asarray(candidates.product_id).astype(str), -base))  # ties: by product id
     picked: list[int] = []
@@ -84,7 +84,7 @@ def select(candidates: Candidates, budget: int, store_cap: int | None = None) ->
             if base[i] <= best_gain:  # sorted by base: no later row can do better
                 break
         if best < 0:
-            if store_cap is not None:
+            if per_store_cap is not None:
                 break
             cap += 1  # every store with products left is at the cap: share the rest
             continue

@@ -16,7 +16,7 @@ import argparse
 import json
 
 from linnet_core.training_data import DEFAULT_FOLDS
-from pipelines.usage import ArgumentParser
+from pipelines.usage import ArgumentParser, add_renamed_flag
 
 
 def _rates(text: str) -> tuple[float, float]:
@@ -45,19 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inject-noise", type=_rates, default=None, metavar="SIBLING,BRANCH",
                         help="measure the audit: flip these shares of the labels (seeded) first")
     parser.add_argument("--seed", type=int, default=0, help="seed of --inject-noise")
-    parser.add_argument("--store-cap", type=int, default=None,
-                        help="train on and audit at most this many products per store (a sample: ~3x less "
-                             "CPU and memory on the shared data; default: every product)")
+    add_renamed_flag(parser, parser.add_argument(
+        "--max-products-per-store", type=int, default=None,
+        help="train on and audit at most this many products per store (a sample, for less CPU and "
+             "memory; default: every product)"), "--store-cap")
     args = parser.parse_args(argv)
     from linnet_core.evaluation import auditing
 
     if args.inject_noise:
         found = auditing.measure_noise(args.model, args.data, args.output, args.folds, *args.inject_noise,
-                                       seed=args.seed, min_margin=args.min_margin, store_cap=args.store_cap)
+                                       seed=args.seed, min_margin=args.min_margin,
+                                       max_products_per_store=args.max_products_per_store)
         print(json.dumps(found, indent=2))
         return 0
     audited, taxonomy = auditing.audit_model_data(args.model, args.data, args.folds, args.min_margin,
-                                                  store_cap=args.store_cap)
+                                                  max_products_per_store=args.max_products_per_store)
     summary = auditing.write_audit(audited, taxonomy, args.output)
     print(json.dumps({k: v for k, v in summary.items() if k != "examples"}, indent=2))
     return 0

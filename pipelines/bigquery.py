@@ -22,10 +22,10 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 import schemas
+from pipelines.counters import counter
 from pipelines.io import DEAD_LETTER, PRODUCTS, ValidateProductFn, WriteTable
 from pipelines.partitions import day_bounds, new_attempt, parquet_rows
 
@@ -177,7 +177,7 @@ class ReadStreamFn(beam.DoFn):
 
     def __init__(self, connection: BigQueryConnection) -> None:
         self.connection = connection
-        self.rows_read = Metrics.counter("linnet", "bigquery_rows_read")
+        self.rows_read = counter("bigquery_rows_read")
 
     def setup(self) -> None:
         self.client = self.connection.read_client()
@@ -335,7 +335,7 @@ class CommitBigQueryPartitionFn(beam.DoFn):
         self.attempt = attempt
         self.staging_folder = staging_folder
         self.run_id = run_id
-        self.rows_committed = Metrics.counter("linnet", f"{schema_name}_rows_committed")
+        self.rows_committed = counter(f"{schema_name}_rows_committed")
 
     def process(self, written_files: list[str]) -> Iterator[dict[str, Any]]:
         marker = FileSystems.join(self.staging_folder, COMMITTED)

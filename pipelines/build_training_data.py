@@ -21,7 +21,6 @@ import apache_beam as beam
 import tensorflow_transform.beam as tft_beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import TaggedOutput
 from tensorflow_metadata.proto.v0 import schema_pb2
@@ -51,7 +50,7 @@ from linnet_core.training_data import (
     to_example,
 )
 from pipelines.bigquery import BigQueryOptions
-from pipelines.counters import beam_counters
+from pipelines.counters import Accounting, RecordsLostError, beam_counters, counter
 from pipelines.embed import (
     EMBEDDED,
     EmbedConfig,
@@ -146,7 +145,7 @@ class _CoreFn(beam.DoFn):
         self.taxonomy_path = taxonomy_path
         self.run_id = run_id
         self.taxonomy: Taxonomy | None = None
-        self.rejected = Metrics.counter("linnet", f"training_{self.stage}_rejected")
+        self.rejected = counter(f"training_{self.stage}_rejected")
 
     def setup(self) -> None:
         self.taxonomy = Taxonomy.load(self.taxonomy_path)
@@ -394,14 +393,13 @@ def build(pipeline: beam.Pipeline, cfg: BuildConfig, read: beam.PTransform, embe
 
 
 def check(stats: dict[str, Any]) -> None:
-    """Raises RuntimeError when records were lost: inputs ≠ examples + dead letters, or a split whose
-    TFRecord count differs from its examples."""
-    if stats["inputs"] != stats["examples"] + stats["dead_letters"]:
-        raise RuntimeError(f"records lost: {stats['inputs']} in, {stats['examples']} examples, "
-                           f"{stats['dead_letters']} dead letters")
+    """Raises RecordsLostError when records were lost: inputs ≠ examples + dead letters, or a split
+    whose TFRecord count differs from its examples."""
+    Accounting(stats["inputs"], stats["examples"], stats["dead_letters"]).check("build-training-data")
     for name, split in stats["splits"].items():
         if split["examples"] != split["written"]:
-            raise RuntimeError(f"split {name}: {split['examples']} examples but {split['written']} written")
+            raise RecordsLostError(f"split {name}: {split['examples']} examples but {split['written']} "
+                                   "written")
 
 
 def write_category_embeddings(taxonomy_path: str, embed: EmbedConfig, output: str) -> None:
@@ -430,7 +428,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         embed: replaces `EmbedProducts` configured by its flags (`--embedding_cache`, `--models_dir`, ...).
 
     Raises:
-        RuntimeError: records were lost between input and output.
+        RecordsLostError: records were lost between input and output.
     """
     options = pipeline_options(argv, "linnet build-training-data", ProductInputOptions, OutputOptions,
                                TrainingDataOptions, EmbeddingOptions, BigQueryOptions, description=__doc__)

@@ -14,12 +14,12 @@ import json
 import logging
 import sys
 
+from linnet_core.capped_sample import MAX_PRODUCTS_PER_STORE
 from linnet_core.evaluation.crossval import BASELINES, CROSSVAL_MD, TARGETS, run
-from linnet_core.store_cap import STORE_CAP
 from linnet_core.training_data import DEFAULT_FOLDS
 from pipelines import defaults
 from pipelines.publish import published_dir
-from pipelines.usage import ArgumentParser, UsageError
+from pipelines.usage import ArgumentParser, UsageError, add_renamed_flag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="product texts for baseline A: JSONL or products Parquet")
     parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="groups of whole stores")
-    parser.add_argument("--store-cap", type=int, default=STORE_CAP, help="evaluated products per store")
+    add_renamed_flag(parser, parser.add_argument("--max-products-per-store", type=int,
+                                                 default=MAX_PRODUCTS_PER_STORE,
+                                                 help="evaluated products per store"), "--store-cap")
     parser.add_argument("--target-precision", type=float, default=TARGETS[0],
                         choices=TARGETS, help="ours' default decision")
     parser.add_argument("--baselines", default=",".join(BASELINES),
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"unknown baselines {sorted(unknown)}; choose from {','.join(BASELINES)}")
     texts = product_texts(args.products) if baselines else {}
     result = run(published_dir(args.data), texts, Taxonomy.load(args.taxonomy), args.output, args.model,
-                 args.folds, args.store_cap, args.target_precision, baselines,
+                 args.folds, args.max_products_per_store, args.target_precision, baselines,
                  progress=lambda line: print(f"[cross-validate] {line}", flush=True),
                  flagged_weight=args.label_audit_weight, capped_training=args.capped_training)
     print(open(f"{args.output}/{CROSSVAL_MD}", encoding="utf-8").read())

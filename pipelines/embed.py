@@ -22,7 +22,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -32,15 +31,17 @@ from linnet_core.encoders.embedder import IMAGE_STATUSES, ProductEmbedder, Store
 from linnet_core.progress import Progress
 from linnet_core.records import Reason, dead_letter
 from pipelines import defaults
+from pipelines.counters import NAMESPACE, counter
 from pipelines.embedding_table import AppendToEmbeddingTable, LookUpEmbeddings
+from pipelines.io import DEAD_LETTER
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
-DEAD_LETTER = "dead_letter"
 NEW_VECTORS = "new_vectors"
 STAGE = "embed"
-NAMESPACE = "linnet.embed"
+# RunInference's own metrics of the embedder (batch sizes, latencies), kept apart from other models'.
+INFERENCE_NAMESPACE = f"{NAMESPACE}.embed"
 NO_CACHE = "none"
 # The embedding cache under the LinNét cache of the machine that embeds (a worker's, not the launcher's).
 LOCAL_CACHE = "local"
@@ -219,7 +220,7 @@ class ProductEmbeddingHandler(ModelHandler[tuple, PredictionResult, ProductEmbed
         return {"min_batch_size": self.cfg.batch_size, "max_batch_size": self.cfg.batch_size}
 
     def get_metrics_namespace(self) -> str:
-        return NAMESPACE
+        return INFERENCE_NAMESPACE
 
 
 class KeyByProductIdFn(beam.DoFn):
@@ -227,7 +228,7 @@ class KeyByProductIdFn(beam.DoFn):
 
     def __init__(self, run_id: str | None) -> None:
         self.run_id = run_id
-        self.dead = Metrics.counter(NAMESPACE, "dead_letters")
+        self.dead = counter("embed_dead_letters")
 
     def process(self, record: Any) -> Iterable[Any]:
         product_id = record.get("product_id") if isinstance(record, Mapping) else None
@@ -244,12 +245,12 @@ class RouteEmbeddedFn(beam.DoFn):
 
     def __init__(self, run_id: str | None) -> None:
         self.run_id = run_id
-        self.embedded = Metrics.counter(NAMESPACE, "products_embedded")
-        self.dead = Metrics.counter(NAMESPACE, "dead_letters")
-        self.status = {status: Metrics.counter(NAMESPACE, f"image_{status}") for status in IMAGE_STATUSES}
-        self.hits = {(name, source): Metrics.counter(NAMESPACE, f"{name}_{source}_hits")
+        self.embedded = counter("products_embedded")
+        self.dead = counter("embed_dead_letters")
+        self.status = {status: counter(f"image_{status}") for status in IMAGE_STATUSES}
+        self.hits = {(name, source): counter(f"{name}_{source}_hits")
                      for name in ("text", "image") for source in ("cache", "table")}
-        self.encoded = Metrics.counter(NAMESPACE, "products_encoded")
+        self.encoded = counter("products_encoded")
 
     def process(self, keyed: tuple[str, PredictionResult]) -> Iterable[Any]:
         product_id, result = keyed

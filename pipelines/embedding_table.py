@@ -22,16 +22,15 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
-from apache_beam.metrics import Metrics
 
 import schemas
 from linnet_core.encoders.embedder import ContentKeys, Stored, content_keys
+from pipelines.counters import counter
 from pipelines.partitions import delete_folder, new_attempt, parquet_rows
 
 SCHEMA = "embedding_table"
 PART_PREFIX = "part-"
 STAGING = "_staging"
-NAMESPACE = "linnet.embed"
 
 
 def parts_pattern(directory: str) -> str:
@@ -125,7 +124,7 @@ class PublishPartsFn(beam.DoFn):
     def __init__(self, directory: str, attempt: str) -> None:
         self.directory = directory
         self.attempt = attempt
-        self.appended = Metrics.counter(NAMESPACE, "table_vectors_appended")
+        self.appended = counter("table_vectors_appended")
 
     def process(self, written: list[str]) -> Iterator[int]:
         staged = [path for path in sorted(written) if parquet_rows(path) > 0]

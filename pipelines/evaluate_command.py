@@ -13,16 +13,16 @@ import json
 import logging
 import sys
 
+from linnet_core.capped_sample import MAX_PRODUCTS_PER_STORE
 from linnet_core.evaluation.evaluate import BASELINES, EvaluationConfig, run
 from linnet_core.evaluation.report import HP_FLOOR, to_json_safe
 from linnet_core.evaluation.systems import EvaluationError
 from linnet_core.publish import MANIFEST
-from linnet_core.store_cap import STORE_CAP
 from pipelines import defaults
 from pipelines.embed import local_copy
 from pipelines.partitions import committed_names
 from pipelines.publish import published_dir
-from pipelines.usage import ArgumentParser
+from pipelines.usage import ArgumentParser, add_renamed_flag
 
 HEADLINE = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_precision", "aurc", "n", "n_labelled")
 
@@ -73,15 +73,17 @@ def parse_config(argv: list[str] | None) -> EvaluationConfig:
                              f"(default {defaults.PRODUCTS_JSONL})")
     parser.add_argument("--hp-floor", type=float, default=HP_FLOOR,
                         help="hierarchical precision at which coverages are compared")
-    parser.add_argument("--store-cap", type=int, default=STORE_CAP,
-                        help="also report the headline metrics on at most this many products per store, "
-                             f"as the acceptance set is capped (default {STORE_CAP})")
+    add_renamed_flag(parser, parser.add_argument(
+        "--max-products-per-store", type=int, default=MAX_PRODUCTS_PER_STORE,
+        help="also report the headline metrics on at most this many products per store, as the "
+             f"acceptance set is capped (default {MAX_PRODUCTS_PER_STORE})"), "--store-cap")
     args = parser.parse_args(argv)
     return EvaluationConfig(taxonomy_file=args.taxonomy, output=args.output,
                             predictions=_readable(args.predictions), labels=_readable(args.labels),
                             model=args.model, training_data=_training_data(args.training_data),
                             split=args.split, baselines=args.baselines, products=args.products,
-                            hp_floor=args.hp_floor, store_cap=args.store_cap)
+                            hp_floor=args.hp_floor,
+                            max_products_per_store=args.max_products_per_store)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,32 +16,27 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 
 from linnet_core.taxonomy import Taxonomy
-from pipelines.counters import beam_counters
-from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, ReadProducts
+from pipelines.counters import Accounting, beam_counters, records_in
+from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import WritePartitions, new_attempt
-from pipelines.sources import default_image_root, refuse_bigquery_input
+from pipelines.sources import product_source, refuse_bigquery_input
 
 LOGGER = logging.getLogger(__name__)
 DEAD_LETTERS = "dead_letters"
 SUMMARY = "summary.json"
 
 
-def build(pipeline: beam.Pipeline, input_pattern: str, output: str, image_root: str | None,
-          run_id: str | None = None) -> None:
-    """Adds the import graph to `pipeline`: read, validate, deduplicate, then replace the products and
-    dead-letter tables of `output` together (`WritePartitions`: a failed run leaves the old ones)."""
-    read = pipeline | "ReadProducts" >> ReadProducts(input_pattern, image_root, run_id=run_id)
+def build(pipeline: beam.Pipeline, read: beam.PTransform, output: str, run_id: str | None = None) -> None:
+    """Adds the import graph to `pipeline`: read (`sources.product_source`), validate, deduplicate, then
+    replace the products and dead-letter tables of `output` together (`WritePartitions`: a failed run
+    leaves the old ones)."""
+    read = pipeline | "ReadProducts" >> read
     unique = read[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
     dead = (read[DEAD_LETTER], unique[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
     _ = ({PRODUCTS: unique[PRODUCTS], DEAD_LETTERS: dead}
          | "WriteTables" >> WritePartitions(output, {PRODUCTS: "products", DEAD_LETTERS: "dead_letters"},
                                             None, run_id))
-
-
-def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
-    counters = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))["counters"]
-    return sum(counter.committed or 0 for counter in counters)
 
 
 def summarize(output: str, taxonomy: Taxonomy | None = None) -> dict:
@@ -67,17 +62,16 @@ def summarize(output: str, taxonomy: Taxonomy | None = None) -> dict:
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
-    """Runs the import and returns (and prints) its summary. Raises RuntimeError if counts disagree."""
+    """Runs the import and returns (and prints) its summary. Raises RecordsLostError if counts disagree."""
     options = pipeline_options(argv, "linnet import-products", ProductInputOptions, OutputOptions,
                                description=__doc__)
     flags, outputs = options.view_as(ProductInputOptions), options.view_as(OutputOptions)
     require(outputs, "output")
     refuse_bigquery_input(options, "import-products")
-    image_root = flags.image_root or default_image_root(flags.input)
     run_id = outputs.run_id or new_attempt()
     taxonomy = Taxonomy.load(flags.taxonomy)  # a bad taxonomy fails before any work, not after it
     pipeline = test_pipeline or beam.Pipeline(options=options)
-    build(pipeline, flags.input, outputs.output, image_root, run_id)
+    build(pipeline, product_source(options, run_id=run_id), outputs.output, run_id)
     # The summary marks a finished import (run-local reuses it): it goes before the tables change
     # and comes back after they are committed, so it never describes tables it does not match.
     summary_path = Path(outputs.output) / SUMMARY
@@ -85,13 +79,11 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     result = pipeline.run()
     result.wait_until_finish()
     summary = {"run_id": run_id, **summarize(outputs.output, taxonomy)}
-    summary["records_in"] = _counter(result, "records_read")
+    summary["records_in"] = records_in(result)
     summary["counters"] = beam_counters(result)
     json.dump(summary, sys.stdout, indent=2, ensure_ascii=False)
     print()
-    if summary["records_in"] != summary["rows"] + summary["dead_letters"]:
-        raise RuntimeError(f"records lost: {summary['records_in']} in, {summary['rows']} written, "
-                           f"{summary['dead_letters']} dead letters")
+    Accounting(summary["records_in"], summary["rows"], summary["dead_letters"]).check(f"run {run_id}")
     temporary = summary_path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(summary, indent=2))
     temporary.replace(summary_path)

@@ -18,12 +18,12 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 import schemas
 from linnet_core.records import Reason, dead_letter, updated_on, validate
 from linnet_core.training_data import choose_duplicate
+from pipelines.counters import counter
 
 LOGGER = logging.getLogger(__name__)
 PRODUCTS = "products"
@@ -159,8 +159,8 @@ class ValidateProductFn(beam.DoFn):
         self.image_root = image_root
         self.run_id = run_id
         self.optional_labels = optional_labels
-        self.valid = Metrics.counter("linnet", "records_valid")
-        self.invalid = Metrics.counter("linnet", "records_invalid")
+        self.valid = counter("records_valid")
+        self.invalid = counter("records_invalid")
 
     def process(self, raw: Any) -> Iterator[Any]:
         yield from self._route(*validate(raw, self.image_root, self.run_id, self.optional_labels))
@@ -181,7 +181,7 @@ class ReadProductFilesFn(ValidateProductFn):
     def __init__(self, image_root: str | None = None, run_id: str | None = None,
                  optional_labels: bool = False) -> None:
         super().__init__(image_root, run_id, optional_labels)
-        self.records_read = Metrics.counter("linnet", "records_read")
+        self.records_read = counter("records_read")
 
     def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
         for record, dead in read_product_file(readable.open, readable.metadata.path, self.image_root,
@@ -195,7 +195,7 @@ class KeepDayFn(beam.DoFn):
 
     def __init__(self, day: dt.date) -> None:
         self.day = day
-        self.other_days = Metrics.counter("linnet", "records_other_days")
+        self.other_days = counter("records_other_days")
 
     def process(self, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if updated_on(record, self.day):
@@ -280,7 +280,7 @@ class KeepNewestFn(beam.DoFn):
 
     def __init__(self, run_id: str | None = None) -> None:
         self.run_id = run_id
-        self.duplicates = Metrics.counter("linnet", "duplicates_superseded")
+        self.duplicates = counter("duplicates_superseded")
 
     def process(self, element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
         product_id, records = element
@@ -302,10 +302,11 @@ class DeduplicateProducts(beam.PTransform):
         super().__init__()
         self.run_id = run_id
 
-    def expand(self, products: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
+    def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
+        kept = (
             products
             | "KeyByProductId" >> beam.WithKeys(_product_id)
             | "GroupByProductId" >> beam.GroupByKey()
             | "KeepNewest" >> beam.ParDo(KeepNewestFn(self.run_id)).with_outputs(DEAD_LETTER, main=PRODUCTS)
         )
+        return {PRODUCTS: kept[PRODUCTS], DEAD_LETTER: kept[DEAD_LETTER]}

@@ -33,10 +33,10 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
-from apache_beam.metrics import Metrics
 
 from linnet_core.publish import MANIFEST
 from linnet_core.records import day_bounds, updated_on  # noqa: F401 - part of this module's API
+from pipelines.counters import counter
 from pipelines.io import WriteTable
 
 LOGGER = logging.getLogger(__name__)
@@ -420,7 +420,7 @@ class CommitTablesFn(beam.DoFn):
         self.partition = partition
         self.attempt = attempt
         self.run_id = run_id
-        self.rows_committed = {table: Metrics.counter("linnet", f"{table}_rows_committed")
+        self.rows_committed = {table: counter(f"{table}_rows_committed")
                                for table in tables}
 
     def process(self, _written: list[str]) -> Iterator[dict[str, Any]]:

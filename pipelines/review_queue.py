@@ -1,7 +1,8 @@
 """`linnet review-queue`: unlabelled products → validate → deduplicate → embed → store context →
 uncertainty → one pick over all of them (`linnet_core.review_queue`: uncertain, in thinly covered
 branches, spread over stores) → the queue, each product with its reason (Parquet and CSV), and dead
-letters. Records in = candidates + dead letters, checked at the end.
+letters, published whole (`publish.published`: a failed run leaves the previous queue). Records in =
+candidates + dead letters, checked at the end.
 
 Example:
   linnet review-queue --model out/model --input new_products.jsonl --budget 200 --output out/review_queue
@@ -18,7 +19,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pandas as pd
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -27,11 +27,12 @@ from linnet_core.exemplars import EXEMPLARS, Exemplars
 from linnet_core.features import NO_LABEL
 from linnet_core.model import TAXONOMY_COPY
 from linnet_core.taxonomy import Taxonomy
-from pipelines.counters import beam_counters
+from pipelines.counters import Accounting, committed, counter, records_in
 from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_letters, local_copy
 from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import new_attempt
+from pipelines.publish import published
 from pipelines.sources import product_source, refuse_bigquery_input
 from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext, model_info
 
@@ -77,7 +78,7 @@ class ToCandidateFn(beam.DoFn):
     """A prediction → the few fields the pick needs (no vectors travel to the single pick step)."""
 
     def __init__(self) -> None:
-        self.candidates = Metrics.counter("linnet", "review_candidates")
+        self.candidates = counter("review_candidates")
 
     def process(self, element: tuple[str, PredictionResult]) -> Iterator[dict]:
         product_id, result = element
@@ -90,10 +91,10 @@ class PickQueueFn(beam.DoFn):
     """Every candidate (one list) → the queue rows in pick order: coverage of each decoded branch from
     the model's exemplar memory (the training labels it learnt from), then `review_queue.select`."""
 
-    def __init__(self, model_dir: str, budget: int, store_cap: int | None) -> None:
+    def __init__(self, model_dir: str, budget: int, per_store_cap: int | None) -> None:
         self.model_dir = model_dir
         self.budget = budget
-        self.store_cap = store_cap
+        self.per_store_cap = per_store_cap
 
     def setup(self) -> None:
         local = Path(local_copy(self.model_dir, only=(TAXONOMY_COPY, EXEMPLARS)))
@@ -115,7 +116,7 @@ class PickQueueFn(beam.DoFn):
             np.array([c["store"] for c in candidates], dtype=object),
             np.array([c["margin"] for c in candidates]), np.array([c["entropy"] for c in candidates]),
             np.array([node for node, _ in covered], np.int64), np.array([n for _, n in covered], np.int64))
-        picked = review_queue.select(pool, self.budget, self.store_cap)
+        picked = review_queue.select(pool, self.budget, self.per_store_cap)
         level1 = self.taxonomy.level_ids(1)
         tops = [tuple(self.taxonomy.node(level1[j]).name for j in candidates[row]["top"]) for row in picked]
         names = {int(pool.branch[row]): self.taxonomy.node(int(pool.branch[row])).full_path for row in picked}
@@ -162,7 +163,7 @@ class RankUncertainty(beam.PTransform):
 
 
 def _count_dead_letters(row: dict) -> dict:
-    Metrics.counter("linnet", "review_dead_letters").inc()
+    counter("review_dead_letters").inc()
     return row
 
 
@@ -188,7 +189,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     """Build the review queue; returns the run summary (records in, candidates, dead letters, queued).
 
     Raises:
-        RuntimeError: records in ≠ candidates + dead letters (nothing may be lost).
+        RecordsLostError: records in ≠ candidates + dead letters (nothing may be lost).
         UsageError: missing flags or a budget below 1.
     """
     options = pipeline_options(argv, "linnet review-queue", ProductInputOptions, OutputOptions,
@@ -204,24 +205,23 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
                          f"{flags.per_store_cap}")
     info = model_info(model.model)
     run_id = outputs.run_id or new_attempt()
-    pipeline = test_pipeline or beam.Pipeline(options=options)
-    products = pipeline | "ReadProducts" >> product_source(options, run_id=run_id, optional_labels=True)
-    context = StoreContext(model.model, int(info["store_context_width"]), run_id,
-                           max_batch_size=model.max_batch_size)
-    build(products, EmbedProducts.from_options(options, run_id), context,
-          RankUncertainty(model.model, model.max_batch_size),
-          PickQueueFn(model.model, flags.budget, flags.per_store_cap), outputs.output, run_id)
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = beam_counters(result)
+    with published(outputs.output) as staging:
+        pipeline = test_pipeline or beam.Pipeline(options=options)
+        products = pipeline | "ReadProducts" >> product_source(options, run_id=run_id, optional_labels=True)
+        context = StoreContext(model.model, int(info["store_context_width"]), run_id,
+                               max_batch_size=model.max_batch_size)
+        build(products, EmbedProducts.from_options(options, run_id), context,
+              RankUncertainty(model.model, model.max_batch_size),
+              PickQueueFn(model.model, flags.budget, flags.per_store_cap), staging, run_id)
+        result = pipeline.run()
+        result.wait_until_finish()
+    accounting = Accounting(records_in(result), committed(result, "review_candidates"),
+                            committed(result, "review_dead_letters"))
     queued = len(pd.read_parquet(Path(outputs.output, f"{QUEUE}.parquet")))
-    summary = {"run_id": run_id, "records_in": counters.get("linnet:records_read", 0),
-               "candidates": counters.get("linnet:review_candidates", 0),
-               "dead_letters": counters.get("linnet:review_dead_letters", 0), "queued": queued}
-    summary["balanced"] = summary["records_in"] == summary["candidates"] + summary["dead_letters"]
+    summary = {"run_id": run_id, "records_in": accounting.records_in, "candidates": accounting.records_out,
+               "dead_letters": accounting.dead_letters, "queued": queued, "balanced": accounting.balanced}
     print(json.dumps(summary, indent=2))
-    if not summary["balanced"]:
-        raise RuntimeError(f"records lost in run {run_id}: {summary}")
+    accounting.check(f"run {run_id}")
     return summary
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
@@ -27,7 +26,7 @@ from linnet_core.model import SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from pipelines.bigquery import BigQueryOptions
-from pipelines.counters import beam_counters
+from pipelines.counters import Accounting, beam_counters, committed, counter, records_in
 from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
@@ -40,7 +39,7 @@ from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, 
 from pipelines.partitions import Partition, new_attempt
 from pipelines.sources import embedding_total, product_source, table_sinks
 from pipelines.store_context import STORE_CONTEXT, SavedModelHandler, StoreContext, model_info
-from pipelines.usage import UsageError
+from pipelines.usage import UsageError, add_renamed_flag
 from pipelines.watermark import AdvanceWatermark
 
 LOGGER = logging.getLogger(__name__)
@@ -58,8 +57,10 @@ class ScoreOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--decoding", choices=("exact", "greedy"), default=None,
                             help="decoding mode (default: the one baked into the model)")
-        parser.add_argument("--thresholds", default=None,
-                            help="thresholds.json to use instead of the model's baked-in one")
+        add_renamed_flag(parser, parser.add_argument(
+            "--calibration", default=None,
+            help="calibration.json whose thresholds to use instead of the model's baked-in ones"),
+            "--thresholds")
         parser.add_argument("--partition", default=None,
                             help="logical date YYYY-MM-DD (or run id) naming the output partition")
         parser.add_argument("--watermark", default=None,
@@ -117,7 +118,7 @@ class ToCategorizedRowFn(beam.DoFn):
     def __init__(self, model_dir: str, lineage: dict[str, Any]) -> None:
         self.model_dir = model_dir
         self.lineage = lineage
-        self.decisions = {name: Metrics.counter("linnet", f"decision_{name}") for name in decisions.NAMES}
+        self.decisions = {name: counter(f"decision_{name}") for name in decisions.NAMES}
 
     def setup(self) -> None:
         self.taxonomy, self.shopify = load_taxonomies(self.model_dir)
@@ -171,7 +172,7 @@ def code_version() -> str:
 
 def base_lineage(info: dict, run_id: str, thresholds_version: str | None = None) -> dict[str, str]:
     """The lineage a run stamps on every row, but `model_version` (the loaded model's) and `scored_at`:
-    from model.json, the thresholds file used (default the model's) and this code."""
+    from model.json, the calibration file used (default the model's) and this code."""
     return {"taxonomy_version": info["taxonomy_version"],
             "thresholds_version": thresholds_version or info["thresholds_version"],
             "code_version": code_version(), "run_id": run_id}
@@ -195,26 +196,21 @@ def build(products: dict[str, beam.PCollection], embed: beam.PTransform, context
     return {CATEGORIZED: categorized["rows"], DEAD_LETTERS: dead} | "WriteTables" >> write
 
 
-def _counter(result: beam.runners.runner.PipelineResult, name: str) -> int:
-    counters = result.metrics().query(beam.metrics.MetricsFilter().with_name(name))["counters"]
-    return sum(counter.committed or 0 for counter in counters)
-
-
 def run_summary(result: beam.runners.runner.PipelineResult, run_id: str, partition: Partition) -> dict:
     """Counts of one run from its metrics; `balanced` says whether rows in = rows out + dead letters."""
-    rows_in = (_counter(result, "records_read") + _counter(result, "bigquery_rows_read")
-               - _counter(result, "records_other_days"))
+    accounting = Accounting(records_in(result), committed(result, f"{CATEGORIZED}_rows_committed"),
+                            committed(result, f"{DEAD_LETTERS}_rows_committed"))
     summary = {
         "run_id": run_id,
         "partition": partition.name,
-        "rows_in": rows_in,
-        "rows_out": _counter(result, f"{CATEGORIZED}_rows_committed"),
-        "dead_letters": _counter(result, f"{DEAD_LETTERS}_rows_committed"),
-        "duplicates_superseded": _counter(result, "duplicates_superseded"),
-        "decisions": {name: _counter(result, f"decision_{name}") for name in decisions.NAMES},
-        "images": {name: _counter(result, f"image_{name}") for name in IMAGE_STATUSES},
+        "rows_in": accounting.records_in,
+        "rows_out": accounting.records_out,
+        "dead_letters": accounting.dead_letters,
+        "duplicates_superseded": committed(result, "duplicates_superseded"),
+        "decisions": {name: committed(result, f"decision_{name}") for name in decisions.NAMES},
+        "images": {name: committed(result, f"image_{name}") for name in IMAGE_STATUSES},
     }
-    summary["balanced"] = summary["rows_in"] == summary["rows_out"] + summary["dead_letters"]
+    summary["balanced"] = accounting.balanced
     summary["counters"] = beam_counters(result)
     return summary
 
@@ -238,8 +234,8 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
         raise UsageError("give --output (files) or --output_dataset (BigQuery)")
     info = model_info(model.model)
     levels, thresholds_version = None, info["thresholds_version"]
-    if flags.thresholds:
-        chosen = load_thresholds(flags.thresholds)
+    if flags.calibration:
+        chosen = load_thresholds(flags.calibration)
         levels, thresholds_version = list(chosen.levels), chosen.version
     lineage = base_lineage(info, run_id, thresholds_version)
     pipeline = test_pipeline or beam.Pipeline(options=options)
@@ -272,7 +268,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             (what backfills do); otherwise every input product.
 
     Raises:
-        RuntimeError: rows in ≠ rows out + dead letters (nothing may be lost).
+        RecordsLostError: rows in ≠ rows out + dead letters (nothing may be lost).
         ValueError: missing flags, or --model is not a model directory.
     """
     options = pipeline_options(argv, "linnet score", ProductInputOptions, OutputOptions, ModelOptions,
@@ -291,8 +287,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     summary = run_summary(result, run_id, partition)
     _write_summary(outputs.output, summary)
     print(json.dumps(summary, indent=2))
-    if not summary["balanced"]:
-        raise RuntimeError(f"records lost in run {run_id}: {summary}")
+    Accounting(summary["rows_in"], summary["rows_out"], summary["dead_letters"]).check(f"run {run_id}")
     return summary
 
 

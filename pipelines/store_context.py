@@ -49,10 +49,10 @@ def load_predictor(model_dir: str, batch_size: int) -> Any:
     """The model as both scoring handlers load it on a worker: the SavedModel and its two JSON files,
     copied from a remote folder first (TensorFlow loads on workers only)."""
     from linnet_core.model import MODEL_JSON
-    from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON
+    from linnet_core.model.export import CALIBRATION_JSON, SAVED_MODEL
     from linnet_core.model.predictor import Predictor
 
-    local = local_copy(model_dir, only=(SAVED_MODEL, MODEL_JSON, THRESHOLDS_JSON))
+    local = local_copy(model_dir, only=(SAVED_MODEL, MODEL_JSON, CALIBRATION_JSON))
     return Predictor(local, batch_size=batch_size)
 
 

@@ -14,7 +14,7 @@ from linnet_core.model.data import DataError
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from pipelines import defaults
 from pipelines.publish import published_dir
-from pipelines.usage import ArgumentParser, UsageError
+from pipelines.usage import ArgumentParser, UsageError, add_renamed_flag
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="model config JSON (default: linnet_core/config/model.json)")
     parser.add_argument("--output", required=True, help="model directory to write")
     parser.add_argument("--taxonomy", default=defaults.TAXONOMY, help="taxonomy-with-ids file")
-    parser.add_argument("--thresholds", help="thresholds.json to bake in (default: 0.5 per level)")
+    add_renamed_flag(parser, parser.add_argument(
+        "--calibration", help="calibration.json to bake in (default: thresholds 0.5 per level)"),
+        "--thresholds")
     parser.add_argument("--holdout", action="append", default=[], metavar="SPLIT",
                         help="leave this split's stores out of the network and the exemplar memory "
                              "(repeatable; default: none, a production model on every labelled store). "
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster = cluster_from_env()
         config = load_config(args.config)
         taxonomy = Taxonomy.load(args.taxonomy)
-        thresholds = load_thresholds(args.thresholds) if args.thresholds else None
+        thresholds = load_thresholds(args.calibration) if args.calibration else None
         shopify = None if args.shopify_taxonomy == "none" else args.shopify_taxonomy
         flagged = flagged_products(args.label_audit) if args.label_audit else ()
         train(published_dir(args.data), args.output, config, taxonomy, thresholds, cluster, shopify,

@@ -21,15 +21,15 @@ from linnet_core.calibration.thresholds import (
     load_floors,
 )
 from linnet_core.calibration.tuning import REPORT, calibrate_and_tune
+from linnet_core.capped_sample import MAX_PRODUCTS_PER_STORE
 from linnet_core.evaluation.report import to_json_safe
 from linnet_core.model.data import DataError
 from linnet_core.model.export import TAXONOMY_COPY, ModelDirError
 from linnet_core.model.predictor import TaxonomyMismatchError
-from linnet_core.store_cap import STORE_CAP
 from linnet_core.taxonomy import Taxonomy, TaxonomyError
 from linnet_core.training_data import DEFAULT_FOLDS
 from pipelines.publish import published_dir
-from pipelines.usage import ArgumentParser
+from pipelines.usage import ArgumentParser, add_renamed_flag
 
 FLOORS_COPY = "sensitive_categories.json"
 
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
                         help="store groups to cross-fit over the stores the model learnt from (a network "
                              "per group); 0 or 1: the model itself on the calibration split only")
-    parser.add_argument("--store-cap", type=int, default=STORE_CAP,
-                        help="products per store that calibration keeps (default 150)")
+    add_renamed_flag(parser, parser.add_argument(
+        "--max-products-per-store", type=int, default=MAX_PRODUCTS_PER_STORE,
+        help=f"products per store that calibration keeps (default {MAX_PRODUCTS_PER_STORE})"), "--store-cap")
     parser.add_argument("--taxonomy", default=None,
                         help="taxonomy the floors are checked on (default: the model's copy)")
     args = parser.parse_args(argv)
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         taxonomy = Taxonomy.load(args.taxonomy or Path(args.model, TAXONOMY_COPY))
         floors = {} if args.sensitive == "none" else load_floors(args.sensitive, taxonomy)
         tuned, evidence = calibrate_and_tune(args.model, published_dir(args.data), args.target_precision,
-                                             floors, args.per_subtree, args.delta, args.folds, args.store_cap)
+                                             floors, args.per_subtree, args.delta, args.folds,
+                                             args.max_products_per_store)
     except (ThresholdsError, TaxonomyError, DataError, ModelDirError, TaxonomyMismatchError,
             OSError, ValueError) as error:
         print(f"linnet tune-thresholds: {error}", file=sys.stderr)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -61,3 +63,29 @@ def unknown_flags_message(unknown: Sequence[str], known: Iterable[str]) -> str:
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
         parts.append(f"unknown flag {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
     return "; ".join(parts)
+
+
+@functools.cache
+def _note_renamed(old: str, new: str) -> None:
+    """Once per process: Beam parses a command line again for every view of its options."""
+    print(f"linnet: {old} is deprecated, use {new}", file=sys.stderr)
+
+
+class _RenamedFlag(argparse.Action):
+    """An old spelling of a renamed flag: sets the new flag's value, with a note on stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        _note_renamed(str(option_string), self.new)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed_flag(parser: argparse.ArgumentParser, new: argparse.Action, old: str) -> None:
+    """Keep `old`, the former name of the flag `new` (what `add_argument` returned), working as a
+    hidden alias, so command lines and docs written before the rename still run."""
+    parser.add_argument(old, action=_RenamedFlag, new=new.option_strings[0], dest=new.dest, type=new.type,
+                        metavar=new.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)

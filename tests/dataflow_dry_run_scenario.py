@@ -132,7 +132,7 @@ def main(workdir: str) -> dict:
     return {
         "before": before, "after": after["model_version"], "thresholds_version": after["thresholds_version"],
         "submitted": submitted, "staged_first": staged_first, "staged": _staged_versions(),
-        "staged_thresholds": json.loads(FileSystems.open(f"{staged_uri}/thresholds.json").read())["version"],
+        "staged_thresholds": json.loads(FileSystems.open(f"{staged_uri}/calibration.json").read())["version"],
         "floors_in_model": (model / "sensitive_categories.json").is_file(),
         "score": _job([*scoring, *flags], DAY, backfill_days=False),
         "backfill": _job([*scoring, *flags], DAY, backfill_days=True),

@@ -9,7 +9,8 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from linnet_core import records
 from pipelines import defaults
-from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts
+from pipelines.counters import NAMESPACE
+from pipelines.embed import EmbedConfig, EmbedProducts
 
 TABLE = "gs://linnet-test/embeddings"
 PHOTOS = defaults.SHARED_DATA / "products" / "images"

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from linnet_core.calibration.thresholds import Thresholds, save_thresholds
-from linnet_core.model import MODEL_JSON, THRESHOLDS_JSON
+from linnet_core.model import CALIBRATION_JSON, MODEL_JSON
 from linnet_core.model.version import directory_version
 
 
@@ -17,7 +17,7 @@ def write_stand_in_model(folder: Path, level_threshold: float = 0.5) -> str:
     (folder / "saved_model" / "saved_model.pb").write_bytes(f"graph {level_threshold}".encode())
     (folder / "saved_model" / "variables" / "variables.index").write_bytes(b"index")
     (folder / "training_model.weights.h5").write_bytes(b"weights")
-    save_thresholds(Thresholds("manual-test", (level_threshold,) * 7), folder / THRESHOLDS_JSON)
+    save_thresholds(Thresholds("manual-test", (level_threshold,) * 7), folder / CALIBRATION_JSON)
     info = {"taxonomy_version": "tiny-1", "taxonomy_fingerprint": "f00d"}
     (folder / MODEL_JSON).write_text(json.dumps(info))
     version = directory_version(folder)

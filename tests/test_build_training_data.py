@@ -96,7 +96,7 @@ def test_rerun_gives_same_splits_weights_and_examples(runs):
     counters = [first_stats.pop("counters"), second_stats.pop("counters")]
     assert first_stats == second_stats
     # The stats carry the run's Beam counters: only the second run found its texts in the cache.
-    hits = [run.get("linnet.embed:text_cache_hits", 0) for run in counters]
+    hits = [run.get("linnet:text_cache_hits", 0) for run in counters]
     assert hits[0] == 0 and hits[1] >= first_stats["examples"]
     for split in SPLITS:
         before, after = _examples(first, split), _examples(second, split)

@@ -112,7 +112,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("command", "flags"), [
-    ("score", ["--input", "--model", "--output", "--partition", "--thresholds", "--embedding_cache"]),
+    ("score", ["--input", "--model", "--output", "--partition", "--calibration", "--embedding_cache"]),
     ("import-products", ["--input", "--output", "--image_root", "--taxonomy", "--run_id"]),
     ("build-training-data", ["--input", "--output", "--split_fractions", "--store_cap"]),
 ])
@@ -141,3 +141,18 @@ def test_a_failed_import_keeps_the_previous_output(tmp_path: Path, products: Pat
     assert after == before
     assert json.loads((output / "summary.json").read_text())["run_id"] == first["run_id"]
     assert pq.read_table(output / "products").column("product_id").to_pylist() == ["p1"]
+
+
+def test_renamed_flags_keep_their_old_names(capsys: pytest.CaptureFixture):
+    """`score --thresholds` (now --calibration) still sets the new flag, hidden from --help, with a note."""
+    from pipelines import usage
+    from pipelines.options import pipeline_options
+    from pipelines.score import ScoreOptions
+
+    usage._note_renamed.cache_clear()
+    options = pipeline_options(["--thresholds", "tuned.json"], "linnet score", ScoreOptions)
+    assert options.view_as(ScoreOptions).calibration == "tuned.json"
+    assert capsys.readouterr().err.count("--thresholds is deprecated, use --calibration") == 1
+    with pytest.raises(SystemExit):
+        cli.main(["score", "--help"])
+    assert "--thresholds" not in capsys.readouterr().out

@@ -34,12 +34,12 @@ def test_model_is_staged_per_content_version_with_its_manifest_last(tmp_path: Pa
     uri = stage_model(str(model), str(bucket))
     assert uri == str(bucket / "models" / version)
     staged = sorted(str(path.relative_to(uri)) for path in Path(uri).rglob("*") if path.is_file())
-    assert staged == ["model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index",
-                      "thresholds.json", "training_model.weights.h5"]
+    assert staged == ["calibration.json", "model.json", "saved_model/saved_model.pb",
+                      "saved_model/variables/variables.index", "training_model.weights.h5"]
     assert stage_model(str(model), str(bucket)) == uri
     # Thresholds changed without a re-export: the folder no longer is the version model.json names.
-    thresholds = json.loads((model / "thresholds.json").read_text())
-    (model / "thresholds.json").write_text(json.dumps({**thresholds, "levels": [0.6] * 7}))
+    thresholds = json.loads((model / "calibration.json").read_text())
+    (model / "calibration.json").write_text(json.dumps({**thresholds, "levels": [0.6] * 7}))
     with pytest.raises(ValueError, match="re-export"):
         stage_model(str(model), str(bucket))
     # A re-export (what a retune does) names new content: it is staged beside the old version.

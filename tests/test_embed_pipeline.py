@@ -15,7 +15,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from linnet_core import features, records
 from linnet_core.encoders.image import ImageError
 from pipelines import defaults
-from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, load_embedder, read_uri
+from pipelines.counters import NAMESPACE
+from pipelines.embed import EmbedConfig, EmbedProducts, load_embedder, read_uri
 
 pytestmark = pytest.mark.shared_data
 PHOTOS = defaults.SHARED_DATA / "products" / "images"
@@ -86,7 +87,7 @@ def test_counters_and_cache_hits_on_a_second_run(products: list, models_dir: str
         result.wait_until_finish()
         runs.append(_counters(result))
     first, second = runs
-    assert first["products_embedded"] == 6 and first["dead_letters"] == 2
+    assert first["products_embedded"] == 6 and first["embed_dead_letters"] == 2
     statuses = ("image_ok", "image_missing_file", "image_unreadable", "image_no_image")
     assert [first[name] for name in statuses] == [3, 1, 1, 1]
     assert first.get("text_cache_hits", 0) == 0

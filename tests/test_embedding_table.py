@@ -19,7 +19,8 @@ import schemas
 from linnet_core import features, records
 from linnet_core.encoders.cache import content_hash
 from pipelines import defaults
-from pipelines.embed import NAMESPACE, EmbedConfig, EmbedProducts, read_uri
+from pipelines.counters import NAMESPACE
+from pipelines.embed import EmbedConfig, EmbedProducts, read_uri
 from pipelines.embedding_table import SCHEMA, LookUpEmbeddings, table_row
 
 pytestmark = pytest.mark.shared_data

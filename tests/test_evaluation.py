@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from linnet_core import metrics
+from linnet_core.capped_sample import capped_rows
 from linnet_core.evaluation import baselines, report
 from linnet_core.evaluation.systems import EvaluationError, parquet_files, read_labels, read_predictions
 from linnet_core.model.data import read_split
-from linnet_core.store_cap import capped_rows
 from pipelines import cli, evaluate_command
 
 # Same cases as test_metrics: exact, back-off, wrong sibling, abstained, wrong level 2, unlabelled
@@ -94,10 +94,11 @@ def test_capped_per_store_block_on_a_crafted_example(tmp_path, tiny_taxonomy_fil
     predictions, labels = _write_inputs(tmp_path, stores=["a", "a", "a", "a", "b", "b", "b"])
     output = tmp_path / "evaluation"
     assert cli.main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
-                     str(tiny_taxonomy_file), "--output", str(output), "--store-cap", "2"]) == 0
+                     str(tiny_taxonomy_file), "--output", str(output), "--max-products-per-store", "2"]) == 0
     result = json.loads((output / "metrics.json").read_text())
     capped = result["capped_per_store"]
-    assert (capped["store_cap"], capped["n_stores"], capped["n"], capped["n_labelled"]) == (2, 3, 5, 3)
+    assert (capped["max_products_per_store"], capped["n_stores"], capped["n"],
+            capped["n_labelled"]) == (2, 3, 5, 3)
     assert capped["hP"] == pytest.approx(4 / 5) and capped["hR"] == pytest.approx(4 / 9)
     assert capped["hF1"] == pytest.approx(4 / 7) and capped["coverage"] == pytest.approx(3 / 5)
     assert capped["exact_accuracy"] == pytest.approx(1 / 3)
@@ -107,7 +108,7 @@ def test_capped_per_store_block_on_a_crafted_example(tmp_path, tiny_taxonomy_fil
     text = (output / "report.md").read_text()
     assert "## At most 2 products per store (as the acceptance set)" in text and "hF1 0.571" in text
     assert cli.main(["evaluate", "--predictions", str(predictions), "--labels", str(labels), "--taxonomy",
-                     str(tiny_taxonomy_file), "--output", str(output), "--store-cap", "0"]) == 1
+                     str(tiny_taxonomy_file), "--output", str(output), "--store-cap", "0"]) == 1  # old name
 
 
 def test_capped_rows_are_deterministic_and_keep_small_stores_whole():
@@ -247,7 +248,7 @@ def test_tune_thresholds_then_evaluate_with_baselines(trained_model, tmp_path):
     model, data = trained_model / "model", trained_model / "data"
     assert cli.main(["tune-thresholds", "--model", str(model), "--data", str(data),
                      "--target-precision", "0.8"]) == 0
-    tuned = load_thresholds(model / "thresholds.json")
+    tuned = load_thresholds(model / "calibration.json")
     assert tuned.version.startswith("p0.8-") and tuned.target_precision == 0.8
     assert tuned.overrides[772] == 0.95 and tuned.temperatures != (1.0,) * 7
     assert read_model_json(model)["thresholds_version"] == tuned.version

@@ -72,7 +72,7 @@ def _assert_valid_paths(taxonomy: Taxonomy, outputs: dict) -> None:
 
 def test_train_writes_the_model_directory(trained: tuple[Path, Path], gpt: Taxonomy) -> None:
     model_dir, _ = trained
-    for name in ("saved_model/saved_model.pb", "model.json", "thresholds.json", "config.json", "curves.json",
+    for name in ("saved_model/saved_model.pb", "model.json", "calibration.json", "config.json", "curves.json",
                  "curves.png", "MODEL_CARD.md", "training_model.weights.h5", "exemplars.npz"):
         assert (model_dir / name).exists(), name
     info = read_model_json(model_dir)
@@ -180,7 +180,7 @@ def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, P
     assert predictor.thresholds_version == "tuned-1" == read_model_json(model_dir)["thresholds_version"]
     # New thresholds are new content: a new model version, in the SavedModel and in model.json.
     assert predictor.model_version == read_model_json(model_dir)["model_version"] != version
-    assert load_thresholds(model_dir / "thresholds.json") == tuned
+    assert load_thresholds(model_dir / "calibration.json") == tuned
     after = predictor.predict(inputs)
     np.testing.assert_array_equal(after["level_ids"], before["level_ids"])
     in_subtree = before["level_ids"][:, 0] == root
@@ -308,14 +308,14 @@ def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
     export_inference_model(model_dir)
     assert cli.main(["tune-thresholds", "--model", str(model_dir), "--data", str(data), "--folds", "3",
                      "--target-precision", "0.5", "--sensitive", "none"]) == 0
-    tuned = load_thresholds(model_dir / "thresholds.json")
+    tuned = load_thresholds(model_dir / "calibration.json")
     assert tuned.weights("text_prior")[0] + tuned.weights("title_prior")[0] > 1.0
     # Level 7 has (almost) no labels: it takes the fit of level 6.
     assert tuned.weights("exemplars")[6] == tuned.weights("exemplars")[5] and tuned.temperatures[6] == \
         tuned.temperatures[5]
     report = json.loads((model_dir / "thresholds_report.json").read_text())
     assert report["evidence_weights"] == {name: list(w) for name, w in tuned.evidence_weights.items()}
-    assert report["calibration"] == {"folds": 3, "store_cap": 150, "products": 600, "stores": 7}
+    assert report["calibration"] == {"folds": 3, "max_products_per_store": 150, "products": 600, "stores": 7}
     paths = CalibrationPaths.load(model_dir / CALIBRATION_PATHS)
     assert paths.level_ids.shape == (600, 7) and sorted(set(paths.store)) == [f"store-{i}" for i in range(7)]
     np.testing.assert_allclose(Predictor(model_dir, gpt).metadata["text_prior_weights"],
@@ -324,7 +324,8 @@ def test_tune_thresholds_fits_evidence_weights_on_cross_fitted_stores(
     assert cli.main(["tune-thresholds", "--model", str(model_dir), "--data", str(data), "--folds", "0",
                      "--target-precision", "0.5", "--sensitive", "none"]) == 0
     report = json.loads((model_dir / "thresholds_report.json").read_text())
-    assert report["calibration"] == {"folds": None, "store_cap": 150, "products": 300, "stores": 7}
+    assert report["calibration"] == {"folds": None, "max_products_per_store": 150, "products": 300,
+                                     "stores": 7}
 
 
 def test_train_publishes_the_model_whole_and_a_failure_keeps_the_old_one(trained, tmp_path: Path,

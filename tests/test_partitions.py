@@ -151,8 +151,8 @@ def test_commits_on_gcs_through_the_storage_emulator(tmp_path: Path):
     staged = f"gs://linnet-test/models/{result['model_version']}"
     assert result["model_uri"] == staged
     assert result["model_objects"] == [f"{staged}/{name}" for name in (
-        "model.json", "saved_model/saved_model.pb", "saved_model/variables/variables.index",
-        "thresholds.json", "training_model.weights.h5")]
+        "calibration.json", "model.json", "saved_model/saved_model.pb",
+        "saved_model/variables/variables.index", "training_model.weights.h5")]
 
 
 def test_a_local_output_is_published_whole_or_not_at_all(tmp_path: Path):

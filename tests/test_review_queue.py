@@ -46,7 +46,7 @@ def test_the_pick_spreads_over_stores_not_the_top_of_one():
     stores = [pool.store[i] for i in picked]
     assert sorted(stores) == ["a", "a", "b", "b", "c", "c"]  # 6 over 3 stores: at most 2 each
     assert picked[:2] == [0, 1]  # the most uncertain first, ties by product id
-    assert review_queue.select(pool, 6, store_cap=6)[:6] == [0, 1, 2, 3, 4, 5]  # no spread without a cap
+    assert review_queue.select(pool, 6, per_store_cap=6)[:6] == [0, 1, 2, 3, 4, 5]  # no spread without a cap
 
 
 def test_the_cap_rises_when_stores_run_out_and_branches_spread():
@@ -55,7 +55,7 @@ def test_the_cap_rises_when_stores_run_out_and_branches_spread():
     assert len(picked) == 4 and 5 in picked  # b's only product, then a's beyond the even share of 2
     # Within store a, branches 8 and 9 come before a second and third product of branch 7.
     assert [int(pool.branch[i]) for i in picked if pool.store[i] == "a"][:3] == [7, 8, 9]
-    assert review_queue.select(pool, 4, store_cap=1) == [0, 5]  # a hard cap is kept
+    assert review_queue.select(pool, 4, per_store_cap=1) == [0, 5]  # a hard cap is kept
     assert sorted(review_queue.select(pool, 100)) == list(range(6))  # a budget beyond the pool: all
     with pytest.raises(ValueError, match=">= 1"):
         review_queue.select(pool, 0)

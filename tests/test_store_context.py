@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from linnet_core.calibration.thresholds import FirstPass, Thresholds, load_thresholds, save_thresholds
 from linnet_core.features import IMAGE_DIM, TEXT_DIM
-from linnet_core.model.export import THRESHOLDS_JSON, export_inference_model, read_model_json
+from linnet_core.model.export import CALIBRATION_JSON, export_inference_model, read_model_json
 from linnet_core.model.predictor import Predictor
 from linnet_core.store_context import ContextLayout, StoreTable, leave_one_out, store_contexts
 from linnet_core.taxonomy import Taxonomy
@@ -163,7 +163,7 @@ def test_the_model_follows_a_weighted_store_context(model_dir: Path, tmp_path: P
 
     tuned_dir = tmp_path / "model"
     shutil.copytree(model_dir, tuned_dir)
-    base = load_thresholds(tuned_dir / THRESHOLDS_JSON)
+    base = load_thresholds(tuned_dir / CALIBRATION_JSON)
     weights = {"store_context": (200.0,) + (0.0,) * 6}
     tuned = Thresholds("manual-store", base.levels, base.temperatures, evidence_weights=weights,
                        first_pass=FirstPass(base.temperatures))

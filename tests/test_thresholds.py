@@ -179,7 +179,7 @@ def test_evidence_weights_are_optional_and_named_by_the_version(tmp_path):
         th.Thresholds("v", levels, evidence_weights={"gut_feeling": (1.0,) * 7})
     (tmp_path / "bad.json").write_text(json.dumps({"version": "b", "levels": list(levels),
                                                    "evidence_weights": [1, 2]}))
-    with pytest.raises(th.ThresholdsError, match="not a thresholds file"):
+    with pytest.raises(th.ThresholdsError, match="not a calibration file"):
         th.load_thresholds(tmp_path / "bad.json")
     tuned, _ = th.tune(np.array([[1, 2, -1, -1, -1, -1, -1]]), np.array([[0.9, 0.8, 0, 0, 0, 0, 0]]),
                        np.array([[1, 2, -1, -1, -1, -1, -1]]), 0.5, temperatures, evidence_weights=weights)

@@ -5,8 +5,8 @@ evidence weights and thresholds.
 Cross-fitted (the default): the pool of train and calibration stores is cut into `folds` groups of
 whole stores; for each group, a network with the model's config is trained on the other groups and an
 exemplar memory is built from them, and both score the group. Every pool product is then scored as an
-unseen store's product is in production, and calibration sees ~70 stores instead of the calibration
-split's ~10 (docs/experiments/2026-11-29-title-exemplars-cross-fitting.md).
+unseen store's product is in production, and calibration sees every training store instead of the
+calibration split's few (docs/experiments/2026-11-29-title-exemplars-cross-fitting.md).
 Without folds: the model itself on the calibration split.
 """
 

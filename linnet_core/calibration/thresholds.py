@@ -1,4 +1,5 @@
-"""The thresholds file (`thresholds.json`): per-level temperatures and thresholds, per-node floors.
+"""The calibration file (`calibration.json`): per-level thresholds and temperatures, the evidence
+weights, the first pass's fusion and per-node floors.
 
 The inference SavedModel bakes one of these in at export; its format is the contract in
 docs/ARCHITECTURE.md. Also: the numpy statement of how thresholds cut a decoded path, Clopper–Pearson
@@ -42,7 +43,7 @@ CLOSED = float(np.nextafter(np.float32(1.0), np.float32(2.0)))
 
 
 class ThresholdsError(ValueError):
-    """A thresholds file or value that does not fit the format."""
+    """A calibration file or value that does not fit the format."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class Thresholds:
                     _weights_of(first.get("evidence_weights"))),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ThresholdsError(f"{source}: not a thresholds file: {error}") from error
+            raise ThresholdsError(f"{source}: not a calibration file: {error}") from error
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def default_thresholds() -> Thresholds:
 
 
 def load_thresholds(path: str | Path) -> Thresholds:
-    """Read a thresholds file. Raises ThresholdsError (bad content) or OSError (unreadable)."""
+    """Read a calibration file. Raises ThresholdsError (bad content) or OSError (unreadable)."""
     with open(path, encoding="utf-8") as handle:
         try:
             data = json.load(handle)
@@ -178,7 +179,7 @@ def load_thresholds(path: str | Path) -> Thresholds:
 
 
 def save_thresholds(thresholds: Thresholds, path: str | Path) -> None:
-    """Write a thresholds file (pretty JSON)."""
+    """Write a calibration file (pretty JSON)."""
     Path(path).write_text(json.dumps(thresholds.to_json(), indent=2) + "\n", encoding="utf-8")
 
 

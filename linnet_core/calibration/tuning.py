@@ -2,14 +2,14 @@
 
 1. the calibration set (`calibration.crossfit`): logits and evidence of labelled products from stores the
    scoring networks never saw, cross-fitted over the train and calibration stores by default, at most
-   `store_cap` products per store (the acceptance set's cap, so no store decides the fit);
+   `max_products_per_store` products per store (the acceptance set's cap, so no store decides the fit);
 2. per level, the temperature of the network's logits and the weight of each product evidence by NLL
    (the first pass); each product's store context from its store-mates' first-pass predictions
    (leave-one-out, linnet_core.store_context); then the fusion again with the store context;
 3. decode the set with the model's own decoding ops at that fusion (exact decoding depends on it);
 4. per level, the smallest Clopper–Pearson-certified threshold for the target, sensitive floors as
    overrides (optionally per level-1 subtree);
-5. write a versioned thresholds file, re-export the inference model with it, and keep the decoded
+5. write a versioned calibration file, re-export the inference model with it, and keep the decoded
    calibration paths (MODEL/calibration_paths.npz) so `linnet evaluate` retunes on the same evidence.
 """
 
@@ -26,13 +26,13 @@ import numpy as np
 from linnet_core import metrics
 from linnet_core.calibration import fusion
 from linnet_core.calibration.thresholds import DELTA, FirstPass, Thresholds, save_thresholds, tune
+from linnet_core.capped_sample import MAX_PRODUCTS_PER_STORE, capped_rows
 from linnet_core.features import LEVELS, NO_LABEL
-from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import CALIBRATION, DEFAULT_FOLDS, TRAIN
 
 logger = logging.getLogger(__name__)
-HISTORY = "thresholds_history"
+HISTORY = "calibration_history"
 REPORT = "thresholds_report.json"
 CALIBRATION_PATHS = "calibration_paths.npz"
 
@@ -96,8 +96,8 @@ def fit_fusion(scored, taxonomy: Taxonomy):
 
 
 def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, folds: int,
-                    store_cap: int | None, prepare=None):
-    """The store-capped calibration set (`store_cap` None: every product): cross-fitted over the
+                    max_products_per_store: int | None, prepare=None):
+    """The capped calibration set (`max_products_per_store` None: every product): cross-fitted over the
     model's training splits with `folds` > 1 (`prepare`: the pool's arrays → the arrays to cross-fit,
     e.g. with other labels or fewer products), else the model on
     the calibration split (which it must not have learnt from).
@@ -112,7 +112,9 @@ def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, f
 
     def cap(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         every = np.arange(len(arrays["product_id"]))
-        return capped_rows(arrays["product_id"], arrays["store"], store_cap) if store_cap else every
+        if not max_products_per_store:
+            return every
+        return capped_rows(arrays["product_id"], arrays["store"], max_products_per_store)
 
     splits = read_model_json(model_dir)["training"].get("splits", [TRAIN, CALIBRATION])
     if folds > 1:
@@ -131,8 +133,8 @@ def calibration_set(model_dir: Path, data_dir: str | Path, taxonomy: Taxonomy, f
 
 def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_precision: float,
                        floors: Mapping[int, float] | None = None, per_subtree: bool = False,
-                       delta: float = DELTA, folds: int = DEFAULT_FOLDS, store_cap: int = STORE_CAP
-                       ) -> tuple[Thresholds, dict]:
+                       delta: float = DELTA, folds: int = DEFAULT_FOLDS,
+                       max_products_per_store: int = MAX_PRODUCTS_PER_STORE) -> tuple[Thresholds, dict]:
     """Steps 1–5 above on MODEL and DATA.
 
     Returns:
@@ -145,8 +147,8 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     from linnet_core.calibration import crossfit
     from linnet_core.calibration.thresholds import load_thresholds
     from linnet_core.model.export import (
+        CALIBRATION_JSON,
         TAXONOMY_COPY,
-        THRESHOLDS_JSON,
         export_inference_model,
         read_model_json,
     )
@@ -154,10 +156,10 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     model_dir = Path(model_dir)
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
     table = metrics.AncestorTable(taxonomy)
-    before = load_thresholds(model_dir / THRESHOLDS_JSON)
+    before = load_thresholds(model_dir / CALIBRATION_JSON)
     mode = read_model_json(model_dir).get("default_decoding", "exact")
     scored, first, temperatures, weights = fit_fusion(calibration_set(model_dir, data_dir, taxonomy, folds,
-                                                                      store_cap), taxonomy)
+                                                                      max_products_per_store), taxonomy)
     logger.info("fitted on %d calibration products (%d stores): temperatures %s, evidence weights %s",
                 len(scored.gpt_id), len(np.unique(scored.store)), temperatures, weights)
 
@@ -179,8 +181,9 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
         "temperatures": list(temperatures), "evidence_weights": {k: list(v) for k, v in weights.items()},
         "first_pass": {"temperatures": list(first.temperatures),
                        "evidence_weights": {k: list(v) for k, v in first.evidence_weights.items()}},
-        "calibration": {"folds": folds if folds > 1 else None, "store_cap": store_cap,
-                        "products": int(len(known)), "stores": int(len(np.unique(scored.store)))},
+        "calibration": {"folds": folds if folds > 1 else None,
+                        "max_products_per_store": max_products_per_store, "products": int(len(known)),
+                        "stores": int(len(np.unique(scored.store)))},
         "ece_unfused": metrics.level_ece(unfused_ids, unfused_confidences, known, table),
         "ece_after": metrics.level_ece(level_ids, confidences, known, table),
         "floors": {str(k): v for k, v in sorted((floors or {}).items())},

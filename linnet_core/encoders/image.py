@@ -177,8 +177,9 @@ class ImageEncoder:
 
     `models_dir` holds `mobilenet_v2-b0353104.pth` and, for the ONNX engine, `mobilenet_v2.onnx`
     (both written by `linnet prepare-models`). The ONNX engine splits a batch into `threads` chunks run
-    concurrently on single-threaded runs of one session (~1.6× a two-threaded run on 2 cores); features
-    do not depend on the batching (fp32, no batch statistics).
+    concurrently on single-threaded runs of one session (faster than one multi-threaded run:
+    docs/experiments/2026-11-25-encoder-runtime.md); features do not depend on the batching (fp32, no
+    batch statistics).
     """
 
     dim = IMAGE_DIM

@@ -33,7 +33,7 @@ TOKENIZER_FILE = "tokenizer.json"
 
 def engine_files(engine: str) -> tuple[str, ...]:
     """What `engine` reads of the model folder, by relative name (empty: all of it, for torch); a
-    remote copy (a Dataflow worker's) fetches only these, not the folder's 1.1 GB."""
+    remote copy (a Dataflow worker's) fetches only these, not the whole folder with its torch weights."""
     return (TOKENIZER_FILE, ONNX_FILES[engine]) if engine in ONNX_FILES else ()
 
 
@@ -109,14 +109,14 @@ class OnnxTextEncoder:
     """The fast path: an ONNX export that `linnet prepare-models` writes beside the HF weights (fp32 or int8).
 
     It reads the folder's `tokenizer.json` with the `tokenizers` library (what `AutoTokenizer` wraps; the
-    tests check both give the same ids), so workers neither import transformers nor torch (~6 s and
-    ~300 MB each).
+    tests check both give the same ids), so workers import neither transformers nor torch, both slow to
+    import and large in memory.
 
     Each text runs alone, on `threads` concurrent single-threaded runs of one session. Dynamic int8
     quantization scales activations per tensor, so batching texts would make an embedding depend on its
-    batch-mates (cosine ~0.99 between batchings), which a content-keyed cache cannot allow (fp32 padding
-    would shift it slightly too); and on this 2-core machine two single-threaded runs were ~2× faster than
-    one two-threaded batched run.
+    batch-mates, which a content-keyed cache cannot allow (fp32 padding would shift it slightly too); and
+    concurrent single-threaded runs were faster than one multi-threaded batched run
+    (docs/experiments/2026-11-25-encoder-runtime.md).
     """
 
     def __init__(self, model: str, max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,

@@ -17,9 +17,9 @@ import pandas as pd
 
 from linnet_core import label_audit, label_noise, metrics
 from linnet_core.calibration.tuning import calibration_set, fit_fusion
+from linnet_core.capped_sample import capped_rows
 from linnet_core.evaluation.report import markdown_table, to_json_safe
 from linnet_core.features import NO_LABEL
-from linnet_core.store_cap import capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import DEFAULT_FOLDS, store_folds
 
@@ -99,11 +99,11 @@ def audited_weights(model_dir: str | Path, data_dir: str | Path, taxonomy: Taxon
 
 def audit_model_data(model_dir: str | Path, data_dir: str | Path, folds: int = DEFAULT_FOLDS,
                      min_margin: float = 0.0, relabel: Callable[[dict], dict] | None = None,
-                     store_cap: int | None = None) -> tuple[AuditedLabels, Taxonomy]:
+                     max_products_per_store: int | None = None) -> tuple[AuditedLabels, Taxonomy]:
     """Audit every labelled product of the splits MODEL learnt from, cross-fitted over `folds` store
-    folds (`relabel`: the pool's arrays → the same with other labels). With `store_cap`, only that many
-    products per store (`store_cap.capped_rows`) are trained on and audited: ~3× less CPU and memory on
-    the shared data, for a sample's figures. Returns the audit and the model's taxonomy.
+    folds (`relabel`: the pool's arrays → the same with other labels). With `max_products_per_store`,
+    only that many products per store (`capped_sample.capped_rows`) are trained on and audited: less CPU
+    and memory, for a sample's figures. Returns the audit and the model's taxonomy.
 
     Raises:
         DataError, ModelDirError, ValueError (too few stores to cross-fit).
@@ -114,12 +114,13 @@ def audit_model_data(model_dir: str | Path, data_dir: str | Path, folds: int = D
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
     mode = read_model_json(model_dir).get("default_decoding", "exact")
     def prepare(pool: dict) -> dict:
-        if store_cap:
-            rows = capped_rows(pool["product_id"], pool["store"], store_cap)
+        if max_products_per_store:
+            rows = capped_rows(pool["product_id"], pool["store"], max_products_per_store)
             pool = {name: values[rows] for name, values in pool.items()}
         return relabel(pool) if relabel else pool
 
-    scored = calibration_set(model_dir, data_dir, taxonomy, folds, store_cap=None, prepare=prepare)
+    scored = calibration_set(model_dir, data_dir, taxonomy, folds, max_products_per_store=None,
+                             prepare=prepare)
     return audit_scored(scored, taxonomy, mode, min_margin), taxonomy
 
 
@@ -196,7 +197,7 @@ def _write_report(summary: dict, branch_rows: list[dict], audited: AuditedLabels
 
 def measure_noise(model_dir: str | Path, data_dir: str | Path, output: str | Path, folds: int = DEFAULT_FOLDS,
                   sibling_rate: float = 0.05, branch_rate: float = 0.05, seed: int = 0,
-                  min_margin: float = 0.0, store_cap: int | None = None) -> dict:
+                  min_margin: float = 0.0, max_products_per_store: int | None = None) -> dict:
     """The audit on labels with seeded flips (`label_noise.inject_flips` before the cross-fitting, so the
     fold networks learn from them too): precision and recall per kind at the default cut, written to
     label_noise.json and label_noise.md beside the noisy audit's own tables."""
@@ -210,13 +211,14 @@ def measure_noise(model_dir: str | Path, data_dir: str | Path, output: str | Pat
     from linnet_core.model.export import TAXONOMY_COPY
 
     taxonomy = Taxonomy.load(Path(model_dir, TAXONOMY_COPY))
-    audited, _ = audit_model_data(model_dir, data_dir, folds, min_margin, relabel, store_cap)
+    audited, _ = audit_model_data(model_dir, data_dir, folds, min_margin, relabel,
+                                   max_products_per_store)
     write_audit(audited, taxonomy, output)
     row_of = {str(p): i for i, p in enumerate(audited.product_id)}
     found = label_noise.detection(audited.result.flagged, audited.result.suggested_id, row_of,
                                   injected["product_id"], injected["flips"])
     found.update(sibling_rate=sibling_rate, branch_rate=branch_rate, seed=seed, folds=folds,
-                 store_cap=store_cap)
+                 max_products_per_store=max_products_per_store)
     output = Path(output)
     (output / NOISE_JSON).write_text(json.dumps(to_json_safe(found), indent=2) + "\n", encoding="utf-8")
     lines = [f"## The audit on injected label flips (seed {seed})", "",

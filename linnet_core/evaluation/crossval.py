@@ -10,9 +10,9 @@ whole stores (`training_data.store_folds`, the folds of cross-fitted calibration
 - the baselines of `baseline_models` (A TF-IDF + LinearSVC, B flat LR and C one LR per level, greedy,
   on the same two text embeddings the model reads, side by side), trained on the other folds'
   products; they always answer.
-Headline figures are on at most `store_cap` products per store (the acceptance set's cap), the store
-context of a product coming from its store's other evaluated products. Per system and fold: hF1 of the
-full decoded path, hF1 / hP / coverage at the default decision, level-1 accuracy, and the largest
+Headline figures are on at most `max_products_per_store` products per store (the acceptance set's cap),
+the store context of a product coming from its store's other evaluated products. Per system and fold: hF1
+of the full decoded path, hF1 / hP / coverage at the default decision, level-1 accuracy, and the largest
 coverage with hP ≥ 0.80 over one threshold for every level with back-off (ours also with its tuned
 thresholds for 0.80). Reported as mean and standard deviation over folds, with each system's
 risk–coverage curve (the uniform-threshold sweep on all evaluated products).
@@ -32,10 +32,10 @@ import numpy as np
 from linnet_core import metrics
 from linnet_core.calibration.thresholds import FirstPass, cut_paths, tune
 from linnet_core.calibration.tuning import fit_fusion_weights
+from linnet_core.capped_sample import MAX_PRODUCTS_PER_STORE, capped_rows
 from linnet_core.evaluation import baseline_models, report
 from linnet_core.evaluation.systems import Labels, SystemOutput
 from linnet_core.features import NO_LABEL, TEXT_EMBEDDING, TITLE_EMBEDDING
-from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import DEFAULT_FOLDS, SPLITS, store_folds
 
@@ -120,7 +120,8 @@ def _summary(per_fold: Sequence[dict]) -> dict:
 
 
 def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, output: str | Path,
-        model_config: str | Path, folds: int = DEFAULT_FOLDS, store_cap: int = STORE_CAP,
+        model_config: str | Path, folds: int = DEFAULT_FOLDS,
+        max_products_per_store: int = MAX_PRODUCTS_PER_STORE,
         target_precision: float = TARGETS[0], baselines: Sequence[str] = BASELINES,
         scored=None, progress: Callable[[str], None] = logger.info,
         flagged_weight: float | None = None, capped_training: bool = False) -> dict:
@@ -136,7 +137,7 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
             among themselves (`auditing.audited_weights`: `folds` - 1 more networks per fold) and the
             flagged ones weigh this much; None: no audit.
         capped_training: the fold networks (and audits) learn from the capped products only, not every
-            product of the other folds: ~3× fewer examples, for a CPU-bound run; say so with its figures.
+            product of the other folds: fewer examples, for a CPU-bound run; say so with its figures.
 
     Writes crossval.json and crossval.md (and the curves' PNG) into `output`; returns crossval.json.
     """
@@ -149,10 +150,13 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
     pool = read_splits(data_dir, SPLITS)
     fold = store_folds(pool["store"], folds)
     capped = np.zeros(len(fold), bool)
-    capped[capped_rows(pool["product_id"], pool["store"], store_cap)] = True
+    capped[capped_rows(pool["product_id"], pool["store"], max_products_per_store)] = True
+
+    def keep(arrays: dict) -> np.ndarray:
+        return capped_rows(arrays["product_id"], arrays["store"], max_products_per_store)
 
     def capped_only(arrays: dict) -> dict:
-        rows = capped_rows(arrays["product_id"], arrays["store"], store_cap)
+        rows = keep(arrays)
         return {name: values[rows] for name, values in arrays.items()}
 
     if scored is None:
@@ -160,7 +164,7 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
         weights = (None if flagged_weight is None else
                    auditing.audited_weights(model_config, data_dir, taxonomy, folds, flagged_weight))
         scored = crossfit.cross_fitted(model_config, data_dir, taxonomy, folds,
-                                       keep=lambda a: capped_rows(a["product_id"], a["store"], store_cap),
+                                       keep=keep,
                                        splits=SPLITS, prepare=capped_only if capped_training else None,
                                        example_weights=weights)
     known_pool = np.where(np.isin(pool["gpt_id"], table.ids), pool["gpt_id"], NO_LABEL)
@@ -193,7 +197,8 @@ def run(data_dir: str | Path, texts: Mapping[str, str], taxonomy: Taxonomy, outp
         progress(f"fold {f + 1}/{folds}: {len(test)} products, {len(np.unique(labels.store))} stores; "
                  + ", ".join(f"{n} hF1 {m[-1]['hF1']:.3f}" for n, m in per_system.items())
                  + f" ({time.monotonic() - started:.0f} s)")
-    result = {"folds": folds, "store_cap": store_cap, "target_precision": target_precision,
+    result = {"folds": folds, "max_products_per_store": max_products_per_store,
+              "target_precision": target_precision,
               "flagged_weight": flagged_weight, "capped_training": capped_training,
               "stores": int(len(np.unique(scored.store))), "products": int(len(scored.gpt_id)),
               "systems": {name: {"per_fold": folds_, "summary": _summary(folds_)}
@@ -239,7 +244,7 @@ def write(result: dict, output: Path) -> None:
     (output / CROSSVAL_JSON).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     columns = ("hF1_full_path", "level1_accuracy", "hF1", "hP", "coverage", "coverage_at_hP_0.80")
     lines = [f"# Store-grouped cross-validation ({result['folds']} folds, {result['stores']} stores, "
-             f"{result['products']} products, ≤{result['store_cap']} per store)", "",
+             f"{result['products']} products, ≤{result['max_products_per_store']} per store)", "",
              f"Default decision: ours at target precision {result['target_precision']}; baselines always "
              "answer. Mean ± standard deviation over folds.", "",
              "| system | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from linnet_core import metrics
 from linnet_core.calibration.thresholds import Thresholds, cut_paths, tune
+from linnet_core.capped_sample import MAX_PRODUCTS_PER_STORE, capped_rows
 from linnet_core.evaluation import baselines, report
 from linnet_core.evaluation.systems import (
     EvaluationError,
@@ -28,7 +29,6 @@ from linnet_core.evaluation.systems import (
     read_predictions,
 )
 from linnet_core.features import LEVELS, NO_LABEL
-from linnet_core.store_cap import STORE_CAP, capped_rows
 from linnet_core.taxonomy import Taxonomy
 from linnet_core.training_data import DEFAULT_FOLDS, store_folds
 
@@ -51,7 +51,8 @@ class EvaluationConfig:
         baselines: which of BASELINES to add; None adds those whose inputs are given.
         products: raw products (JSONL) or products Parquet with the texts for (a), which needs them.
         hp_floor: the hierarchical precision at which coverages are compared.
-        store_cap: products per store in the `capped_per_store` block (the acceptance set's cap).
+        max_products_per_store: products per store in the `capped_per_store` block (the acceptance
+            set's cap).
     """
 
     taxonomy_file: str
@@ -65,11 +66,12 @@ class EvaluationConfig:
     products: str | None = None
     hp_floor: float = report.HP_FLOOR
     target_grid: tuple[float, ...] = field(default=TARGET_GRID)
-    store_cap: int = STORE_CAP
+    max_products_per_store: int = MAX_PRODUCTS_PER_STORE
 
     def __post_init__(self) -> None:
-        if self.store_cap <= 0:
-            raise EvaluationError(f"--store-cap must be a positive number of products, got {self.store_cap}")
+        if self.max_products_per_store <= 0:
+            raise EvaluationError("--max-products-per-store must be a positive number of products, got "
+                                  f"{self.max_products_per_store}")
         if self.predictions is None and not (self.model and self.training_data):
             raise EvaluationError("give --predictions, or --model and --training-data to run the model")
         if self.predictions is not None and self.labels is None:
@@ -194,7 +196,7 @@ def run(config: EvaluationConfig) -> dict:
     result["systems"] = {s.name: report.system_metrics(s, compared_labels, table) for s in systems}
     result["n_compared"] = int(len(compared.product_ids))
     result["capped_per_store"] = capped_per_store(ours, labels, systems, compared_labels, table,
-                                                  config.store_cap)
+                                                  config.max_products_per_store)
     defaults = {name: report.OperatingPoint("default", *(m[k] for k in ("coverage", "hP", "hR", "hF1")))
                 for name, m in result["systems"].items()}
     result["operating_curves"] = {name: report.points_as_dicts(points) for name, points in curves.items()}
@@ -226,7 +228,7 @@ CAPPED_KEYS = ("hP", "hR", "hF1", "exact_accuracy", "coverage", "leaf_coverage",
 
 def capped_per_store(ours: SystemOutput, labels: Labels, systems: list[SystemOutput], compared_labels: Labels,
                      table: metrics.AncestorTable, cap: int) -> dict:
-    """The headline metrics on at most `cap` products per store (`store_cap.capped_rows`: by product-id
+    """The headline metrics on at most `cap` products per store (`capped_sample.capped_rows`: by product-id
     hash, so the same products every run), as the acceptance set is capped: ours on every evaluated
     product, and each system on the compared ones. Products without a store count as one store."""
     def headline(system: SystemOutput, of: Labels) -> dict:
@@ -234,7 +236,7 @@ def capped_per_store(ours: SystemOutput, labels: Labels, systems: list[SystemOut
         measured = report.system_metrics(system.take(rows), of.take(rows), table)
         return {key: measured[key] for key in CAPPED_KEYS}
 
-    return {"store_cap": cap, "n_stores": int(len(np.unique(labels.store.astype(str)))),
+    return {"max_products_per_store": cap, "n_stores": int(len(np.unique(labels.store.astype(str)))),
             **headline(ours, labels),
             "systems": {system.name: headline(system, compared_labels) for system in systems}}
 

@@ -186,9 +186,10 @@ def render_report(result: dict, titles: dict[str, str], descriptions: dict[str, 
             for p in unseen["points"]])
     capped = result.get("capped_per_store")
     if capped:
-        lines += [f"## At most {capped['store_cap']} products per store (as the acceptance set)", "",
+        cap = capped["max_products_per_store"]
+        lines += [f"## At most {cap} products per store (as the acceptance set)", "",
                   f"Ours on {capped['n']} of the {result['n']} products ({capped['n_stores']} stores; each "
-                  f"keeps the {capped['store_cap']} with the smallest sha256 of product_id): hF1 "
+                  f"keeps the {cap} with the smallest sha256 of product_id): hF1 "
                   f"{_fmt(capped['hF1'])}, hP {_fmt(capped['hP'])}, coverage {_fmt(capped['coverage'])}. "
                   "Systems side by side on the compared products, capped the same way:", ""]
         capped_names = [n for n in names if n in capped["systems"]]

@@ -6,8 +6,9 @@ TensorFlow lives here and nowhere else in `linnet_core`; import the submodules y
 
 MODEL_JSON = "model.json"
 """The model directory's metadata file; named here so launchers can read it without TensorFlow."""
-THRESHOLDS_JSON = "thresholds.json"
-"""The thresholds baked into the model directory's SavedModel."""
+CALIBRATION_JSON = "calibration.json"
+"""The calibration baked into the model directory's SavedModel (`calibration.thresholds.Thresholds`):
+per-level thresholds and temperatures, evidence weights, the first pass's fusion, per-node floors."""
 TAXONOMY_COPY = "taxonomy-with-ids.en-US.txt"
 """The model's taxonomy: its classes index it, and workers read node names from it."""
 SHOPIFY_COPY = "shopify"

@@ -200,7 +200,7 @@ def decode(logits: list[tf.Tensor], tables: DecodingTables, temperatures: tf.Ten
 
 
 def thresholds_vector(thresholds: Thresholds, name: str) -> np.ndarray:
-    """`levels` or `temperatures` of a thresholds file, or the weights of an evidence, as float32[LEVELS]."""
+    """`levels` or `temperatures` of a calibration file, or the weights of an evidence, as float32[LEVELS]."""
     values = thresholds.weights(name) if name in EVIDENCE else getattr(thresholds, name)
     return np.asarray(values, np.float32)
 

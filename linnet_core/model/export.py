@@ -15,7 +15,7 @@ from pathlib import Path
 from linnet_core.calibration.thresholds import Thresholds, load_thresholds, save_thresholds
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.exemplars import EXEMPLARS, Exemplars
-from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY, THRESHOLDS_JSON
+from linnet_core.model import CALIBRATION_JSON, MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.inference_model import InferenceModel
 from linnet_core.model.training_model import build_training_model
@@ -62,8 +62,8 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
 
     Args:
         model_dir: a directory `linnet train` wrote.
-        thresholds_path: a thresholds file to bake in; it replaces MODEL/thresholds.json and
-            model.json's thresholds_version. None re-exports with MODEL/thresholds.json.
+        thresholds_path: a calibration file to bake in; it replaces MODEL/calibration.json and
+            model.json's thresholds_version. None re-exports with MODEL/calibration.json.
             MODEL/category_embeddings.npz, when present, gives the taxonomy priors and
             MODEL/exemplars.npz the exemplar memory.
         The export's `model_version` is the content version of all of it
@@ -78,14 +78,14 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
     """
     model_dir = Path(model_dir)
     info = read_model_json(model_dir)
-    for name in (WEIGHTS, CONFIG_JSON, TAXONOMY_COPY, THRESHOLDS_JSON):
+    for name in (WEIGHTS, CONFIG_JSON, TAXONOMY_COPY, CALIBRATION_JSON):
         if not (model_dir / name).exists():
             raise ModelDirError(f"{model_dir}: {name} is missing; cannot export")
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
     if taxonomy.fingerprint != info["taxonomy_fingerprint"]:
         raise ModelDirError(f"{model_dir}: taxonomy copy has fingerprint {taxonomy.fingerprint}, "
                             f"model.json says {info['taxonomy_fingerprint']}")
-    thresholds = load_thresholds(thresholds_path or model_dir / THRESHOLDS_JSON)
+    thresholds = load_thresholds(thresholds_path or model_dir / CALIBRATION_JSON)
     _check_overrides(thresholds, taxonomy)
     config = ModelConfig.from_json(json.loads((model_dir / CONFIG_JSON).read_text(encoding="utf-8")),
                                    source=str(model_dir / CONFIG_JSON))
@@ -105,7 +105,7 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
         replace_dir(staging, target)  # by renames: model.json never sees saved_model/ missing
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    save_thresholds(thresholds, model_dir / THRESHOLDS_JSON)
+    save_thresholds(thresholds, model_dir / CALIBRATION_JSON)
     write_model_json(model_dir, {**info, "model_version": version, "version_parts": parts,
                                  "thresholds_version": thresholds.version,
                                  "store_context_width": ContextLayout.of(taxonomy.level_sizes()).width})

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from linnet_core.calibration.thresholds import Thresholds, load_thresholds
 from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
-from linnet_core.model.export import SAVED_MODEL, THRESHOLDS_JSON, read_model_json
+from linnet_core.model.export import CALIBRATION_JSON, SAVED_MODEL, read_model_json
 from linnet_core.model.inference_model import STORE_CONTEXT_INPUT, STORE_EVIDENCE
 from linnet_core.store_context import store_contexts
 from linnet_core.taxonomy import Taxonomy
@@ -28,7 +28,7 @@ class Predictor:
     """The inference SavedModel of a model directory, loaded once.
 
     Args:
-        model_dir: a directory `linnet train` wrote (saved_model/, model.json, thresholds.json).
+        model_dir: a directory `linnet train` wrote (saved_model/, model.json, calibration.json).
         taxonomy: when given, refuse it unless its fingerprint equals the model's.
         batch_size: rows per SavedModel call.
 
@@ -47,7 +47,7 @@ class Predictor:
             for name, value in ((k, v.numpy()) for k, v in self._model.signatures["metadata"]().items())
         }
         self.batch_size = batch_size
-        self.thresholds: Thresholds = load_thresholds(self.model_dir / THRESHOLDS_JSON)
+        self.thresholds: Thresholds = load_thresholds(self.model_dir / CALIBRATION_JSON)
         if taxonomy is not None:
             self.check_taxonomy(taxonomy)
 

@@ -36,9 +36,9 @@ from linnet_core.model.data import (
     split_files,
 )
 from linnet_core.model.export import (
+    CALIBRATION_JSON,
     CONFIG_JSON,
     TAXONOMY_COPY,
-    THRESHOLDS_JSON,
     WEIGHTS,
     copy_shopify_mapping,
     export_inference_model,
@@ -270,7 +270,7 @@ def _write_model_dir(output_dir: Path, weights: list, config: ModelConfig, taxon
     memory = exemplar_memory(arrays, taxonomy, data_store_cap(data_dir), config, factors)
     memory.save(output_dir / EXEMPLARS)
     training = {**training, "exemplars": len(memory.weights), "stores": len(set(arrays["store"]))}
-    save_thresholds(thresholds, output_dir / THRESHOLDS_JSON)
+    save_thresholds(thresholds, output_dir / CALIBRATION_JSON)
     digest = hashlib.sha256((output_dir / WEIGHTS).read_bytes()).hexdigest()[:8]
     write_model_json(output_dir, {  # export adds model_version, the hash of the content
         "training_run": f"linnet-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{digest}",

@@ -117,7 +117,7 @@ probable root-to-leaf path, probabilities renormalised over siblings) or `greedy
 best-child-at-each-level). Confidence is the path probability, the model's probability that the
 product lies in the node's subtree. The path is cut before the first node below its threshold
 (per-level thresholds, per-node floors over whole subtrees): the prediction is the deepest confident
-node (back-off), or none. Thresholds: version `{info['thresholds_version']}` (thresholds.json).
+node (back-off), or none. Thresholds: version `{info['thresholds_version']}` (calibration.json).
 
 ## Training
 {training['train_examples']} training examples (splits {', '.join(training.get('splits', ['train']))},
