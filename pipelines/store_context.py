@@ -48,11 +48,11 @@ MEMBERS_SCHEMA, STORES_SCHEMA = "store_context_members", "store_context"
 def load_predictor(model_dir: str, batch_size: int) -> Any:
     """The model as both scoring handlers load it on a worker: the SavedModel and its two JSON files,
     copied from a remote folder first (TensorFlow loads on workers only)."""
-    from linnet_core.model import MODEL_JSON
-    from linnet_core.model.export import CALIBRATION_JSON, SAVED_MODEL
+    from linnet_core.model import CALIBRATION_JSON, LEGACY_CALIBRATION_JSON, MODEL_JSON
+    from linnet_core.model.export import SAVED_MODEL
     from linnet_core.model.predictor import Predictor
 
-    local = local_copy(model_dir, only=(SAVED_MODEL, MODEL_JSON, CALIBRATION_JSON))
+    local = local_copy(model_dir, only=(SAVED_MODEL, MODEL_JSON, CALIBRATION_JSON, LEGACY_CALIBRATION_JSON))
     return Predictor(local, batch_size=batch_size)
 
 

@@ -164,6 +164,21 @@ def test_predictor_refuses_another_taxonomy(trained: tuple[Path, Path], tiny: Ta
         Predictor(trained[0], tiny)
 
 
+def test_a_model_directory_of_the_older_calibration_name_still_loads(trained: tuple[Path, Path],
+                                                                    gpt: Taxonomy, tmp_path: Path) -> None:
+    """Model directories written before the file's rename hold thresholds.json: deployed ones keep working,
+    and the next export writes the new name only."""
+    model_dir = shutil.copytree(trained[0], tmp_path / "model")
+    (model_dir / "calibration.json").rename(model_dir / "thresholds.json")
+    version = read_model_json(model_dir)["model_version"]
+    assert directory_version(model_dir) == version
+    predictor = Predictor(model_dir, gpt)
+    assert predictor.thresholds == load_thresholds(model_dir / "thresholds.json")
+    export_inference_model(model_dir)
+    assert (model_dir / "calibration.json").exists() and not (model_dir / "thresholds.json").exists()
+    assert read_model_json(model_dir)["model_version"] == version
+
+
 def test_reexport_bakes_new_thresholds_without_retraining(trained: tuple[Path, Path], gpt: Taxonomy,
                                                           tmp_path: Path) -> None:
     model_dir = shutil.copytree(trained[0], tmp_path / "model")

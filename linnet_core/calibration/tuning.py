@@ -146,8 +146,8 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     """
     from linnet_core.calibration import crossfit
     from linnet_core.calibration.thresholds import load_thresholds
+    from linnet_core.model import calibration_path
     from linnet_core.model.export import (
-        CALIBRATION_JSON,
         TAXONOMY_COPY,
         export_inference_model,
         read_model_json,
@@ -156,7 +156,7 @@ def calibrate_and_tune(model_dir: str | Path, data_dir: str | Path, target_preci
     model_dir = Path(model_dir)
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
     table = metrics.AncestorTable(taxonomy)
-    before = load_thresholds(model_dir / CALIBRATION_JSON)
+    before = load_thresholds(calibration_path(model_dir))
     mode = read_model_json(model_dir).get("default_decoding", "exact")
     scored, first, temperatures, weights = fit_fusion(calibration_set(model_dir, data_dir, taxonomy, folds,
                                                                       max_products_per_store), taxonomy)

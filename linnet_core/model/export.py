@@ -15,7 +15,14 @@ from pathlib import Path
 from linnet_core.calibration.thresholds import Thresholds, load_thresholds, save_thresholds
 from linnet_core.category_prior import CATEGORY_EMBEDDINGS, CategoryEmbeddings
 from linnet_core.exemplars import EXEMPLARS, Exemplars
-from linnet_core.model import CALIBRATION_JSON, MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
+from linnet_core.model import (
+    CALIBRATION_JSON,
+    LEGACY_CALIBRATION_JSON,
+    MODEL_JSON,
+    SHOPIFY_COPY,
+    TAXONOMY_COPY,
+    calibration_path,
+)
 from linnet_core.model.config import ModelConfig
 from linnet_core.model.inference_model import InferenceModel
 from linnet_core.model.training_model import build_training_model
@@ -78,14 +85,15 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
     """
     model_dir = Path(model_dir)
     info = read_model_json(model_dir)
-    for name in (WEIGHTS, CONFIG_JSON, TAXONOMY_COPY, CALIBRATION_JSON):
-        if not (model_dir / name).exists():
-            raise ModelDirError(f"{model_dir}: {name} is missing; cannot export")
+    for path in (model_dir / WEIGHTS, model_dir / CONFIG_JSON, model_dir / TAXONOMY_COPY,
+                 calibration_path(model_dir)):
+        if not path.exists():
+            raise ModelDirError(f"{model_dir}: {path.name} is missing; cannot export")
     taxonomy = Taxonomy.load(model_dir / TAXONOMY_COPY)
     if taxonomy.fingerprint != info["taxonomy_fingerprint"]:
         raise ModelDirError(f"{model_dir}: taxonomy copy has fingerprint {taxonomy.fingerprint}, "
                             f"model.json says {info['taxonomy_fingerprint']}")
-    thresholds = load_thresholds(thresholds_path or model_dir / CALIBRATION_JSON)
+    thresholds = load_thresholds(thresholds_path or calibration_path(model_dir))
     _check_overrides(thresholds, taxonomy)
     config = ModelConfig.from_json(json.loads((model_dir / CONFIG_JSON).read_text(encoding="utf-8")),
                                    source=str(model_dir / CONFIG_JSON))
@@ -106,6 +114,7 @@ def export_inference_model(model_dir: str | Path, thresholds_path: str | Path | 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     save_thresholds(thresholds, model_dir / CALIBRATION_JSON)
+    (model_dir / LEGACY_CALIBRATION_JSON).unlink(missing_ok=True)
     write_model_json(model_dir, {**info, "model_version": version, "version_parts": parts,
                                  "thresholds_version": thresholds.version,
                                  "store_context_width": ContextLayout.of(taxonomy.level_sizes()).width})

@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from linnet_core.calibration.thresholds import Thresholds, load_thresholds
 from linnet_core.features import INPUT_SHAPES, LEVELS, MODEL_INPUTS
-from linnet_core.model.export import CALIBRATION_JSON, SAVED_MODEL, read_model_json
+from linnet_core.model import calibration_path
+from linnet_core.model.export import SAVED_MODEL, read_model_json
 from linnet_core.model.inference_model import STORE_CONTEXT_INPUT, STORE_EVIDENCE
 from linnet_core.store_context import store_contexts
 from linnet_core.taxonomy import Taxonomy
@@ -47,7 +48,7 @@ class Predictor:
             for name, value in ((k, v.numpy()) for k, v in self._model.signatures["metadata"]().items())
         }
         self.batch_size = batch_size
-        self.thresholds: Thresholds = load_thresholds(self.model_dir / CALIBRATION_JSON)
+        self.thresholds: Thresholds = load_thresholds(calibration_path(self.model_dir))
         if taxonomy is not None:
             self.check_taxonomy(taxonomy)
 

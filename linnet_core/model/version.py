@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from linnet_core.model import CALIBRATION_JSON, MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY
+from linnet_core.model import MODEL_JSON, SHOPIFY_COPY, TAXONOMY_COPY, calibration_path
 
 VERSION_PREFIX = "linnet-"
 DIGEST_CHUNK_BYTES = 8 << 20
@@ -65,5 +65,5 @@ def directory_version(model_dir: str | Path) -> str:
     nothing changed since (calibration.json is the file export wrote, `Thresholds.to_json()`)."""
     model_dir = Path(model_dir)
     info = json.loads((model_dir / MODEL_JSON).read_text(encoding="utf-8"))
-    thresholds = json.loads((model_dir / CALIBRATION_JSON).read_text(encoding="utf-8"))
+    thresholds = json.loads(calibration_path(model_dir).read_text(encoding="utf-8"))
     return content_version(version_parts(model_dir, info, thresholds))
