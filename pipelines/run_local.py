@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     _stage("evaluate", None, ["evaluate", "--predictions", str(scored / "categorized" / "run=run-local"),
                               "--labels",
                               f"{held_out}/products.parquet", "--output", str(report), "--model", str(model),
-                              "--training-data", str(data)], stages)
+                              "--training-data", str(data), "--products", args.input], stages)
     (out / "run_local.json").write_text(json.dumps({"stages": stages}, indent=2))
     for name, figures in stages.items():
         print(f"[run-local] {name:>13}: " + ("reused" if figures.get("reused") else
