@@ -26,7 +26,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 import schemas
 from pipelines.counters import counter
-from pipelines.io import DEAD_LETTER, PRODUCTS, ValidateProductFn, WriteTable
+from pipelines.dead_letters import DEAD_LETTER
+from pipelines.io import PRODUCTS, ValidateProductFn, WriteTable
 from pipelines.partitions import day_bounds, new_attempt, parquet_rows
 
 LOGGER = logging.getLogger(__name__)

@@ -51,6 +51,7 @@ from linnet_core.training_data import (
 )
 from pipelines.bigquery import BigQueryOptions
 from pipelines.counters import Accounting, RecordsLostError, beam_counters, counter
+from pipelines.dead_letters import DEAD_LETTER
 from pipelines.embed import (
     EMBEDDED,
     EmbedConfig,
@@ -59,7 +60,7 @@ from pipelines.embed import (
     load_embedder,
     without_vectors,
 )
-from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
+from pipelines.io import PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.publish import published
 from pipelines.sources import embedding_total, product_source

@@ -32,8 +32,8 @@ from linnet_core.progress import Progress
 from linnet_core.records import Reason, dead_letter
 from pipelines import defaults
 from pipelines.counters import NAMESPACE, counter
+from pipelines.dead_letters import DEAD_LETTER
 from pipelines.embedding_table import AppendToEmbeddingTable, LookUpEmbeddings
-from pipelines.io import DEAD_LETTER
 
 logger = logging.getLogger(__name__)
 

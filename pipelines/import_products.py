@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from linnet_core.taxonomy import Taxonomy
 from pipelines.counters import Accounting, beam_counters, records_in
-from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
+from pipelines.dead_letters import DEAD_LETTER
+from pipelines.io import PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import WritePartitions, new_attempt
 from pipelines.sources import product_source, refuse_bigquery_input

@@ -24,10 +24,10 @@ import schemas
 from linnet_core.records import Reason, dead_letter, updated_on, validate
 from linnet_core.training_data import choose_duplicate
 from pipelines.counters import counter
+from pipelines.dead_letters import DEAD_LETTER
 
 LOGGER = logging.getLogger(__name__)
 PRODUCTS = "products"
-DEAD_LETTER = "dead_letter"
 READ_STAGE = "read"
 VALIDATE_STAGE = "validate"
 DEDUPE_STAGE = "dedupe"

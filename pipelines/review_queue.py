@@ -28,8 +28,9 @@ from linnet_core.features import NO_LABEL
 from linnet_core.model import TAXONOMY_COPY
 from linnet_core.taxonomy import Taxonomy
 from pipelines.counters import Accounting, committed, counter, records_in
+from pipelines.dead_letters import DEAD_LETTER
 from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_letters, local_copy
-from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts, WriteTable
+from pipelines.io import PRODUCTS, DeduplicateProducts, WriteTable
 from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import new_attempt
 from pipelines.publish import published

@@ -27,6 +27,7 @@ from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from pipelines.bigquery import BigQueryOptions
 from pipelines.counters import Accounting, beam_counters, committed, counter, records_in
+from pipelines.dead_letters import DEAD_LETTER
 from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
@@ -34,7 +35,7 @@ from pipelines.embed import (
     failed_batch_dead_letters,
     local_copy,
 )
-from pipelines.io import DEAD_LETTER, PRODUCTS, DeduplicateProducts
+from pipelines.io import PRODUCTS, DeduplicateProducts
 from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
 from pipelines.sources import embedding_total, product_source, table_sinks

@@ -34,8 +34,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 import schemas
 from linnet_core.features import MODEL_INPUTS
 from linnet_core.store_context import StoreTable, leave_one_out
+from pipelines.dead_letters import DEAD_LETTER
 from pipelines.embed import failed_batch_dead_letters, local_copy, read_uri
-from pipelines.io import DEAD_LETTER
 from pipelines.publish import current_version, publish, version_dir
 
 LOGGER = logging.getLogger(__name__)

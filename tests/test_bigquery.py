@@ -18,7 +18,8 @@ from faults import FailOn
 
 import schemas
 from pipelines import bigquery as bq
-from pipelines.io import DEAD_LETTER, PRODUCTS
+from pipelines.dead_letters import DEAD_LETTER
+from pipelines.io import PRODUCTS
 
 DAY = dt.date(2026, 11, 24)
 

@@ -12,7 +12,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import import_products
-from pipelines.io import DEAD_LETTER, PRODUCTS, ReadProducts
+from pipelines.dead_letters import DEAD_LETTER
+from pipelines.io import PRODUCTS, ReadProducts
 
 pytestmark = pytest.mark.shared_data  # import-products loads the shared taxonomy by default
 

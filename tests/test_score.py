@@ -21,7 +21,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from linnet_core.features import IMAGE_DIM, TEXT_DIM
 from linnet_core.taxonomy import Taxonomy
 from pipelines import defaults, score
-from pipelines.io import DEAD_LETTER, PRODUCTS
+from pipelines.dead_letters import DEAD_LETTER
+from pipelines.io import PRODUCTS
 
 pytestmark = pytest.mark.shared_data
 PHOTO = next((defaults.SHARED_DATA / "products" / "images").glob("*.jpg"))

@@ -17,7 +17,7 @@ from linnet_core.model.export import CALIBRATION_JSON, export_inference_model, r
 from linnet_core.model.predictor import Predictor
 from linnet_core.store_context import ContextLayout, StoreTable, leave_one_out, store_contexts
 from linnet_core.taxonomy import Taxonomy
-from pipelines.io import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER
 from pipelines.publish import CURRENT, current_version
 from pipelines.store_context import (
     MEMBERS,

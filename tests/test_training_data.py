@@ -41,7 +41,7 @@ from linnet_core.training_data import (
     to_example,
 )
 from pipelines import build_training_data
-from pipelines.io import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER
 
 EMBEDDED = build_training_data.EMBEDDED
 FAIL_TITLE = "unembeddable"
