@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 import schemas
 from pipelines.counters import counter
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER, Routed
 from pipelines.io import PRODUCTS, ValidateProductFn, WriteTable
 from pipelines.partitions import day_bounds, new_attempt, parquet_rows
 
@@ -224,7 +224,7 @@ class ReadBigQueryRows(beam.PTransform):
 
 
 class ReadProductsFromBigQuery(beam.PTransform):
-    """Products from a BigQuery table or query → tagged `products` and `dead_letter`, like ReadProducts.
+    """Products from a BigQuery table or query → `Routed` products and dead letters, like ReadProducts.
 
     Args:
         day: when given, only products whose `updated_at` falls on that day (UTC); a query's result
@@ -239,14 +239,14 @@ class ReadProductsFromBigQuery(beam.PTransform):
         self.read = ReadBigQueryRows(connection, table, query, day and day_restriction(day))
         self.validate_fn = ValidateProductFn(image_root, run_id, optional_labels)
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Routed:
         validated = (
             pbegin
             | "ReadRows" >> self.read
             | "Validate" >> beam.ParDo(self.validate_fn).with_outputs(
                 DEAD_LETTER, main=PRODUCTS)
         )
-        return {PRODUCTS: validated[PRODUCTS], DEAD_LETTER: validated[DEAD_LETTER]}
+        return Routed(validated[PRODUCTS], validated[DEAD_LETTER])
 
 
 def ensure_table(client: Any, table: str, schema_name: str) -> None:

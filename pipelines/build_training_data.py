@@ -228,10 +228,10 @@ class BuildExamples(beam.PTransform):
         labelled = products | "ValidateLabels" >> beam.ParDo(
             ValidateLabelFn(self.taxonomy_path, self.run_id)).with_outputs(DEAD_LETTER, main=PRODUCTS)
         unique = labelled[PRODUCTS] | "DropDuplicates" >> DeduplicateProducts(self.run_id)
-        embedded = unique[PRODUCTS] | "EmbedProducts" >> self.embed
+        embedded = unique.records | "EmbedProducts" >> self.embed
         examples = embedded[EMBEDDED] | "ToExamples" >> beam.ParDo(
             ToExampleFn(self.taxonomy_path, self.split, self.run_id)).with_outputs(DEAD_LETTER, main=EXAMPLES)
-        dead = ((labelled[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], examples[DEAD_LETTER])
+        dead = ((labelled[DEAD_LETTER], unique.dead_letter, embedded[DEAD_LETTER], examples[DEAD_LETTER])
                 | "MergeDeadLetters" >> beam.Flatten())
         return {EXAMPLES: examples[EXAMPLES], DEAD_LETTER: dead}
 
@@ -371,18 +371,18 @@ def build(pipeline: beam.Pipeline, cfg: BuildConfig, read: beam.PTransform, embe
     """Adds the training-data graph to `pipeline` (writing under `cfg.output`).
 
     Args:
-        read: a transform with the `ReadProducts` contract (tagged `products`, `dead_letter`).
+        read: a transform that routes products as `ReadProducts` does (`dead_letters.Routed`).
         embed: a transform with the `EmbedProducts` contract (tagged `embedded`, `dead_letter`).
     """
     taxonomy = Taxonomy.load(cfg.taxonomy)
     read = pipeline | "ReadProducts" >> read
-    products = read[PRODUCTS]
+    products = read.records
     if cfg.sample:
         products = products | "SampleProducts" >> SampleProducts(cfg.sample)
     examples = products | "BuildExamples" >> BuildExamples(cfg.taxonomy, cfg.split, embed, cfg.run_id)
-    dead = (read[DEAD_LETTER], examples[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
+    dead = (read.dead_letter, examples[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
     inputs = ((products | "CountProducts" >> beam.combiners.Count.Globally(),
-               read[DEAD_LETTER] | "CountReadDeadLetters" >> beam.combiners.Count.Globally())
+               read.dead_letter | "CountReadDeadLetters" >> beam.combiners.Count.Globally())
               | "MergeInputCounts" >> beam.Flatten()
               | "CountInputs" >> beam.CombineGlobally(sum))
     written = examples[EXAMPLES] | "TransformAndWriteExamples" >> TransformAndWriteExamples(

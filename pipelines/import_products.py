@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 
 from linnet_core.taxonomy import Taxonomy
 from pipelines.counters import Accounting, beam_counters, records_in
-from pipelines.dead_letters import DEAD_LETTER
 from pipelines.io import PRODUCTS, DeduplicateProducts
 from pipelines.options import OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import WritePartitions, new_attempt
@@ -33,9 +32,9 @@ def build(pipeline: beam.Pipeline, read: beam.PTransform, output: str, run_id: s
     replace the products and dead-letter tables of `output` together (`WritePartitions`: a failed run
     leaves the old ones)."""
     read = pipeline | "ReadProducts" >> read
-    unique = read[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
-    dead = (read[DEAD_LETTER], unique[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
-    _ = ({PRODUCTS: unique[PRODUCTS], DEAD_LETTERS: dead}
+    unique = read.records | "DeduplicateProducts" >> DeduplicateProducts(run_id)
+    dead = (read.dead_letter, unique.dead_letter) | "MergeDeadLetters" >> beam.Flatten()
+    _ = ({PRODUCTS: unique.records, DEAD_LETTERS: dead}
          | "WriteTables" >> WritePartitions(output, {PRODUCTS: "products", DEAD_LETTERS: "dead_letters"},
                                             None, run_id))
 

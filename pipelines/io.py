@@ -24,7 +24,7 @@ import schemas
 from linnet_core.records import Reason, dead_letter, updated_on, validate
 from linnet_core.training_data import choose_duplicate
 from pipelines.counters import counter
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER, Routed
 
 LOGGER = logging.getLogger(__name__)
 PRODUCTS = "products"
@@ -205,7 +205,7 @@ class KeepDayFn(beam.DoFn):
 
 
 class ReadProducts(beam.PTransform):
-    """Files matching `file_pattern` (JSONL or Parquet) → tagged `products` and `dead_letter`.
+    """Files matching `file_pattern` (JSONL or Parquet) → `Routed`: the valid products and dead letters.
 
     Each file is read and checked in one step, so no raw record (which may hold anything) crosses a
     Beam coder; the clean records are then spread over workers.
@@ -226,7 +226,7 @@ class ReadProducts(beam.PTransform):
         self.read_fn = ReadProductFilesFn(image_root, run_id, optional_labels)
         self.day = day
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Routed:
         read = (
             pbegin
             | "Patterns" >> beam.Create(self.patterns)
@@ -237,7 +237,7 @@ class ReadProducts(beam.PTransform):
         products = read[PRODUCTS] | "Reshuffle" >> beam.Reshuffle()
         if self.day is not None:
             products = products | "OnDay" >> beam.ParDo(KeepDayFn(self.day))
-        return {PRODUCTS: products, DEAD_LETTER: read[DEAD_LETTER]}
+        return Routed(products, read[DEAD_LETTER])
 
 
 def to_row(record: dict[str, Any], table: str) -> dict[str, Any]:
@@ -296,17 +296,18 @@ class KeepNewestFn(beam.DoFn):
 
 
 class DeduplicateProducts(beam.PTransform):
-    """One record per product_id (the newest wins); superseded records to tagged `dead_letter`."""
+    """One record per product_id (the newest wins) → `Routed`: the kept records, and dead letters of
+    the superseded ones."""
 
     def __init__(self, run_id: str | None = None) -> None:
         super().__init__()
         self.run_id = run_id
 
-    def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, products: beam.PCollection) -> Routed:
         kept = (
             products
             | "KeyByProductId" >> beam.WithKeys(_product_id)
             | "GroupByProductId" >> beam.GroupByKey()
             | "KeepNewest" >> beam.ParDo(KeepNewestFn(self.run_id)).with_outputs(DEAD_LETTER, main=PRODUCTS)
         )
-        return {PRODUCTS: kept[PRODUCTS], DEAD_LETTER: kept[DEAD_LETTER]}
+        return Routed(kept[PRODUCTS], kept[DEAD_LETTER])

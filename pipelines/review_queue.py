@@ -28,9 +28,9 @@ from linnet_core.features import NO_LABEL
 from linnet_core.model import TAXONOMY_COPY
 from linnet_core.taxonomy import Taxonomy
 from pipelines.counters import Accounting, committed, counter, records_in
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER, Routed
 from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_letters, local_copy
-from pipelines.io import PRODUCTS, DeduplicateProducts, WriteTable
+from pipelines.io import DeduplicateProducts, WriteTable
 from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import new_attempt
 from pipelines.publish import published
@@ -168,18 +168,18 @@ def _count_dead_letters(row: dict) -> dict:
     return row
 
 
-def build(products: dict[str, beam.PCollection], embed: beam.PTransform, context: StoreContext,
+def build(products: Routed, embed: beam.PTransform, context: StoreContext,
           rank: RankUncertainty, pick: PickQueueFn, output: str, run_id: str) -> None:
     """The graph: read products → deduplicate → embed → store context → rank → pick → write."""
-    unique = products[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
-    embedded = unique[PRODUCTS] | "EmbedProducts" >> embed
+    unique = products.records | "DeduplicateProducts" >> DeduplicateProducts(run_id)
+    embedded = unique.records | "EmbedProducts" >> embed
     in_store = embedded["embedded"] | "StoreContext" >> context
     ranked = in_store["embedded"] | "RankUncertainty" >> rank
     _ = (ranked["candidates"]
          | "AllCandidates" >> beam.combiners.ToList()
          | "PickQueue" >> beam.ParDo(pick)
          | "WriteQueue" >> beam.Map(write_queue, output))
-    _ = ((products[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], in_store[DEAD_LETTER],
+    _ = ((products.dead_letter, unique.dead_letter, embedded[DEAD_LETTER], in_store[DEAD_LETTER],
           ranked[DEAD_LETTER])
          | "MergeDeadLetters" >> beam.Flatten()
          | "CountDeadLetters" >> beam.Map(_count_dead_letters)

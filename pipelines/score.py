@@ -27,7 +27,7 @@ from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from pipelines.bigquery import BigQueryOptions
 from pipelines.counters import Accounting, beam_counters, committed, counter, records_in
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER, Routed
 from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
@@ -35,7 +35,7 @@ from pipelines.embed import (
     failed_batch_dead_letters,
     local_copy,
 )
-from pipelines.io import PRODUCTS, DeduplicateProducts
+from pipelines.io import DeduplicateProducts
 from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
 from pipelines.partitions import Partition, new_attempt
 from pipelines.sources import embedding_total, product_source, table_sinks
@@ -179,19 +179,19 @@ def base_lineage(info: dict, run_id: str, thresholds_version: str | None = None)
             "code_version": code_version(), "run_id": run_id}
 
 
-def build(products: dict[str, beam.PCollection], embed: beam.PTransform, context: StoreContext,
+def build(products: Routed, embed: beam.PTransform, context: StoreContext,
           categorize: Categorize, write: beam.PTransform, run_id: str) -> beam.PCollection:
     """The scoring graph: validated products → deduplicate → embed → store context → categorize → write.
 
-    `products` is the tagged output of a read (`products`, `dead_letter`); `write` takes
+    `products` is what a read routed (`sources.product_source`); `write` takes
     `{categorized: rows, dead_letters: rows}` and commits both (`sources.table_sinks`). Returns its
     output (the partition manifests).
     """
-    unique = products[PRODUCTS] | "DeduplicateProducts" >> DeduplicateProducts(run_id)
-    embedded = unique[PRODUCTS] | "EmbedProducts" >> embed
+    unique = products.records | "DeduplicateProducts" >> DeduplicateProducts(run_id)
+    embedded = unique.records | "EmbedProducts" >> embed
     in_store = embedded["embedded"] | "StoreContext" >> context
     categorized = in_store["embedded"] | "Categorize" >> categorize
-    dead = ((products[DEAD_LETTER], unique[DEAD_LETTER], embedded[DEAD_LETTER], in_store[DEAD_LETTER],
+    dead = ((products.dead_letter, unique.dead_letter, embedded[DEAD_LETTER], in_store[DEAD_LETTER],
              categorized[DEAD_LETTER])
             | "MergeDeadLetters" >> beam.Flatten())
     return {CATEGORIZED: categorized["rows"], DEAD_LETTERS: dead} | "WriteTables" >> write

@@ -18,8 +18,6 @@ from faults import FailOn
 
 import schemas
 from pipelines import bigquery as bq
-from pipelines.dead_letters import DEAD_LETTER
-from pipelines.io import PRODUCTS
 
 DAY = dt.date(2026, 11, 24)
 
@@ -95,9 +93,9 @@ def test_reads_the_products_of_one_day_with_dead_letters(connection, dataset):
     ])
     with TestPipeline() as pipeline:
         read = pipeline | bq.ReadProductsFromBigQuery(connection, table=table, day=DAY)
-        assert_that(read[PRODUCTS] | "Ids" >> beam.Map(lambda record: (record["product_id"], record["tags"])),
+        assert_that(read.records | "Ids" >> beam.Map(lambda record: (record["product_id"], record["tags"])),
                     equal_to([("a", ["a", "b"]), ("b", ["a", "b"])]), label="Products")
-        assert_that(read[DEAD_LETTER] | "Reasons" >> beam.Map(lambda row: (row["product_id"], row["reason"])),
+        assert_that(read.dead_letter | "Reasons" >> beam.Map(lambda row: (row["product_id"], row["reason"])),
                     equal_to([("empty", "no_text_or_image")]), label="DeadLetters")
 
 
@@ -122,7 +120,7 @@ def test_a_query_reaches_every_command_that_reads_products(connection, bq_emulat
                                f"--query=SELECT * FROM `{table}` WHERE store = 's2'"])
     with TestPipeline() as pipeline:
         read = pipeline | product_source(options)
-        assert_that(read[PRODUCTS] | beam.Map(lambda record: record["product_id"]), equal_to(["b", "c"]))
+        assert_that(read.records | beam.Map(lambda record: record["product_id"]), equal_to(["b", "c"]))
 
 
 def write_partition(connection, table: str, rows: list[dict], day: dt.date, temp: Path,

@@ -12,8 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import import_products
-from pipelines.dead_letters import DEAD_LETTER
-from pipelines.io import PRODUCTS, ReadProducts
+from pipelines.io import ReadProducts
 
 pytestmark = pytest.mark.shared_data  # import-products loads the shared taxonomy by default
 
@@ -43,8 +42,8 @@ def test_read_products_routes_every_record(tmp_path: Path) -> None:
     pattern = _write_inputs(tmp_path)
     with TestPipeline() as pipeline:
         outputs = pipeline | ReadProducts(pattern, image_root="/root")
-        ids = outputs[PRODUCTS] | "Ids" >> beam.Map(lambda record: record["product_id"])
-        reasons = outputs[DEAD_LETTER] | "Reasons" >> beam.Map(lambda row: (row["stage"], row["reason"]))
+        ids = outputs.records | "Ids" >> beam.Map(lambda record: record["product_id"])
+        reasons = outputs.dead_letter | "Reasons" >> beam.Map(lambda row: (row["stage"], row["reason"]))
         assert_that(ids, equal_to(["s1#1", "s1#2", "s2#1"]), label="CheckProducts")
         assert_that(reasons, equal_to([
             ("read", "invalid_json"), ("validate", "missing_product_id"), ("validate", "no_text_or_image"),

@@ -22,7 +22,6 @@ from linnet_core.features import IMAGE_DIM, TEXT_DIM
 from linnet_core.taxonomy import Taxonomy
 from pipelines import defaults, score
 from pipelines.dead_letters import DEAD_LETTER
-from pipelines.io import PRODUCTS
 
 pytestmark = pytest.mark.shared_data
 PHOTO = next((defaults.SHARED_DATA / "products" / "images").glob("*.jpg"))
@@ -96,9 +95,9 @@ def test_deduplicate_keeps_newest() -> None:
                {"product_id": "b", "title": "only", "updated_at": None}]
     with TestPipeline() as pipeline:
         unique = pipeline | beam.Create(records) | score.DeduplicateProducts()
-        assert_that(unique[PRODUCTS] | "Titles" >> beam.Map(lambda r: r["title"]), equal_to(["new", "only"]),
+        assert_that(unique.records | "Titles" >> beam.Map(lambda r: r["title"]), equal_to(["new", "only"]),
                     label="CheckKept")
-        assert_that(unique[DEAD_LETTER] | "Reasons" >> beam.Map(lambda r: (r["product_id"], r["reason"])),
+        assert_that(unique.dead_letter | "Reasons" >> beam.Map(lambda r: (r["product_id"], r["reason"])),
                     equal_to([("a", "duplicate_product_id")] * 2), label="CheckSuperseded")
 
 
