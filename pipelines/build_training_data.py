@@ -51,9 +51,8 @@ from linnet_core.training_data import (
 )
 from pipelines.bigquery import BigQueryOptions
 from pipelines.counters import Accounting, RecordsLostError, beam_counters, counter
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER, Routed
 from pipelines.embed import (
-    EMBEDDED,
     EmbedConfig,
     EmbeddingOptions,
     EmbedProducts,
@@ -205,14 +204,14 @@ class SampleProducts(beam.PTransform):
 
 
 class BuildExamples(beam.PTransform):
-    """Product records → tagged `examples` ((split, raw example)) and `dead_letter`.
+    """Product records → `Routed`: (split, raw example) pairs, and dead letters.
 
     Labels are checked before embedding so no encoder time goes to records that will be dropped.
 
     Args:
         taxonomy_path: the taxonomy file (loaded once per worker).
         split: how records are assigned to splits.
-        embed: a transform with the `EmbedProducts` contract (tagged `embedded`, `dead_letter`).
+        embed: a transform that routes embedded records as `EmbedProducts` does.
         run_id: recorded in dead letters.
     """
 
@@ -224,16 +223,16 @@ class BuildExamples(beam.PTransform):
         self.embed = embed
         self.run_id = run_id
 
-    def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, products: beam.PCollection) -> Routed:
         labelled = products | "ValidateLabels" >> beam.ParDo(
             ValidateLabelFn(self.taxonomy_path, self.run_id)).with_outputs(DEAD_LETTER, main=PRODUCTS)
         unique = labelled[PRODUCTS] | "DropDuplicates" >> DeduplicateProducts(self.run_id)
         embedded = unique.records | "EmbedProducts" >> self.embed
-        examples = embedded[EMBEDDED] | "ToExamples" >> beam.ParDo(
+        examples = embedded.records | "ToExamples" >> beam.ParDo(
             ToExampleFn(self.taxonomy_path, self.split, self.run_id)).with_outputs(DEAD_LETTER, main=EXAMPLES)
-        dead = ((labelled[DEAD_LETTER], unique.dead_letter, embedded[DEAD_LETTER], examples[DEAD_LETTER])
+        dead = ((labelled[DEAD_LETTER], unique.dead_letter, embedded.dead_letter, examples[DEAD_LETTER])
                 | "MergeDeadLetters" >> beam.Flatten())
-        return {EXAMPLES: examples[EXAMPLES], DEAD_LETTER: dead}
+        return Routed(examples[EXAMPLES], dead)
 
 
 class EncodeExamplesFn(beam.DoFn):
@@ -372,7 +371,7 @@ def build(pipeline: beam.Pipeline, cfg: BuildConfig, read: beam.PTransform, embe
 
     Args:
         read: a transform that routes products as `ReadProducts` does (`dead_letters.Routed`).
-        embed: a transform with the `EmbedProducts` contract (tagged `embedded`, `dead_letter`).
+        embed: a transform that routes embedded records as `EmbedProducts` does.
     """
     taxonomy = Taxonomy.load(cfg.taxonomy)
     read = pipeline | "ReadProducts" >> read
@@ -380,16 +379,16 @@ def build(pipeline: beam.Pipeline, cfg: BuildConfig, read: beam.PTransform, embe
     if cfg.sample:
         products = products | "SampleProducts" >> SampleProducts(cfg.sample)
     examples = products | "BuildExamples" >> BuildExamples(cfg.taxonomy, cfg.split, embed, cfg.run_id)
-    dead = (read.dead_letter, examples[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
+    dead = (read.dead_letter, examples.dead_letter) | "MergeDeadLetters" >> beam.Flatten()
     inputs = ((products | "CountProducts" >> beam.combiners.Count.Globally(),
                read.dead_letter | "CountReadDeadLetters" >> beam.combiners.Count.Globally())
               | "MergeInputCounts" >> beam.Flatten()
               | "CountInputs" >> beam.CombineGlobally(sum))
-    written = examples[EXAMPLES] | "TransformAndWriteExamples" >> TransformAndWriteExamples(
+    written = examples.records | "TransformAndWriteExamples" >> TransformAndWriteExamples(
         cfg.output, level_sizes(taxonomy), cfg.weights, cfg.shards)
     _ = dead | "WriteDeadLetters" >> WriteTable(
         f"{cfg.output}/dead_letters/part", "dead_letters", num_shards=1)
-    _ = ({EXAMPLES: examples[EXAMPLES], DEAD_LETTER: dead, "inputs": inputs, "written": written}
+    _ = ({EXAMPLES: examples.records, DEAD_LETTER: dead, "inputs": inputs, "written": written}
          | "WriteStats" >> WriteStats(cfg.output, cfg.taxonomy, cfg.split, cfg.weights))
 
 

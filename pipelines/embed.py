@@ -1,5 +1,5 @@
-"""`EmbedProducts`: product records → records with text and image embeddings (tagged `embedded`), or dead
-letters (tagged `dead_letter`, stage `embed`).
+"""`EmbedProducts`: product records → records with text and image embeddings, or dead letters (stage
+`embed`), as `dead_letters.Routed`.
 
 RunInference with a small keyed `ModelHandler`: Beam batches (capped by `--embed_batch_size`), loads the
 encoders once per worker process and shares them across threads. With `--embedding_table DIR` the
@@ -32,7 +32,7 @@ from linnet_core.progress import Progress
 from linnet_core.records import Reason, dead_letter
 from pipelines import defaults
 from pipelines.counters import NAMESPACE, counter
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER, Routed
 from pipelines.embedding_table import AppendToEmbeddingTable, LookUpEmbeddings
 
 logger = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def failed_batch_dead_letters(element: tuple[Sequence[tuple[str, dict]], Excepti
 
 
 class EmbedProducts(beam.PTransform):
-    """Product records → `{"embedded": records + embeddings, "dead_letter": dead letters}`.
+    """Product records → `Routed`: the records with their embeddings, and dead letters.
 
     An embedded record is the product record plus `text_embedding` (float32[384], L2-normalised),
     `image_embedding` (float32[1280], zeros without a usable photo), `image_present` (0.0/1.0) and
@@ -308,7 +308,7 @@ class EmbedProducts(beam.PTransform):
         """The transform configured by `EmbeddingOptions` flags; `total`: products it embeds at most."""
         return cls(dataclasses.replace(EmbedConfig.from_options(options), total=total), run_id)
 
-    def expand(self, products: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, products: beam.PCollection) -> Routed:
         keyed = products | "KeyByProductId" >> beam.ParDo(KeyByProductIdFn(self.run_id)).with_outputs(
             DEAD_LETTER, main="keyed")
         table = self.cfg.table_dir
@@ -322,4 +322,4 @@ class EmbedProducts(beam.PTransform):
             _ = routed[NEW_VECTORS] | "AppendToEmbeddingTable" >> AppendToEmbeddingTable(
                 table, self.run_id)
         dead = (keyed[DEAD_LETTER], routed[DEAD_LETTER]) | "MergeDeadLetters" >> beam.Flatten()
-        return {EMBEDDED: routed[EMBEDDED], DEAD_LETTER: dead}
+        return Routed(routed[EMBEDDED], dead)

@@ -28,7 +28,7 @@ from linnet_core.features import NO_LABEL
 from linnet_core.model import TAXONOMY_COPY
 from linnet_core.taxonomy import Taxonomy
 from pipelines.counters import Accounting, committed, counter, records_in
-from pipelines.dead_letters import DEAD_LETTER, Routed
+from pipelines.dead_letters import Routed
 from pipelines.embed import EmbeddingOptions, EmbedProducts, failed_batch_dead_letters, local_copy
 from pipelines.io import DeduplicateProducts, WriteTable
 from pipelines.options import ModelOptions, OutputOptions, ProductInputOptions, pipeline_options, require
@@ -145,14 +145,13 @@ def write_queue(rows: list[dict], output: str) -> str:
 
 
 class RankUncertainty(beam.PTransform):
-    """Embedded records with store context → candidates (tagged `candidates`) and dead letters of failed
-    batches."""
+    """Embedded records with store context → `Routed`: candidates, and dead letters of failed batches."""
 
     def __init__(self, model_dir: str, max_batch_size: int = 256) -> None:
         super().__init__()
         self.handler = KeyedModelHandler(UncertaintyModelHandler(model_dir, max_batch_size))
 
-    def expand(self, embedded: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, embedded: beam.PCollection) -> Routed:
         predictions, failures = (
             embedded
             | "KeyById" >> beam.WithKeys(lambda record: record["product_id"])
@@ -160,7 +159,7 @@ class RankUncertainty(beam.PTransform):
         )
         dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
             failed_batch_dead_letters, stage=STAGE)
-        return {"candidates": predictions | "ToCandidate" >> beam.ParDo(ToCandidateFn()), DEAD_LETTER: dead}
+        return Routed(predictions | "ToCandidate" >> beam.ParDo(ToCandidateFn()), dead)
 
 
 def _count_dead_letters(row: dict) -> dict:
@@ -173,14 +172,14 @@ def build(products: Routed, embed: beam.PTransform, context: StoreContext,
     """The graph: read products → deduplicate → embed → store context → rank → pick → write."""
     unique = products.records | "DeduplicateProducts" >> DeduplicateProducts(run_id)
     embedded = unique.records | "EmbedProducts" >> embed
-    in_store = embedded["embedded"] | "StoreContext" >> context
-    ranked = in_store["embedded"] | "RankUncertainty" >> rank
-    _ = (ranked["candidates"]
+    in_store = embedded.records | "StoreContext" >> context
+    ranked = in_store.records | "RankUncertainty" >> rank
+    _ = (ranked.records
          | "AllCandidates" >> beam.combiners.ToList()
          | "PickQueue" >> beam.ParDo(pick)
          | "WriteQueue" >> beam.Map(write_queue, output))
-    _ = ((products.dead_letter, unique.dead_letter, embedded[DEAD_LETTER], in_store[DEAD_LETTER],
-          ranked[DEAD_LETTER])
+    _ = ((products.dead_letter, unique.dead_letter, embedded.dead_letter, in_store.dead_letter,
+          ranked.dead_letter)
          | "MergeDeadLetters" >> beam.Flatten()
          | "CountDeadLetters" >> beam.Map(_count_dead_letters)
          | "WriteDeadLetters" >> WriteTable(f"{output}/dead_letters/part", "dead_letters"))

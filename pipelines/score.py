@@ -27,7 +27,7 @@ from linnet_core.shopify import ShopifyMapping
 from linnet_core.taxonomy import Taxonomy
 from pipelines.bigquery import BigQueryOptions
 from pipelines.counters import Accounting, beam_counters, committed, counter, records_in
-from pipelines.dead_letters import DEAD_LETTER, Routed
+from pipelines.dead_letters import Routed
 from pipelines.embed import (
     IMAGE_STATUSES,
     EmbeddingOptions,
@@ -133,7 +133,7 @@ class ToCategorizedRowFn(beam.DoFn):
 
 
 class Categorize(beam.PTransform):
-    """Embedded records → categorized rows (tagged `rows`) and dead letters of failed batches.
+    """Embedded records → `Routed`: categorized rows, and dead letters of failed batches.
 
     Args:
         model_dir: the model directory (`linnet train`), local or gs://.
@@ -147,7 +147,7 @@ class Categorize(beam.PTransform):
                                                                  max_batch_size))
         self.row_fn = ToCategorizedRowFn(model_dir, lineage)
 
-    def expand(self, embedded: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, embedded: beam.PCollection) -> Routed:
         predictions, failures = (
             embedded
             | "KeyById" >> beam.WithKeys(lambda record: record["product_id"])
@@ -156,7 +156,7 @@ class Categorize(beam.PTransform):
         rows = predictions | "ToRow" >> beam.ParDo(self.row_fn)
         dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
             failed_batch_dead_letters, stage=SCORE_STAGE)
-        return {"rows": rows, DEAD_LETTER: dead}
+        return Routed(rows, dead)
 
 
 def code_version() -> str:
@@ -189,12 +189,12 @@ def build(products: Routed, embed: beam.PTransform, context: StoreContext,
     """
     unique = products.records | "DeduplicateProducts" >> DeduplicateProducts(run_id)
     embedded = unique.records | "EmbedProducts" >> embed
-    in_store = embedded["embedded"] | "StoreContext" >> context
-    categorized = in_store["embedded"] | "Categorize" >> categorize
-    dead = ((products.dead_letter, unique.dead_letter, embedded[DEAD_LETTER], in_store[DEAD_LETTER],
-             categorized[DEAD_LETTER])
+    in_store = embedded.records | "StoreContext" >> context
+    categorized = in_store.records | "Categorize" >> categorize
+    dead = ((products.dead_letter, unique.dead_letter, embedded.dead_letter, in_store.dead_letter,
+             categorized.dead_letter)
             | "MergeDeadLetters" >> beam.Flatten())
-    return {CATEGORIZED: categorized["rows"], DEAD_LETTERS: dead} | "WriteTables" >> write
+    return {CATEGORIZED: categorized.records, DEAD_LETTERS: dead} | "WriteTables" >> write
 
 
 def run_summary(result: beam.runners.runner.PipelineResult, run_id: str, partition: Partition) -> dict:

@@ -34,7 +34,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 import schemas
 from linnet_core.features import MODEL_INPUTS
 from linnet_core.store_context import StoreTable, leave_one_out
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import Routed
 from pipelines.embed import failed_batch_dead_letters, local_copy, read_uri
 from pipelines.publish import current_version, publish, version_dir
 
@@ -200,7 +200,7 @@ def read_store_table(directory: str, width: int) -> StoreTable:
 
 
 class StoreContext(beam.PTransform):
-    """Embedded records → the same records with `store_context` (tagged `embedded`), and dead letters of
+    """Embedded records → `Routed`: the same records with `store_context`, and dead letters of
     first-pass batches that failed.
 
     Args:
@@ -219,7 +219,7 @@ class StoreContext(beam.PTransform):
         self.directory = directory
         self.lineage = lineage or {}
 
-    def expand(self, embedded: beam.PCollection) -> dict[str, beam.PCollection]:
+    def expand(self, embedded: beam.PCollection) -> Routed:
         predictions, failures = (
             embedded
             | "KeyById" >> beam.WithKeys(lambda record: record["product_id"])
@@ -245,7 +245,7 @@ class StoreContext(beam.PTransform):
             self._write(members, sums)
         dead = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(
             failed_batch_dead_letters, stage=CONTEXT_STAGE)
-        return {"embedded": (joined, without_store) | "AllProducts" >> beam.Flatten(), DEAD_LETTER: dead}
+        return Routed((joined, without_store) | "AllProducts" >> beam.Flatten(), dead)
 
     def _merge_stored(self, members: beam.PCollection) -> beam.PCollection:
         version = current_version(self.directory)

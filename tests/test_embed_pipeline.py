@@ -66,8 +66,8 @@ def test_every_input_is_embedded_or_dead_lettered(products: list, models_dir: st
     cfg = EmbedConfig(models_dir=models_dir, batch_size=4, threads=2)
     with TestPipeline() as pipeline:
         out = pipeline | beam.Create(products) | EmbedProducts(cfg, run_id="run-1")
-        assert_that(out["embedded"] | beam.Map(_summary), equal_to(EXPECTED), label="CheckEmbedded")
-        assert_that(out["dead_letter"] | beam.Map(_dead_summary),
+        assert_that(out.records | beam.Map(_summary), equal_to(EXPECTED), label="CheckEmbedded")
+        assert_that(out.dead_letter | beam.Map(_dead_summary),
                     equal_to([(None, "embed", "embedding_failed", "run-1")] * 2), label="CheckDeadLetters")
 
 

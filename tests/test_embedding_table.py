@@ -79,7 +79,7 @@ def test_an_empty_table_folder_joins_nothing(tmp_path: Path) -> None:
 def _run(products: list[dict], cfg: EmbedConfig) -> dict[str, int]:
     pipeline = TestPipeline()
     out = pipeline | beam.Create(products) | EmbedProducts(cfg, run_id="t")
-    assert_that(out["embedded"] | beam.Map(lambda record: record["product_id"]),
+    assert_that(out.records | beam.Map(lambda record: record["product_id"]),
                 equal_to([p["product_id"] for p in products]))
     result = pipeline.run()
     result.wait_until_finish()

@@ -21,7 +21,6 @@ from apache_beam.testing.util import assert_that, equal_to
 from linnet_core.features import IMAGE_DIM, TEXT_DIM
 from linnet_core.taxonomy import Taxonomy
 from pipelines import defaults, score
-from pipelines.dead_letters import DEAD_LETTER
 
 pytestmark = pytest.mark.shared_data
 PHOTO = next((defaults.SHARED_DATA / "products" / "images").glob("*.jpg"))
@@ -120,11 +119,11 @@ def test_categorize_routes_a_failing_batch_to_dead_letters(model_dir: Path, gpt:
         outputs = (pipeline
                    | beam.Create([embedded("ok-1"), embedded("broken", dim=7), embedded("ok-2")])
                    | categorize)
-        assert_that(outputs["rows"] | "Ids" >> beam.Map(lambda row: row["product_id"]),
+        assert_that(outputs.records | "Ids" >> beam.Map(lambda row: row["product_id"]),
                     equal_to(["ok-1", "ok-2"]), label="CheckRows")
-        assert_that(outputs["rows"] | "ScoredAt" >> beam.Map(scored_during_the_run), equal_to([True, True]),
+        assert_that(outputs.records | "ScoredAt" >> beam.Map(scored_during_the_run), equal_to([True, True]),
                     label="CheckScoredAt")
-        assert_that(outputs[DEAD_LETTER] | "Dead" >> beam.Map(lambda row: (row["product_id"], row["stage"],
+        assert_that(outputs.dead_letter | "Dead" >> beam.Map(lambda row: (row["product_id"], row["stage"],
                                                                             row["reason"])),
                     equal_to([("broken", "score", "scoring_failed")]), label="CheckDeadLetters")
 

@@ -17,7 +17,6 @@ from linnet_core.model.export import CALIBRATION_JSON, export_inference_model, r
 from linnet_core.model.predictor import Predictor
 from linnet_core.store_context import ContextLayout, StoreTable, leave_one_out, store_contexts
 from linnet_core.taxonomy import Taxonomy
-from pipelines.dead_letters import DEAD_LETTER
 from pipelines.publish import CURRENT, current_version
 from pipelines.store_context import (
     MEMBERS,
@@ -116,10 +115,10 @@ def _run(model_dir: Path, records: list[dict], run_id: str, directory: Path | No
     with TestPipeline() as pipeline:
         outputs = (pipeline | beam.Create(records)
                    | StoreContext(str(model_dir), width, run_id, str(directory) if directory else None))
-        contexts = outputs["embedded"] | beam.Map(
+        contexts = outputs.records | beam.Map(
             lambda r: (r["product_id"], np.asarray(r[STORE_CONTEXT]).tolist()))
         assert_that(contexts, _contexts_close_to(expected), label="CheckContexts")
-        assert_that(outputs[DEAD_LETTER], equal_to([]), label="NoDeadLetters")
+        assert_that(outputs.dead_letter, equal_to([]), label="NoDeadLetters")
 
 
 def test_store_context_stage_and_incremental_table(model_dir: Path, tmp_path: Path) -> None:

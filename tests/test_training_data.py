@@ -41,9 +41,9 @@ from linnet_core.training_data import (
     to_example,
 )
 from pipelines import build_training_data
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER, Routed
+from pipelines.embed import EMBEDDED
 
-EMBEDDED = build_training_data.EMBEDDED
 FAIL_TITLE = "unembeddable"
 NAN_TITLE = "nan vector"
 
@@ -256,7 +256,8 @@ class VectorsFromIds(beam.PTransform):
     a title of FAIL_TITLE / NAN_TITLE makes the embed stage fail / return a broken vector."""
 
     def expand(self, products):
-        return products | "Vectors" >> beam.ParDo(_VectorsFn()).with_outputs(DEAD_LETTER, main=EMBEDDED)
+        vectors = products | "Vectors" >> beam.ParDo(_VectorsFn()).with_outputs(DEAD_LETTER, main=EMBEDDED)
+        return Routed(vectors[EMBEDDED], vectors[DEAD_LETTER])
 
 
 STORES = [f"s{i}" for i in range(12)]
@@ -305,10 +306,10 @@ def test_build_examples_routes_every_label_and_embedding_failure(taxonomy_file, 
     with TestPipeline() as pipeline:
         built = (pipeline | beam.Create(good + [record for record, _ in bad])
                  | build_training_data.BuildExamples(taxonomy_file, split, VectorsFromIds(), run_id="r1"))
-        summary = built[build_training_data.EXAMPLES] | "Summary" >> beam.MapTuple(
+        summary = built.records | "Summary" >> beam.MapTuple(
             lambda name, ex: (name, ex["product_id"], tuple(ex[label_feature(k)] for k in range(1, 8))))
         assert_that(summary, equal_to(expected_examples), label="Examples")
-        reasons = built[DEAD_LETTER] | "Reasons" >> beam.Map(lambda row: (row["product_id"], row["reason"]))
+        reasons = built.dead_letter | "Reasons" >> beam.Map(lambda row: (row["product_id"], row["reason"]))
         assert_that(reasons, equal_to([(r["product_id"], reason.value) for r, reason in bad]), label="Dead")
 
 
