@@ -95,8 +95,11 @@ def preprocess(image: Image.Image) -> np.ndarray:
     image = image.resize(size, Image.BILINEAR)
     left = int(round((size[0] - CROP) / 2.0))
     top = int(round((size[1] - CROP) / 2.0))
-    pixels = np.asarray(image.crop((left, top, left + CROP, top + CROP)), dtype=np.float32) / 255.0
-    return ((pixels - MEAN) / STD).transpose(2, 0, 1)
+    # Channels first before the arithmetic, so the result is C-contiguous and a batch stacks without the
+    # encoder copying it again on the calling thread (the same float32 operations on the same values).
+    channels = np.asarray(image.crop((left, top, left + CROP, top + CROP))).transpose(2, 0, 1)
+    pixels = np.ascontiguousarray(channels, dtype=np.float32) / 255.0
+    return (pixels - MEAN[:, None, None]) / STD[:, None, None]
 
 
 def load_pixels(data: bytes) -> np.ndarray:
