@@ -215,14 +215,16 @@ class ProductEmbedder:
         """
         table = stored is not None
         stored = list(stored) if table else [None] * len(records)
+        # Photos are read and decoded on the pool while the texts encode: neither waits for the other.
+        reading = self._pool.map(
+            lambda pair: self._first_image(pair[0].get("image_uris") or [], read, pair[1]),
+            zip(records, stored, strict=True))
         # Both texts of every record in one encoder call (a title often equals another product's).
         full, titles = zip(*map(features.embedded_texts, records), strict=True) if records else ((), ())
         known = [[s.get(s.keys.texts[part], self.text.encoder_id) if s else None for s in stored]
                  for part in (0, 1)]
         keys, vectors, sources = self._text_vectors([*full, *titles], [*known[0], *known[1]])
-        photos = list(self._pool.map(
-            lambda pair: self._first_image(pair[0].get("image_uris") or [], read, pair[1]),
-            zip(records, stored, strict=True)))
+        photos = list(reading)
         to_encode = [photo for photo in photos if photo.pixels is not None]
         outcomes = _encode_unique(self.image.encode, [photo.key for photo in to_encode],
                                   [photo.pixels for photo in to_encode], self.image_cache)
