@@ -11,9 +11,10 @@ import pytest
 
 from linnet_core import metrics
 from linnet_core.capped_sample import capped_rows
-from linnet_core.evaluation import baselines, report
+from linnet_core.evaluation import baseline_models, baselines, report
 from linnet_core.evaluation.systems import EvaluationError, parquet_files, read_labels, read_predictions
 from linnet_core.model.data import read_split
+from linnet_core.training_data import hash_unit
 from pipelines import cli, evaluate_command
 
 # Same cases as test_metrics: exact, back-off, wrong sibling, abstained, wrong level 2, unlabelled
@@ -200,6 +201,19 @@ def test_tfidf_baseline_paths_and_subtree_confidences(tiny):
     assert out.level_confidences[0, 1] == pytest.approx(out.level_confidences[0, 0])  # Animals = Pets here
     again = baselines.TfidfBaseline(table).fit(texts, labels).predict(np.array(["a"]), ["dog collar"])
     assert again.level_confidences[0].tolist() == out.level_confidences[0].tolist()
+
+
+def test_tfidf_temperature_from_the_second_process_equals_fitting_in_this_one():
+    # The half model trains in a spawned process beside the full fit: same temperature as in-process.
+    words = ["dog leash", "cat toy", "jigsaw puzzle", "barbie doll", "garden hose", "coffee mug"]
+    texts = [f"{words[i % 6]} {'red blue green'.split()[i % 3]} item {i}" for i in range(60)]
+    labels = np.array([3, 4, 13, 11, 7, 9] * 10)
+    stores = [f"store-{i % 10}" for i in range(60)]
+    half = np.array([hash_unit(f"tfidf:{store}") < 0.5 for store in stores])
+    assert half.any() and (~half).any()
+    model = baseline_models.TfidfSvm().fit(texts, labels, stores)
+    assert model.temperature == baseline_models.held_out_temperature(texts, labels, half)
+    assert model.temperature != 1.0
 
 
 def test_operating_curve_and_coverage_at_precision(tiny):

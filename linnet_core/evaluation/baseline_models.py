@@ -19,7 +19,9 @@ of the classes under it.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -93,17 +95,24 @@ class TfidfSvm:
 
     def fit(self, texts: Sequence[str], gpt_ids: np.ndarray, stores: Sequence[str] | None = None) -> TfidfSvm:
         """Train on labelled texts; with `stores`, the temperature is fit on one half of the stores scored
-        by a model of the other half (store-grouped held-out scores), else it stays 1."""
+        by a model of the other half (store-grouped held-out scores), else it stays 1.
+
+        liblinear fits on one core, so the half model trains in a second process while this one fits
+        the full model (spawned, not forked: the caller may hold TensorFlow's threads). Both fits seed
+        liblinear alike, so the result is the same as fitting one after the other.
+        """
         from sklearn.preprocessing import normalize
 
         texts, gpt_ids = list(texts), np.asarray(gpt_ids, np.int64)
-        if stores is not None:
-            half = np.array([hash_unit(f"tfidf:{store}") < 0.5 for store in stores])
-            if half.any() and (~half).any():
-                inner = TfidfSvm().fit([t for t, h in zip(texts, half, strict=True) if h], gpt_ids[half])
-                held = [t for t, h in zip(texts, half, strict=True) if not h]
-                self.temperature = fit_temperature(inner.scores(held), inner.classes, gpt_ids[~half])
-        self.classifier.fit(normalize(self.features.fit_transform(texts)), gpt_ids)
+        half = (np.array([hash_unit(f"tfidf:{store}") < 0.5 for store in stores]) if stores is not None
+                else np.zeros(len(texts), bool))
+        if not (half.any() and (~half).any()):
+            self.classifier.fit(normalize(self.features.fit_transform(texts)), gpt_ids)
+            return self
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            temperature = pool.submit(held_out_temperature, texts, gpt_ids, half)
+            self.classifier.fit(normalize(self.features.fit_transform(texts)), gpt_ids)
+            self.temperature = temperature.result()
         return self
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
@@ -118,6 +127,13 @@ class TfidfSvm:
     @property
     def classes(self) -> np.ndarray:
         return self.classifier.classes_
+
+
+def held_out_temperature(texts: list[str], gpt_ids: np.ndarray, half: np.ndarray) -> float:
+    """The temperature of a `TfidfSvm` of the `half` rows, fit on its scores of the other rows."""
+    inner = TfidfSvm().fit([t for t, h in zip(texts, half, strict=True) if h], gpt_ids[half])
+    held = [t for t, h in zip(texts, half, strict=True) if not h]
+    return fit_temperature(inner.scores(held), inner.classes, gpt_ids[~half])
 
 
 def _flat_lr(c: float):
