@@ -36,12 +36,18 @@ install: $(STAMP)  ## Create .venv with the pinned stack and prepare the encoder
 lint: install  ## Ruff over the code.
 	$(BIN)/ruff check linnet_core pipelines serving schemas tests bench
 
+# Test processes (pytest-xdist; 0: one process). CI has 2 cores, and each process pays for its own session
+# fixtures (a trained model, an emulator), so more only helps on a bigger machine. Whole files go to one
+# process, so a module's fixtures are built once.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: lint  ## Lint, then the whole test suite (slow end-to-end tests included).
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
 
 FAST_TESTS := not slow and not trains_model and not encoders and not emulator and not subprocesses
 test-fast: lint  ## Lint, then the inner loop: tests that train no model, load no encoder, start no emulator or process.
-	$(BIN)/python -m pytest -q -m "$(FAST_TESTS)" tests
+	$(PYTEST) -m "$(FAST_TESTS)" tests
 
 run-local: install  ## The whole job on the DirectRunner: import, training data, train, thresholds, score, evaluate.
 	$(LINNET) run-local --output $(OUT) $(if $(SAMPLE),--sample $(SAMPLE)) \
