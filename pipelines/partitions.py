@@ -158,6 +158,11 @@ def read_manifest(folder: str) -> dict[str, Any] | None:
         return json.loads(handle.read().decode("utf-8"))
 
 
+def staged_rows(root: str, table: str, partition: Partition | None, attempt: str) -> int:
+    """The rows `attempt` staged for `table`, from the Parquet footers."""
+    return sum(map(parquet_rows, _data_files(staging_dir(root, table, partition, attempt))))
+
+
 def committed_files(folder: str) -> list[str]:
     """The data files of a committed partition, as its manifest names them ([] if not committed).
 
@@ -411,19 +416,25 @@ def _write_json_atomically(path: str, value: dict[str, Any]) -> None:
 
 class CommitTablesFn(beam.DoFn):
     """Commits the staged files of every table of one run once all are written (one element in);
-    outputs one manifest per table."""
+    outputs one manifest per table (none when `commit_empty` is False and nothing was staged)."""
 
     def __init__(self, root: str, tables: list[str], partition: Partition | None, attempt: str,
-                 run_id: str | None) -> None:
+                 run_id: str | None, commit_empty: bool = True) -> None:
         self.root = root
         self.tables = tables
         self.partition = partition
         self.attempt = attempt
         self.run_id = run_id
+        self.commit_empty = commit_empty
         self.rows_committed = {table: counter(f"{table}_rows_committed")
                                for table in tables}
 
     def process(self, _written: list[str]) -> Iterator[dict[str, Any]]:
+        if not self.commit_empty and not any(staged_rows(self.root, table, self.partition, self.attempt)
+                                             for table in self.tables):
+            for table in self.tables:
+                discard_staging(self.root, table, self.partition, self.attempt)
+            return
         for manifest in commit_tables(self.root, self.tables, self.partition, self.attempt, self.run_id):
             self.rows_committed[manifest["table"]].inc(manifest["rows"])
             yield manifest
@@ -440,15 +451,18 @@ class WritePartitions(beam.PTransform):
         schemas: table folder name → schema name (`schemas/<name>.json`).
         partition: the partition this run replaces; None replaces whole tables `ROOT/TABLE/`.
         run_id: recorded in the manifests.
+        commit_empty: False commits nothing (and outputs no manifest) when no table got a row: for an
+            append, a fresh partition per attempt, where an empty one would only be one more to list.
     """
 
     def __init__(self, root: str, schemas: Mapping[str, str], partition: Partition | None,
-                 run_id: str | None = None) -> None:
+                 run_id: str | None = None, commit_empty: bool = True) -> None:
         super().__init__()
         self.root = root
         self.schemas = dict(schemas)
         self.partition = partition
         self.run_id = run_id
+        self.commit_empty = commit_empty
         self.attempt = new_attempt()
 
     def expand(self, tables: Mapping[str, beam.PCollection]) -> beam.PCollection:
@@ -465,7 +479,7 @@ class WritePartitions(beam.PTransform):
             | "AllTablesStaged" >> beam.Flatten()
             | "AllWritten" >> beam.combiners.ToList()
             | "Commit" >> beam.ParDo(CommitTablesFn(self.root, list(tables), self.partition, self.attempt,
-                                                    self.run_id))
+                                                    self.run_id, self.commit_empty))
         )
 
 
@@ -478,8 +492,8 @@ class WritePartition(WritePartitions):
     """
 
     def __init__(self, root: str, table: str, partition: Partition, run_id: str | None = None,
-                 schema: str | None = None) -> None:
-        super().__init__(root, {table: schema or table}, partition, run_id)
+                 schema: str | None = None, commit_empty: bool = True) -> None:
+        super().__init__(root, {table: schema or table}, partition, run_id, commit_empty)
         self.table = table
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:

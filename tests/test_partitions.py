@@ -104,6 +104,17 @@ def test_empty_run_commits_an_empty_partition(tmp_path: Path):
     assert visible_ids(tmp_path) == []
 
 
+def test_an_append_of_nothing_commits_nothing(tmp_path: Path):
+    """commit_empty=False (each append a fresh partition): no rows, no partition, no staged files."""
+    append = Partition("run", "append-1")
+    with TestPipeline() as pipeline:
+        manifests = (pipeline | beam.Create([]) | WritePartition(str(tmp_path), "products", append,
+                                                                 commit_empty=False))
+        assert_that(manifests, equal_to([]))
+    assert not (tmp_path / "products" / append.name).exists()
+    assert list((tmp_path / "products" / "_staging").iterdir()) == []
+
+
 def test_object_store_protocol_swaps_files_through_the_manifest(tmp_path: Path):
     """The gs:// protocol (copy under new names, manifest last, stale files deleted) on any filesystem."""
     final = str(tmp_path / "t" / DAY.name)
