@@ -7,10 +7,13 @@
 
 Only content the table lacks reaches the encoders; a photo whose bytes hash to a stored vector is
 neither decoded nor encoded (its bytes are read once, to key it). A run appends what it embedded as a
-new part: written under DIR/_staging/<attempt>/, then each file renamed to DIR/part-<attempt>-*.parquet,
-so readers (which glob DIR/part-*.parquet) never see a partial part. The table is a set of facts: any
-subset of parts is consistent, so a run killed between renames loses only the work of the parts it did
-not publish, and two runs that embed the same content append duplicates the join collapses.
+new partition `DIR/vectors/run=<token>/`, staged and committed like the categorized tables
+(`pipelines.partitions.WritePartition`: locally the staged folder is renamed in, on gs:// the files are
+copied in and the `_SUCCESS` manifest written last), and readers take only the files the manifests
+name (`committed_names`), so they never see a partial append. The table is a set of facts: any subset
+of appends is consistent, so a run killed before its commit loses only its own work, and two runs that
+embed the same content append duplicates the join collapses. Tables written before appends were
+partitions hold parts `DIR/part-*.parquet`; those are still read.
 """
 
 from __future__ import annotations
@@ -21,21 +24,23 @@ from collections.abc import Callable, Iterable, Iterator
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadFromParquet, WriteToParquet
+from apache_beam.io.parquetio import ReadAllFromParquet
 
-import schemas
 from linnet_core.encoders.embedder import ContentKeys, Stored, content_keys
 from pipelines.counters import counter
-from pipelines.partitions import delete_folder, new_attempt, parquet_rows
+from pipelines.partitions import DATA_SUFFIX, Partition, WritePartition, committed_names, new_attempt
 
 SCHEMA = "embedding_table"
-PART_PREFIX = "part-"
-STAGING = "_staging"
+TABLE = "vectors"  # the partitioned table under DIR; DIR also holds the commit journal (`_commits`)
+LEGACY_PARTS = "part-*.parquet"  # what appends wrote into DIR itself before they were partitions
 
 
-def parts_pattern(directory: str) -> str:
-    """The glob of the table's published parts."""
-    return FileSystems.join(directory, f"{PART_PREFIX}*.parquet")
+def table_files(directory: str) -> list[str]:
+    """The data files of the table in DIR: those of every committed append, and any legacy parts."""
+    root = FileSystems.join(directory, TABLE)
+    legacy = FileSystems.match([FileSystems.join(directory, LEGACY_PARTS)])[0].metadata_list
+    return sorted(meta.path for meta in legacy) + [
+        FileSystems.join(root, name) for name in committed_names(root) if name.endswith(DATA_SUFFIX)]
 
 
 def table_row(encoder_id: str, key: str, vector: np.ndarray, run_id: str, created_at: dt.datetime) -> dict:
@@ -84,18 +89,18 @@ def _with_stored(joined: tuple[str, dict[str, list]]) -> Iterator[tuple[str, tup
 
 
 class ReadEmbeddingTable(beam.PTransform):
-    """The table's published parts → (content hash, (encoder id, vector)); nothing before the first run."""
+    """The table's committed files → (content hash, (encoder id, vector)); nothing before the first run.
+    The files are listed when the pipeline runs, not when it is built."""
 
     def __init__(self, directory: str) -> None:
         super().__init__()
         self.directory = directory
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        pattern = parts_pattern(self.directory)
-        if not FileSystems.match([pattern])[0].metadata_list:
-            return pbegin | "NoParts" >> beam.Create([])
         return (pbegin
-                | "ReadParts" >> ReadFromParquet(pattern, columns=["encoder_id", "content_hash", "vector"])
+                | "Table" >> beam.Create([self.directory])
+                | "CommittedFiles" >> beam.FlatMap(table_files)
+                | "ReadFiles" >> ReadAllFromParquet(columns=["encoder_id", "content_hash", "vector"])
                 | "ByHash" >> beam.Map(keyed_by_hash))
 
 
@@ -118,24 +123,15 @@ class LookUpEmbeddings(beam.PTransform):
                 | "WithStored" >> beam.FlatMap(_with_stored))
 
 
-class PublishPartsFn(beam.DoFn):
-    """Once every staged file is written: rename the non-empty ones into the table, drop the staging."""
+class CountAppendedFn(beam.DoFn):
+    """Counts the rows of the committed append (its manifest), which it passes on."""
 
-    def __init__(self, directory: str, attempt: str) -> None:
-        self.directory = directory
-        self.attempt = attempt
+    def __init__(self) -> None:
         self.appended = counter("table_vectors_appended")
 
-    def process(self, written: list[str]) -> Iterator[int]:
-        staged = [path for path in sorted(written) if parquet_rows(path) > 0]
-        rows = sum(map(parquet_rows, staged))
-        targets = [FileSystems.join(self.directory, f"{PART_PREFIX}{self.attempt}-{i:05d}.parquet")
-                   for i in range(len(staged))]
-        if staged:
-            FileSystems.rename(staged, targets)
-        delete_folder(FileSystems.join(self.directory, STAGING, self.attempt))
-        self.appended.inc(rows)
-        yield rows
+    def process(self, manifest: dict) -> Iterator[dict]:
+        self.appended.inc(manifest["rows"])
+        yield manifest
 
 
 def _one_per_key(grouped: tuple[tuple[str, str], Iterable[np.ndarray]]) -> tuple[str, str, np.ndarray]:
@@ -144,25 +140,24 @@ def _one_per_key(grouped: tuple[tuple[str, str], Iterable[np.ndarray]]) -> tuple
 
 
 class AppendToEmbeddingTable(beam.PTransform):
-    """(encoder id, content hash, vector) → one new part of the table (each content once), named by a
-    fresh attempt token so no two runs' parts collide; rows carry `run_id`."""
+    """(encoder id, content hash, vector) → one new committed partition of the table (each content once;
+    none when there is nothing to append), named by a fresh token so no two runs' appends collide; rows
+    carry `run_id`. Outputs the partition's manifest."""
 
     def __init__(self, directory: str, run_id: str | None) -> None:
         super().__init__()
         self.directory = directory
-        self.attempt = new_attempt()
-        self.run_id = run_id or self.attempt
+        self.partition = Partition("run", new_attempt())
+        self.run_id = run_id or self.partition.value
 
     def expand(self, vectors: beam.PCollection) -> beam.PCollection:
         created_at, run_id = dt.datetime.now(dt.UTC), self.run_id
-        written = (vectors
-                   | "ByContent" >> beam.MapTuple(lambda encoder_id, key, vector: ((encoder_id, key), vector))
-                   | "GroupContent" >> beam.GroupByKey()
-                   | "OnePerContent" >> beam.Map(_one_per_key)
-                   | "ToRows" >> beam.MapTuple(
-                       lambda encoder_id, key, vector: table_row(encoder_id, key, vector, run_id, created_at))
-                   | "WriteStaged" >> WriteToParquet(
-                       FileSystems.join(self.directory, STAGING, self.attempt, "part"),
-                       schemas.arrow_schema(SCHEMA), file_name_suffix=".parquet"))
-        return (written | "AllStaged" >> beam.combiners.ToList()
-                | "Publish" >> beam.ParDo(PublishPartsFn(self.directory, self.attempt)))
+        return (vectors
+                | "ByContent" >> beam.MapTuple(lambda encoder_id, key, vector: ((encoder_id, key), vector))
+                | "GroupContent" >> beam.GroupByKey()
+                | "OnePerContent" >> beam.Map(_one_per_key)
+                | "ToRows" >> beam.MapTuple(
+                    lambda encoder_id, key, vector: table_row(encoder_id, key, vector, run_id, created_at))
+                | "Commit" >> WritePartition(self.directory, TABLE, self.partition, run_id, schema=SCHEMA,
+                                             commit_empty=False)
+                | "Appended" >> beam.ParDo(CountAppendedFn()))

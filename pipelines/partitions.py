@@ -3,6 +3,8 @@
 A run writes its files under `ROOT/TABLE/_staging/`, then commits them as the partition: a rerun
 replaces the partition (never adds to it) and a run that fails before the commit leaves nothing
 visible. Every committed partition holds a `_SUCCESS` manifest naming its files and row counts.
+An append-only table (the embedding table) commits each attempt as a fresh `run=<token>` partition,
+and none when the attempt has no rows (`commit_empty=False`).
 
 The tables of one run (categorized rows and dead letters, say) commit together: the commit point is
 one journal object `ROOT/_commits/<partition>.json` naming the run's attempt and tables, written

@@ -1,5 +1,6 @@
-"""The embedding table: joined by content hash inside the pipeline, appended as whole parts, and a second
-run over the same products (local or gs://) encodes nothing."""
+"""The embedding table: joined by content hash inside the pipeline, appended as committed partitions
+(tables of loose legacy parts still read), and a second run over the same products (local or gs://)
+encodes nothing."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from linnet_core.encoders.cache import content_hash
 from pipelines import defaults
 from pipelines.counters import NAMESPACE
 from pipelines.embed import EmbedConfig, EmbedProducts, read_uri
-from pipelines.embedding_table import SCHEMA, LookUpEmbeddings, table_row
+from pipelines.embedding_table import SCHEMA, AppendToEmbeddingTable, LookUpEmbeddings, table_files, table_row
 
 pytestmark = pytest.mark.shared_data
 PHOTOS = defaults.SHARED_DATA / "products" / "images"
@@ -39,6 +40,7 @@ def _products(tmp_path: Path) -> list[dict]:
 
 
 def _write_part(directory: Path, rows: list[dict]) -> None:
+    """A part as appends wrote it before they were partitions: loose in the table folder."""
     directory.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schemas.arrow_schema(SCHEMA)),
                    directory / "part-a-00000.parquet")
@@ -76,6 +78,19 @@ def test_an_empty_table_folder_joins_nothing(tmp_path: Path) -> None:
         assert_that(joined, equal_to([("tea", {})]))
 
 
+def test_the_table_is_its_committed_appends_and_any_legacy_parts(tmp_path: Path) -> None:
+    table, now = tmp_path / "table", dt.datetime.now(dt.UTC)
+    _write_part(table, [table_row("text/e5", content_hash("old"), np.ones(4), "before", now)])
+    with TestPipeline() as pipeline:
+        _ = (pipeline | beam.Create([("text/e5", content_hash("new"), np.ones(4))])
+             | AppendToEmbeddingTable(str(table), "r"))
+    uncommitted = table / "vectors" / "run=killed"  # a folder no commit finished: no manifest
+    _write_part(uncommitted, [table_row("text/e5", content_hash("lost"), np.ones(4), "killed", now)])
+    [append] = [path for path in (table / "vectors").glob("run=*") if path != uncommitted]
+    assert table_files(str(table)) == [str(table / "part-a-00000.parquet"),
+                                       *map(str, sorted(append.glob("*.parquet")))]
+
+
 def _run(products: list[dict], cfg: EmbedConfig) -> dict[str, int]:
     pipeline = TestPipeline()
     out = pipeline | beam.Create(products) | EmbedProducts(cfg, run_id="t")
@@ -101,9 +116,11 @@ def test_second_run_encodes_nothing_and_a_change_only_itself(tmp_path: Path, mod
     third = _run(changed, cfg)
     assert third["products_encoded"] == 1 and third["table_vectors_appended"] == 1
     assert third["image_table_hits"] == 2 and third["text_table_hits"] == 2
-    assert len(list(table.glob("part-*.parquet"))) == 2, "a run that appends nothing adds no part"
-    assert not list(table.glob("_staging/*")), "staging is cleared once the part is published"
-    stored = pq.read_table(str(table))
+    appends = sorted((table / "vectors").glob("run=*"))
+    assert len(appends) == 2, "a run that appends nothing adds no partition"
+    assert all((append / "_SUCCESS").is_file() for append in appends)
+    assert not list(table.glob("vectors/_staging/*")), "staging is cleared once the append is committed"
+    stored = pq.read_table(str(table / "vectors"))
     assert stored.num_rows == 6 and set(stored.column("run_id").to_pylist()) == {"t"}
     title = content_hash(features.title_text(changed[0]))
     row = stored.filter(pa.compute.equal(stored["content_hash"], title)).to_pylist()[0]
@@ -122,4 +139,7 @@ def test_the_table_works_on_gcs(tmp_path: Path, models_dir: str) -> None:
     assert first["products_encoded"] == 2 and first["table_vectors_appended"] == 4
     assert second.get("products_encoded", 0) == 0 and second.get("table_vectors_appended", 0) == 0
     assert second["text_table_hits"] == 2 and second["image_table_hits"] == 1
-    assert [path.rsplit("/", 1)[1].startswith("part-") for path in result["objects"]] == [True]
+    folders = {path.rsplit("/", 1)[0] for path in result["objects"]}
+    names = sorted(path.rsplit("/", 1)[1] for path in result["objects"])
+    assert len(folders) == 1 and "/vectors/run=" in folders.pop(), "one committed append, nothing staged"
+    assert names[0].endswith(".parquet") and names[1:] == ["_SUCCESS"]
