@@ -22,11 +22,18 @@ def partial_dir(output: Path) -> Path:
     return output.with_name(f".{output.name}.partial-{uuid.uuid4().hex[:8]}")
 
 
-def replace_dir(staging: Path, output: Path) -> None:
-    """Replaces `output` with the finished `staging` folder by renames, so no reader sees half."""
-    previous = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+def replace_dir(staging: Path, output: Path, aside: Path | None = None) -> None:
+    """Replaces `output` with the finished `staging` folder by renames, so no reader sees half.
+
+    The old `output` is renamed to `aside` (default: a fresh hidden name beside it), then deleted. A
+    caller whose retry must clean up after a replace killed midway names `aside` after its attempt:
+    the retry deletes what the killed one set aside (`pipelines.partitions` commits this way).
+    """
+    previous = aside or output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
     if output.exists():
+        previous.parent.mkdir(parents=True, exist_ok=True)
         output.rename(previous)
+    output.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(output)
     shutil.rmtree(previous, ignore_errors=True)
 

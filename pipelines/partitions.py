@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from linnet_core.publish import MANIFEST
+from linnet_core.publish import MANIFEST, replace_dir
 from linnet_core.records import day_bounds, updated_on  # noqa: F401 - part of this module's API
 from pipelines.counters import counter
 from pipelines.io import WriteTable
@@ -227,16 +227,11 @@ def commit_partition(staged: str, final: str, attempt: str, by_rename: bool | No
 
 
 def _commit_by_rename(staged: str, final: str, attempt: str, manifest: dict[str, Any]) -> None:
+    """The local protocol: the one folder swap every local output uses (`linnet_core.publish`), the old
+    partition set aside under `_trash` by attempt, so a rolled-forward commit deletes what it left."""
     write_json(FileSystems.join(staged, MANIFEST), manifest)
-    table_dir, name = FileSystems.split(final)
-    aside = FileSystems.join(table_dir, TRASH, f"{name}.{attempt}")
-    if FileSystems.exists(final):
-        _ensure_dir(FileSystems.split(aside)[0])
-        FileSystems.rename([final], [aside])
-    _ensure_dir(table_dir)
-    FileSystems.rename([staged], [final])
-    if FileSystems.exists(aside):
-        delete_folder(aside)
+    final_path = Path(final)
+    replace_dir(Path(staged), final_path, aside=final_path.parent / TRASH / f"{final_path.name}.{attempt}")
 
 
 def _commit_by_manifest(files: list[str], final: str, attempt: str,
