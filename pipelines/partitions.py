@@ -400,15 +400,22 @@ def commit_tables(root: str, tables: list[str], partition: Partition | None, att
     return manifests
 
 
-def _write_json_atomically(path: str, value: dict[str, Any]) -> None:
-    """One step: a local file is written aside and renamed; an object write is atomic already."""
+def write_atomically(path: str, data: bytes, mime_type: str = "application/octet-stream") -> None:
+    """`data` as the file at `path` in one step, so no reader finds it missing or half-written: a local
+    file is written aside (hidden) and renamed over the old one; an object write is atomic already."""
     if not _is_local(path):
-        write_json(path, value)
+        with FileSystems.create(path, mime_type=mime_type) as handle:
+            handle.write(data)
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(f"{path}.{uuid.uuid4().hex[:8]}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(temporary, path)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
+
+
+def _write_json_atomically(path: str, value: dict[str, Any]) -> None:
+    write_atomically(path, json.dumps(value, indent=2, sort_keys=True).encode("utf-8"), "application/json")
 
 
 class CommitTablesFn(beam.DoFn):

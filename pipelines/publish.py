@@ -18,7 +18,7 @@ from pathlib import Path
 from apache_beam.io.filesystems import FileSystems
 
 from linnet_core.publish import written_whole
-from pipelines.partitions import delete_folder, new_attempt
+from pipelines.partitions import delete_folder, new_attempt, write_atomically
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -39,16 +39,8 @@ def current_version(directory: str) -> str | None:
 
 
 def publish(directory: str, version: str) -> None:
-    """Point DIR/CURRENT at `version`, in one step: no reader finds the pointer missing or half-written."""
-    target = FileSystems.join(directory, CURRENT)
-    if "://" in directory:  # one object write is atomic
-        with FileSystems.create(target) as handle:
-            handle.write(version.encode())
-        return
-    staged = FileSystems.join(directory, f".{CURRENT}.{version}")
-    with FileSystems.create(staged) as handle:
-        handle.write(version.encode())
-    FileSystems.rename([staged], [target])  # os.rename: replaces the old pointer atomically
+    """Point DIR/CURRENT at `version`, in one step (the write a partition commit's journal gets too)."""
+    write_atomically(FileSystems.join(directory, CURRENT), version.encode())
 
 
 @contextlib.contextmanager
