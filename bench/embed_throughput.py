@@ -38,7 +38,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from linnet_core import features, records
 from linnet_core.encoders.image import ImageEncoder, load_pixels
-from linnet_core.encoders.text import TEXT_MODEL_NAME, load_text_encoder
+from linnet_core.encoders.text import DEFAULT_MAX_TOKENS, TEXT_MODEL_NAME, load_text_encoder
 from pipelines import defaults
 from pipelines.counters import NAMESPACE
 from pipelines.embed import INFERENCE_NAMESPACE, EmbedConfig, EmbedProducts
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models_dir", default=str(defaults.MODELS))
     parser.add_argument("--text_engine", default="onnx")
     parser.add_argument("--image_engine", default="onnx")
-    parser.add_argument("--max_tokens", type=int, default=128)
+    parser.add_argument("--max_tokens", type=int, default=DEFAULT_MAX_TOKENS)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/pipeline rounds")
     parser.add_argument("--skip_images", action="store_true")
     parser.add_argument("--skip_text", action="store_true")

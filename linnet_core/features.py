@@ -40,7 +40,7 @@ def product_text(record: Mapping[str, Any], description_chars: int = DESCRIPTION
 
     Order and separators: `title | type: product_type | vendor: vendor | collections: a, b |
     tags: a, b | description`, empty parts left out. The most category-bearing fields come first so
-    that token truncation (128 tokens by default) cuts the description, never the title. The
+    that token truncation (`encoders.text.DEFAULT_MAX_TOKENS`) cuts the description, never the title. The
     description is cut to `description_chars` characters at a word boundary; lists keep their first
     `LIST_ITEMS` items. Options are left out: variant values (sizes, colours) say little of category.
     """

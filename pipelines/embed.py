@@ -11,6 +11,7 @@ this module reads bytes through `FileSystems`, counts and routes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -30,6 +31,7 @@ from linnet_core.encoders import text as text_encoders
 from linnet_core.encoders.embedder import IMAGE_STATUSES, ProductEmbedder, Stored
 from linnet_core.progress import Progress
 from linnet_core.records import Reason, dead_letter
+from linnet_core.training_data import ENCODERS_JSON
 from pipelines import defaults
 from pipelines.counters import NAMESPACE, counter
 from pipelines.dead_letters import DEAD_LETTER, Routed
@@ -66,8 +68,9 @@ class EmbeddingOptions(PipelineOptions):
                   "as fast, vectors differ between CPUs; torch: the PyTorch reference")
         flag("image_engine", default="onnx", choices=image_encoders.ENGINES,
              help="onnx (default) or torch, same MobileNet-V2 weights")
-        flag("max_tokens", type=int, default=text_encoders.DEFAULT_MAX_TOKENS,
-             help="text truncation in tokens")
+        flag("max_tokens", type=int, default=None,
+             help="text truncation in tokens (default: when a model is scored, the cut its training data "
+                  f"was embedded with; else {text_encoders.DEFAULT_MAX_TOKENS})")
         flag("embed_batch_size", type=int, default=32, help="upper cap on a batch")
         flag("embedding_cache", default=LOCAL_CACHE,
              help=f"local embedding cache directory, {LOCAL_CACHE!r} (default: $LINNET_CACHE/embeddings "
@@ -131,18 +134,39 @@ class EmbedConfig:
         return str(defaults.CACHE / "embeddings") if self.cache_dir == LOCAL_CACHE else self.cache_dir
 
     @classmethod
-    def from_options(cls, options: PipelineOptions) -> EmbedConfig:
+    def from_options(cls, options: PipelineOptions, model_dir: str | None = None) -> EmbedConfig:
         """The config of `EmbeddingOptions` flags (`--embedding_cache none` disables the cache)."""
-        return cls.from_flags(options.view_as(EmbeddingOptions))
+        return cls.from_flags(options.view_as(EmbeddingOptions), model_dir)
 
     @classmethod
-    def from_flags(cls, flags: Any) -> EmbedConfig:
+    def from_flags(cls, flags: Any, model_dir: str | None = None) -> EmbedConfig:
         """The config of parsed `EmbeddingOptions` flags, from Beam's options or a plain argparse parser
-        (the online service's)."""
+        (the online service's). With `model_dir` (a model to score), texts are cut where that model's
+        training data cut them, so a default changed since it was trained cannot skew its inputs.
+
+        Raises:
+            ValueError: `--max_tokens` differs from the model's cut.
+        """
         cache = None if flags.embedding_cache in (None, "", NO_CACHE) else flags.embedding_cache
+        trained = model_max_tokens(model_dir) if model_dir else None
+        if flags.max_tokens and trained and flags.max_tokens != trained:
+            raise ValueError(f"--max_tokens {flags.max_tokens}: the model at {model_dir} was trained on "
+                             f"texts cut at {trained} tokens ({ENCODERS_JSON}); score it with those")
+        max_tokens = flags.max_tokens or trained or text_encoders.DEFAULT_MAX_TOKENS
         return cls(flags.models_dir, flags.text_model, flags.text_engine, flags.image_engine,
-                   flags.max_tokens, flags.embed_batch_size, cache, flags.encoder_threads,
+                   max_tokens, flags.embed_batch_size, cache, flags.encoder_threads,
                    flags.embedding_table or None)
+
+
+def model_max_tokens(model_dir: str) -> int | None:
+    """Where the text encoder of a model's training data cut texts (MODEL/encoders.json's text encoder
+    id, `text/<model>/<engine>/<max tokens>/<fingerprint>`); None for a model without that record."""
+    path = FileSystems.join(model_dir, ENCODERS_JSON)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        parts = json.load(handle)["text"].split("/")
+    return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else None
 
 
 def read_uri(uri: str) -> bytes:
@@ -303,10 +327,11 @@ class EmbedProducts(beam.PTransform):
         self.run_id = run_id
 
     @classmethod
-    def from_options(cls, options: PipelineOptions, run_id: str | None = None,
-                     total: int | None = None) -> EmbedProducts:
-        """The transform configured by `EmbeddingOptions` flags; `total`: products it embeds at most."""
-        return cls(dataclasses.replace(EmbedConfig.from_options(options), total=total), run_id)
+    def from_options(cls, options: PipelineOptions, run_id: str | None = None, total: int | None = None,
+                     model_dir: str | None = None) -> EmbedProducts:
+        """The transform configured by `EmbeddingOptions` flags; `total`: products it embeds at most;
+        `model_dir`: the model the embeddings are for (`EmbedConfig.from_flags`)."""
+        return cls(dataclasses.replace(EmbedConfig.from_options(options, model_dir), total=total), run_id)
 
     def expand(self, products: beam.PCollection) -> Routed:
         keyed = products | "KeyByProductId" >> beam.ParDo(KeyByProductIdFn(self.run_id)).with_outputs(

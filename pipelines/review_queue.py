@@ -210,7 +210,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         products = pipeline | "ReadProducts" >> product_source(options, run_id=run_id, optional_labels=True)
         context = StoreContext(model.model, int(info["store_context_width"]), run_id,
                                max_batch_size=model.max_batch_size)
-        build(products, EmbedProducts.from_options(options, run_id), context,
+        build(products, EmbedProducts.from_options(options, run_id, model_dir=model.model), context,
               RankUncertainty(model.model, model.max_batch_size),
               PickQueueFn(model.model, flags.budget, flags.per_store_cap), staging, run_id)
         result = pipeline.run()

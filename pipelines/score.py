@@ -249,8 +249,8 @@ def _pipeline_for(options: PipelineOptions, partition: Partition, run_id: str, w
     write = table_sinks(options, {CATEGORIZED: "categorized", DEAD_LETTERS: "dead_letters"}, partition,
                         run_id)
     total = None if only_updated_on_day else embedding_total(options)  # a day's share is not known
-    manifests = build(products, EmbedProducts.from_options(options, run_id, total), context, categorize,
-                      write, run_id)
+    embed = EmbedProducts.from_options(options, run_id, total, model.model)
+    manifests = build(products, embed, context, categorize, write, run_id)
     if watermark:
         day = partition.day
         if day is None:

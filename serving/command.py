@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                     timeout_s=flags.timeout_s, max_batch=flags.max_batch, max_wait_s=flags.max_wait_ms / 1000,
                     max_queue=flags.max_queue)
     run_id = f"serve-{new_attempt()}"
-    embed = EmbedConfig.from_flags(flags)
+    embed = EmbedConfig.from_flags(flags, flags.model)
 
     def load() -> OnlineCategorizer:
         return OnlineCategorizer(flags.model, embed, flags.store_context, run_id, max(limits.max_batch, 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import apache_beam as beam
@@ -14,6 +15,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from linnet_core import features, records
 from linnet_core.encoders.image import ImageError
+from linnet_core.encoders.text import DEFAULT_MAX_TOKENS
+from linnet_core.training_data import ENCODERS_JSON
 from pipelines import defaults
 from pipelines.counters import NAMESPACE
 from pipelines.embed import EmbedConfig, EmbedProducts, load_embedder, read_uri
@@ -135,3 +138,17 @@ def test_reference_engines_by_flag_agree_with_the_fast_path(models_dir: str) -> 
     np.testing.assert_allclose(fast["title_embedding"], title_alone, atol=1e-6)
     image_a, image_b = fast["image_embedding"], reference["image_embedding"]
     assert float(image_a @ image_b / np.linalg.norm(image_a) / np.linalg.norm(image_b)) > 0.9999
+
+
+def test_a_scored_model_keeps_the_token_cut_its_training_data_had(tmp_path: Path) -> None:
+    (tmp_path / ENCODERS_JSON).write_text(json.dumps(
+        {"text": "text/multilingual-e5-small/onnx-fp32/128/63c5", "image": "image/mobilenet_v2/onnx/e4"}))
+    model = str(tmp_path)
+    assert EmbedConfig.from_options(PipelineOptions([]), model).max_tokens == 128
+    assert EmbedConfig.from_options(PipelineOptions(["--max_tokens", "128"]), model).max_tokens == 128
+    with pytest.raises(ValueError, match="cut at 128 tokens"):
+        EmbedConfig.from_options(PipelineOptions(["--max_tokens", "64"]), model)
+    # No model, or a model without the record: the default cut.
+    assert EmbedConfig.from_options(PipelineOptions([])).max_tokens == DEFAULT_MAX_TOKENS
+    older = str(tmp_path / "older")
+    assert EmbedConfig.from_options(PipelineOptions([]), older).max_tokens == DEFAULT_MAX_TOKENS

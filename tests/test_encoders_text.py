@@ -107,7 +107,7 @@ def _shared_product_texts(count: int) -> list[str]:
 def test_onnx_paths_match_torch_on_full_product_texts(text_model: str, fast: OnnxTextEncoder,
                                                       int8: OnnxTextEncoder) -> None:
     texts = _shared_product_texts(12)
-    assert max(ids.shape[1] for ids in fast.token_ids(texts)) == 128
+    assert max(ids.shape[1] for ids in fast.token_ids(texts)) == fast.max_tokens
     reference = TorchTextEncoder(text_model, threads=2).encode(texts)
     # The default engine is fp32 ONNX: the same network as torch up to float rounding.
     assert min_cosine(fast.encode(texts), reference) >= 0.9999
