@@ -27,8 +27,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 import schemas
 from pipelines.counters import counter
 from pipelines.dead_letters import DEAD_LETTER, Routed
-from pipelines.io import PRODUCTS, ValidateProductFn, WriteTable
-from pipelines.partitions import day_bounds, new_attempt, parquet_rows
+from pipelines.io import PRODUCTS, ValidateProductFn
+from pipelines.partitions import day_bounds, new_attempt, parquet_rows, staged
 
 LOGGER = logging.getLogger(__name__)
 PARTITION_COLUMN = "partition_date"
@@ -384,9 +384,7 @@ class WriteBigQueryPartition(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return (
-            rows
-            | "WriteStaged" >> WriteTable(FileSystems.join(self.staging_folder, "part"), self.schema_name)
-            | "AllFilesWritten" >> beam.combiners.ToList()
+            staged(rows, FileSystems.join(self.staging_folder, "part"), self.schema_name)
             | "Commit" >> beam.ParDo(CommitBigQueryPartitionFn(
                 self.connection, self.table, self.schema_name, self.day, self.attempt,
                 self.staging_folder, self.run_id))

@@ -444,6 +444,15 @@ class CommitTablesFn(beam.DoFn):
             yield manifest
 
 
+def staged(rows: beam.PCollection, prefix: str, schema_name: str, label: str = "") -> beam.PCollection:
+    """The first half of every stage-and-commit write (partitions here, BigQuery partitions): `rows`
+    written as Parquet files `prefix-*`, then one element, the files' list, once every file is written,
+    which the commit waits on. `label` tells one table's steps from another's within a composite."""
+    return (rows
+            | f"WriteStaged{label}" >> WriteTable(prefix, schema_name)
+            | f"AllFilesWritten{label}" >> beam.combiners.ToList())
+
+
 class WritePartitions(beam.PTransform):
     """`{table: rows}` → one partition of every table, committed together (`commit_tables`).
 
@@ -470,12 +479,11 @@ class WritePartitions(beam.PTransform):
         self.attempt = new_attempt()
 
     def expand(self, tables: Mapping[str, beam.PCollection]) -> beam.PCollection:
+        def prefix(table: str) -> str:
+            return FileSystems.join(staging_dir(self.root, table, self.partition, self.attempt), "part")
+
         written = [
-            rows
-            | f"WriteStaged[{table}]" >> WriteTable(
-                FileSystems.join(staging_dir(self.root, table, self.partition, self.attempt), "part"),
-                self.schemas[table])
-            | f"AllFilesWritten[{table}]" >> beam.combiners.ToList()
+            staged(rows, prefix(table), self.schemas[table], f"[{table}]")
             | f"Written[{table}]" >> beam.Map(lambda _files, table=table: table)
             for table, rows in tables.items()]
         return (
