@@ -35,6 +35,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult
 
 from linnet_core import features, records
 from linnet_core.encoders.image import ImageEncoder, load_pixels
@@ -116,6 +117,21 @@ def bare_pass(encode: Callable[[list], object], items: list, size: int, rss: Pea
     return result
 
 
+def embed_products(products: list[dict], cfg: EmbedConfig, run_id: str | None = None
+                   ) -> tuple[PipelineResult, dict[str, int]]:
+    """One DirectRunner run of `EmbedProducts` over `products`: the finished run and its counters (by
+    name). Raises unless every product came out embedded."""
+    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
+    _ = pipeline | "Create" >> beam.Create(products) | "EmbedProducts" >> EmbedProducts(cfg, run_id)
+    run = pipeline.run()
+    run.wait_until_finish()
+    counters = {c.key.metric.name: c.committed
+                for c in run.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
+    if counters.get("products_embedded") != len(products):
+        raise RuntimeError(f"pipeline embedded {counters.get('products_embedded')} of {len(products)}")
+    return run, counters
+
+
 def pipeline_run(products: list[dict], cfg: EmbedConfig, rss: PeakRss) -> dict:
     """One DirectRunner run of `EmbedProducts`; every product must come out embedded (with a table in
     `cfg`, a fresh empty one)."""
@@ -123,14 +139,7 @@ def pipeline_run(products: list[dict], cfg: EmbedConfig, rss: PeakRss) -> dict:
         cfg = replace(cfg, table_dir=tempfile.mkdtemp(prefix="linnet-bench-table-"))
     result: dict = {"products": len(products)}
     with rss.phase(result):
-        pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
-        _ = pipeline | "Create" >> beam.Create(products) | "EmbedProducts" >> EmbedProducts(cfg)
-        run = pipeline.run()
-        run.wait_until_finish()
-    counters = {c.key.metric.name: c.committed
-                for c in run.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
-    if counters.get("products_embedded") != len(products):
-        raise RuntimeError(f"pipeline embedded {counters.get('products_embedded')} of {len(products)}")
+        run, _ = embed_products(products, cfg)
     # RunInference reports the load in the embedder's own namespace, not among the stage's counters.
     inference = run.metrics().query(MetricsFilter().with_namespace(INFERENCE_NAMESPACE))
     load_ms = sum(d.committed.sum for d in inference["distributions"]

@@ -22,16 +22,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from linnet_core import records
 from pipelines import defaults
-from pipelines.counters import NAMESPACE
-from pipelines.embed import EmbedConfig, EmbedProducts
+from pipelines.embed import EmbedConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
+from embed_throughput import embed_products  # noqa: E402 - the sibling benchmark's EmbedProducts run
 from scale import base_sample  # noqa: E402 - the sibling benchmark's spread sample of the shared products
 
 
@@ -44,14 +40,7 @@ def changed(products: list[dict], every: int) -> list[dict]:
 def embed_run(products: list[dict], cfg: EmbedConfig) -> dict:
     """One DirectRunner run of `EmbedProducts`: its counters, wall and CPU seconds."""
     started, cpu = time.perf_counter(), time.process_time()
-    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
-    _ = pipeline | "Create" >> beam.Create(products) | "EmbedProducts" >> EmbedProducts(cfg, run_id="bench")
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = {c.key.metric.name: c.committed
-                for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]}
-    if counters.get("products_embedded") != len(products):
-        raise RuntimeError(f"embedded {counters.get('products_embedded')} of {len(products)}")
+    _, counters = embed_products(products, cfg, run_id="bench")
     return {"products": len(products), "seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu, 1),
             **{name: counters.get(name, 0) for name in (
