@@ -159,14 +159,13 @@ class EmbedConfig:
 
 
 def model_max_tokens(model_dir: str) -> int | None:
-    """Where the text encoder of a model's training data cut texts (MODEL/encoders.json's text encoder
-    id, `text/<model>/<engine>/<max tokens>/<fingerprint>`); None for a model without that record."""
+    """Where the text encoder of a model's training data cut texts (the text encoder id that
+    MODEL/encoders.json records); None for a model without that record."""
     path = FileSystems.join(model_dir, ENCODERS_JSON)
     if not FileSystems.exists(path):
         return None
     with FileSystems.open(path) as handle:
-        parts = json.load(handle)["text"].split("/")
-    return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else None
+        return text_encoders.max_tokens_of(json.load(handle)["text"])
 
 
 def read_uri(uri: str) -> bytes:

@@ -203,7 +203,8 @@ def commit_partition(staged: str, final: str, attempt: str, by_rename: bool | No
         staged: folder holding exactly the new partition's data files.
         final: the partition folder (`partition_dir`).
         attempt: the token of this run attempt (`new_attempt`).
-        by_rename: force the protocol (default: rename on local disks, manifest elsewhere).
+        by_rename: force the protocol (default: rename on local disks, manifest elsewhere; renaming
+            needs a local disk).
         lineage: extra manifest entries (table, partition, run_id, ...).
 
     Returns:

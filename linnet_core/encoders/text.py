@@ -62,6 +62,18 @@ def mean_pool_normalize(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def text_encoder_id(model_name: str, engine: str, max_tokens: int, version: str) -> str:
+    """`text/<model>/<engine>/<max tokens>/<version>`: what keys cached and stored vectors and what
+    MODEL/encoders.json records, so scoring can tell the cut a model's training data had."""
+    return f"text/{model_name}/{engine}/{max_tokens}/{version}"
+
+
+def max_tokens_of(encoder_id: str) -> int | None:
+    """The cut a `text_encoder_id` names; None for an id without one."""
+    parts = encoder_id.split("/")
+    return int(parts[-2]) if len(parts) >= 2 and parts[-2].isdigit() else None
+
+
 def _check_max_tokens(max_tokens: int) -> int:
     if max_tokens < 3:
         raise ValueError(f"max_tokens must be at least 3, got {max_tokens}")
@@ -85,7 +97,7 @@ class TorchTextEncoder:
         local = Path(model)
         files = sorted(local.glob("*.safetensors")) if local.is_dir() else []
         version = fingerprint(files) if files else model.replace("/", "_")
-        self.encoder_id = f"text/{local.name}/torch-fp32/{max_tokens}/{version}"
+        self.encoder_id = text_encoder_id(local.name, "torch-fp32", max_tokens, version)
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and attention mask, int64, padded to the longest text of the batch."""
@@ -137,8 +149,8 @@ class OnnxTextEncoder:
         self.session = single_threaded_session(path)
         self.dim = int(self.session.get_outputs()[0].shape[-1])
         self._pool = ThreadPoolExecutor(threads or os.cpu_count() or 1, thread_name_prefix="onnx-text")
-        precision = "int8" if onnx_file == ONNX_INT8 else "fp32"
-        self.encoder_id = f"text/{Path(model).name}/onnx-{precision}/{max_tokens}/{fingerprint([path])}"
+        engine = "onnx-int8" if onnx_file == ONNX_INT8 else "onnx-fp32"
+        self.encoder_id = text_encoder_id(Path(model).name, engine, max_tokens, fingerprint([path]))
 
     def token_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Unpadded token ids of each text (prefix and `<s>`/`</s>` included), as (1, length) int64."""
